@@ -1,0 +1,132 @@
+// zpoline/zpoline.hpp: hook every system call of the current process.
+//
+//   auto session = zpoline::install([](zpoline::Syscall& call) {
+//     if (call.number() == zpoline::sys::getpid::number) return 42L;  // emulate
+//     return call.forward();                                           // or pass on
+//   });
+//
+// install() maps a trampoline at virtual address 0 and rewrites every `syscall` instruction of
+// the code loaded in the process into `call *%rax`, which enters the trampoline and then the hook.
+// See docs/ for the full contract.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "zpoline/syscall.hpp"
+
+namespace zpoline {
+inline namespace v0 {
+
+// Every failure of this library is reported by throwing zpoline::Error. code() says which kind of
+// failure; what() says what happened and what to do about it.
+enum class ErrorCode {
+  page_zero_refused,  // the kernel would not map the trampoline at address 0
+  page_zero_in_use,   // something else is already mapped at address 0
+  already_installed,  // a Session is alive in this process
+  unsupported,        // kernel or CPU lacks something the library needs
+  invalid_option,     // a bad Options value or environment variable
+  rewrite_failed,     // a code page could not be made writable or restored
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+// The hook: any callable taking the call and returning its result in the kernel's convention
+// (a negative errno on failure). It runs on the thread that made the system call, concurrently on
+// all threads. System calls the hook makes itself (printf, new, locks) go straight to the kernel.
+using Hook = std::function<long(Syscall&)>;
+
+// A half-open range of addresses [begin, end).
+struct AddressRange {
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+};
+
+struct Options {
+  // Images (shared objects or the executable) whose code is left alone. An entry containing '/'
+  // must equal the image's path; any other entry must equal the file name ("libfoo.so.1").
+  // The environment variable ZPOLINE_EXCLUDE adds entries, separated by ':'.
+  std::vector<std::string> exclude_paths;
+  // Code in these ranges is left alone.
+  std::vector<AddressRange> exclude_ranges;
+  // Read ZPOLINE_EXCLUDE. Off, the environment is not consulted.
+  bool use_environment = true;
+  // When the Session ends, put the original `syscall` instructions back. Off (the default), the
+  // rewritten sites stay and enter the kernel through the trampoline at no hook cost.
+  bool restore_on_detach = false;
+};
+
+// What the rewriter did with one image (executable or shared object).
+struct ImageStats {
+  std::string path;                // as the dynamic linker names it; the executable's real path
+  std::uintptr_t base = 0;         // load bias
+  std::size_t code_bytes = 0;      // bytes in executable segments
+  std::size_t bytes_decoded = 0;   // bytes the decoder walked to classify candidate sites
+  std::size_t sites_rewritten = 0;
+  std::size_t skipped_prefixed = 0;     // e.g. `66 0f 05`: rewriting would change the encoding
+  std::size_t skipped_red_zone = 0;     // the function keeps data below rsp
+  std::size_t skipped_undecodable = 0;  // no function boundary or decoding did not reach the site
+  std::size_t skipped_excluded = 0;     // inside Options::exclude_ranges
+  bool excluded = false;                // the whole image was excluded by path
+  std::chrono::nanoseconds time{0};
+};
+
+struct InstallStats {
+  std::vector<ImageStats> images;
+  std::chrono::nanoseconds total_time{0};
+  std::size_t sites_rewritten() const noexcept;
+};
+
+// An installed hook. Destroying it (or calling detach()) stops calling the hook: system calls go
+// straight to the kernel again. Move-only; one may be alive per process.
+class [[nodiscard]] Session {
+ public:
+  Session() noexcept = default;
+  Session(Session&& other) noexcept;
+  Session& operator=(Session&& other) noexcept;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session();
+
+  bool active() const noexcept { return active_; }
+  const InstallStats& stats() const noexcept { return stats_; }
+  // Ends the session now; does nothing on an inactive Session.
+  void detach() noexcept;
+
+ private:
+  friend Session install(Hook hook, Options options);
+  bool active_ = false;
+  InstallStats stats_;
+};
+
+// Installs `hook` for every system call made by code present in the process. Throws Error.
+Session install(Hook hook, Options options = {});
+
+// While alive, system calls made by the current thread skip the hook. Nests.
+class ScopedBypass {
+ public:
+  ScopedBypass() noexcept;
+  ~ScopedBypass();
+  ScopedBypass(const ScopedBypass&) = delete;
+  ScopedBypass& operator=(const ScopedBypass&) = delete;
+};
+
+// A system call that never goes through the hook (its instruction is never rewritten). Returns the
+// kernel's raw result. Not for clone or vfork with a new stack (as with libc's syscall()).
+long raw_syscall(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0,
+                 long a4 = 0, long a5 = 0) noexcept;
+
+}  // namespace v0
+}  // namespace zpoline

@@ -1,0 +1,277 @@
+#include "dispatch/dispatch.hpp"
+
+#include <linux/sched.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include "platform/memory.hpp"
+#include "rewriting/site_registry.hpp"
+
+// Definitions of the symbols shared with entry_stub.S (declared in frame.hpp).
+__thread zpoline::detail::ThreadState zpoline_detail_thread_state = {0, 0};
+unsigned char zpoline_detail_hook_live = 0;
+std::uint64_t zpoline_detail_xsave_size = 576;
+std::uint64_t zpoline_detail_xsave_mask = 0;
+unsigned char zpoline_detail_xsave_mode = 0;
+
+namespace zpoline::detail {
+namespace {
+
+#include "dispatch/syscall_names.inc"
+
+std::atomic<Hook*> current_hook{nullptr};
+
+// Threads that have entered the hook at least once, so that retract_hook() can see whether one
+// of them is inside it. A thread leaves the list when it exits (pthread key destructor).
+std::mutex threads_lock;
+std::vector<ThreadState*>& known_threads() {
+  static std::vector<ThreadState*> threads;
+  return threads;
+}
+pthread_key_t thread_exit_key;
+std::once_flag thread_exit_key_once;
+__thread bool thread_known = false;
+
+void forget_thread(void*) {
+  std::lock_guard lock(threads_lock);
+  auto& threads = known_threads();
+  std::erase(threads, &zpoline_detail_thread_state);
+}
+
+void remember_thread() {
+  std::call_once(thread_exit_key_once, [] { pthread_key_create(&thread_exit_key, forget_thread); });
+  {
+    std::lock_guard lock(threads_lock);
+    known_threads().push_back(&zpoline_detail_thread_state);
+  }
+  pthread_setspecific(thread_exit_key, &zpoline_detail_thread_state);
+  thread_known = true;
+}
+
+// The writer side of the in_hook/live handshake uses membarrier, so that the reader side (every
+// hooked call) needs only a compiler barrier. Without membarrier both sides use full fences.
+bool membarrier_registered = false;
+constexpr int kMembarrierPrivateExpedited = 1 << 3;
+constexpr int kMembarrierRegisterPrivateExpedited = 1 << 4;
+
+void reader_barrier() {
+  if (membarrier_registered) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+         long a5 = 0) {
+  return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);
+}
+
+// clone/clone3 with a new stack: the child must start at the application's return address, on
+// its own stack, with the application's registers. The application's return address goes on top
+// of the child's stack, where zpoline_detail_clone_to_site's child `ret`s from.
+long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6],
+                   std::uintptr_t child_stack_top) {
+  const std::uint64_t return_address = frame.regs->return_address;
+  if (!safe_write(reinterpret_cast<void*>(child_stack_top - 8), &return_address, 8)) {
+    return -EFAULT;
+  }
+  CloneRequest request{frame.regs, frame.xsave_area, number, {}};
+  std::memcpy(request.args, args, sizeof args);
+  return zpoline_detail_clone_to_site(&request);
+}
+
+long forward_clone(const SyscallFrame& frame) {
+  const RegisterFrame& r = *frame.regs;
+  long args[6] = {static_cast<long>(r.rdi), static_cast<long>(r.rsi), static_cast<long>(r.rdx),
+                  static_cast<long>(r.r10), static_cast<long>(r.r8),  static_cast<long>(r.r9)};
+  const std::uintptr_t stack = r.rsi;
+  if (stack != 0) {
+    args[1] = static_cast<long>(stack - 8);
+    return clone_to_site(frame, SYS_clone, args, stack);
+  }
+  // A vfork-style child without its own stack would run on (and overwrite) the stack this call
+  // returns through; it gets a copy of the address space instead (see forward_vfork).
+  if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) args[0] &= ~static_cast<long>(CLONE_VM);
+  return raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
+}
+
+long forward_clone3(const SyscallFrame& frame) {
+  const RegisterFrame& r = *frame.regs;
+  clone_args copy{};
+  const std::size_t size = r.rsi;
+  if (size < CLONE_ARGS_SIZE_VER0) return -EINVAL;
+  if (size > sizeof copy) {
+    // A newer struct than this library knows: let the kernel judge it, unless it asks for a new
+    // stack, which this library could not hand to the child.
+    if (!safe_read(&copy, reinterpret_cast<const void*>(r.rdi), sizeof copy)) return -EFAULT;
+    if (copy.stack != 0) return -E2BIG;
+    return raw(SYS_clone3, r.rdi, r.rsi);
+  }
+  if (!safe_read(&copy, reinterpret_cast<const void*>(r.rdi), size)) return -EFAULT;
+  if (copy.stack != 0) {
+    const std::uintptr_t top = copy.stack + copy.stack_size;
+    copy.stack_size -= 8;
+    const long args[6] = {reinterpret_cast<long>(&copy), static_cast<long>(size), 0, 0, 0, 0};
+    return clone_to_site(frame, SYS_clone3, args, top);
+  }
+  if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) copy.flags &= ~std::uint64_t{CLONE_VM};
+  return raw(SYS_clone3, reinterpret_cast<long>(&copy), static_cast<long>(size));
+}
+
+// vfork's child shares the parent's stack, and would overwrite the frames this call returns
+// through in the parent. The child gets a copy of the address space instead; the parent still
+// waits until the child execs or exits, as with vfork.
+long forward_vfork() { return raw(SYS_clone, CLONE_VFORK | SIGCHLD); }
+
+}  // namespace
+
+const char* syscall_name(long number) noexcept {
+  if (number >= 0 && static_cast<std::size_t>(number) < kSyscallNameCount &&
+      !kSyscallNames[number].empty()) {
+    return kSyscallNames[number].data();
+  }
+  return "unknown";
+}
+
+long forward(const SyscallFrame& frame) noexcept {
+  const RegisterFrame& r = *frame.regs;
+  switch (static_cast<long>(r.rax)) {
+    case SYS_clone:
+      return forward_clone(frame);
+    case SYS_clone3:
+      return forward_clone3(frame);
+    case SYS_vfork:
+      return forward_vfork();
+    default:
+      return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+  }
+}
+
+void publish_hook(Hook hook) {
+  if (!membarrier_registered) {
+    membarrier_registered = syscall(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0;
+  }
+  current_hook.store(new Hook(std::move(hook)), std::memory_order_release);
+  __atomic_store_n(&zpoline_detail_hook_live, 1, __ATOMIC_RELEASE);
+}
+
+void retract_hook() noexcept {
+  __atomic_store_n(&zpoline_detail_hook_live, 0, __ATOMIC_SEQ_CST);
+  if (membarrier_registered) {
+    syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+  bool busy = false;
+  {
+    std::lock_guard lock(threads_lock);
+    for (ThreadState* thread : known_threads()) {
+      busy |= __atomic_load_n(&thread->in_hook, __ATOMIC_ACQUIRE) != 0;
+    }
+  }
+  Hook* hook = current_hook.exchange(nullptr, std::memory_order_acq_rel);
+  if (!busy) delete hook;
+}
+
+}  // namespace zpoline::detail
+
+using namespace zpoline::detail;
+
+extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
+  ThreadState& self = zpoline_detail_thread_state;
+  SyscallFrame frame{regs, xsave_area};
+  // The stub sends clone, clone3 and vfork here even when the hook is bypassed.
+  if (self.bypass_depth != 0 || !__atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE)) {
+    return forward(frame);
+  }
+  if (!site_registry().contains(regs->return_address - 2)) {
+    zpoline_detail_report_stray_call(regs->return_address, static_cast<long>(regs->rax));
+  }
+  ++self.bypass_depth;  // the hook's own system calls go straight to the kernel
+  if (!thread_known) remember_thread();
+  __atomic_store_n(&self.in_hook, 1, __ATOMIC_RELAXED);
+  reader_barrier();
+  long result;
+  zpoline::Hook* hook = current_hook.load(std::memory_order_acquire);
+  if (hook != nullptr && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_RELAXED)) {
+    zpoline::Syscall call(frame);
+    result = (*hook)(call);
+  } else {
+    result = forward(frame);
+  }
+  __atomic_store_n(&self.in_hook, 0, __ATOMIC_RELEASE);
+  --self.bypass_depth;
+  return result;
+}
+
+extern "C" void zpoline_detail_report_stray_call(std::uintptr_t return_address, long number) {
+  ++zpoline_detail_thread_state.bypass_depth;
+  char message[256];
+  const int length = std::snprintf(
+      message, sizeof message,
+      "zpoline: fatal: a call landed in the system call trampoline at address %#lx from %#lx, "
+      "which is not a rewritten syscall site. A NULL or corrupt function pointer was called. "
+      "Aborting.\n",
+      static_cast<unsigned long>(number), static_cast<unsigned long>(return_address));
+  raw(SYS_write, STDERR_FILENO, reinterpret_cast<long>(message), length);
+  std::abort();
+}
+
+namespace zpoline {
+inline namespace v0 {
+
+namespace {
+long* argument_slot(RegisterFrame& r, int i) {
+  switch (i) {
+    case 0:
+      return reinterpret_cast<long*>(&r.rdi);
+    case 1:
+      return reinterpret_cast<long*>(&r.rsi);
+    case 2:
+      return reinterpret_cast<long*>(&r.rdx);
+    case 3:
+      return reinterpret_cast<long*>(&r.r10);
+    case 4:
+      return reinterpret_cast<long*>(&r.r8);
+    case 5:
+      return reinterpret_cast<long*>(&r.r9);
+    default:
+      return nullptr;
+  }
+}
+}  // namespace
+
+long Syscall::number() const noexcept { return static_cast<long>(frame_->regs->rax); }
+std::string_view Syscall::name() const noexcept { return syscall_name(number()); }
+long Syscall::arg(int i) const noexcept {
+  const long* slot = argument_slot(*frame_->regs, i);
+  return slot ? *slot : 0;
+}
+void Syscall::set_arg(int i, long value) noexcept {
+  if (long* slot = argument_slot(*frame_->regs, i)) *slot = value;
+}
+std::uintptr_t Syscall::return_address() const noexcept { return frame_->regs->return_address; }
+long Syscall::forward() noexcept { return detail::forward(*frame_); }
+
+ScopedBypass::ScopedBypass() noexcept { ++zpoline_detail_thread_state.bypass_depth; }
+ScopedBypass::~ScopedBypass() { --zpoline_detail_thread_state.bypass_depth; }
+
+long raw_syscall(long number, long a0, long a1, long a2, long a3, long a4, long a5) noexcept {
+  return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);
+}
+
+}  // namespace v0
+}  // namespace zpoline

@@ -1,0 +1,157 @@
+// zpoline::install and zpoline::Session: the public entry points, tying together options, the
+// trampoline, the rewriter and the dispatcher.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "dispatch/dispatch.hpp"
+#include "dispatch/frame.hpp"
+#include "platform/cpu.hpp"
+#include "rewriting/rewriter.hpp"
+#include "trampoline/trampoline.hpp"
+#include "zpoline/zpoline.hpp"
+
+extern char** environ;
+
+namespace zpoline {
+inline namespace v0 {
+namespace {
+
+std::mutex install_lock;
+bool session_alive = false;
+
+constexpr std::string_view kEnvironmentPrefix = "ZPOLINE_";
+constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE"};
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw Error(ErrorCode::invalid_option, "zpoline: " + message);
+}
+
+// A misspelt variable would otherwise be ignored silently.
+void check_environment_names() {
+  for (char** entry = environ; entry && *entry; ++entry) {
+    const std::string_view variable(*entry);
+    if (!variable.starts_with(kEnvironmentPrefix)) continue;
+    const std::string_view name = variable.substr(0, variable.find('='));
+    bool known = false;
+    for (std::string_view k : kKnownVariables) known |= (name == k);
+    if (!known) {
+      invalid("unknown environment variable " + std::string(name) +
+              " (known: ZPOLINE_EXCLUDE). Unset it or fix its name.");
+    }
+  }
+}
+
+std::vector<std::string> split_exclude_list(const std::string& list) {
+  std::vector<std::string> entries;
+  std::size_t start = 0;
+  for (int index = 1;; ++index) {
+    const std::size_t colon = list.find(':', start);
+    std::string entry = list.substr(start, colon == std::string::npos ? colon : colon - start);
+    if (entry.empty()) {
+      invalid("ZPOLINE_EXCLUDE=\"" + list + "\": entry " + std::to_string(index) +
+              " is empty. Use a ':'-separated list of file names or absolute paths.");
+    }
+    entries.push_back(std::move(entry));
+    if (colon == std::string::npos) break;
+    start = colon + 1;
+  }
+  return entries;
+}
+
+detail::RewriteOptions validate(const Options& options) {
+  detail::RewriteOptions rewrite;
+  for (const std::string& entry : options.exclude_paths) {
+    if (entry.empty()) invalid("Options::exclude_paths has an empty entry.");
+    rewrite.exclude_paths.push_back(entry);
+  }
+  for (const AddressRange& range : options.exclude_ranges) {
+    if (range.begin >= range.end) {
+      invalid("Options::exclude_ranges has an empty or reversed range [" +
+              std::to_string(range.begin) + ", " + std::to_string(range.end) + ").");
+    }
+    rewrite.exclude_ranges.push_back(range);
+  }
+  if (options.use_environment) {
+    check_environment_names();
+    if (const char* list = std::getenv("ZPOLINE_EXCLUDE")) {
+      for (std::string& entry : split_exclude_list(list)) {
+        rewrite.exclude_paths.push_back(std::move(entry));
+      }
+    }
+  }
+  return rewrite;
+}
+
+void configure_vector_state_saving() {
+  const detail::VectorSaveLayout layout = detail::detect_vector_save_layout();
+  zpoline_detail_xsave_mode = static_cast<unsigned char>(layout.mode);
+  zpoline_detail_xsave_mask = layout.mask;
+  zpoline_detail_xsave_size = layout.size;
+}
+
+bool restore_on_detach = false;
+
+}  // namespace
+
+std::size_t InstallStats::sites_rewritten() const noexcept {
+  std::size_t total = 0;
+  for (const ImageStats& image : images) total += image.sites_rewritten;
+  return total;
+}
+
+Session install(Hook hook, Options options) {
+  if (!hook) invalid("install() needs a hook; an empty std::function was given.");
+  std::lock_guard lock(install_lock);
+  if (session_alive) {
+    throw Error(ErrorCode::already_installed,
+                "zpoline: a hook is already installed in this process; destroy its "
+                "zpoline::Session (or call detach()) before installing another.");
+  }
+  const detail::RewriteOptions rewrite = validate(options);
+  if (!detail::trampoline_is_mapped()) configure_vector_state_saving();
+  detail::map_trampoline();
+
+  Session session;
+  session.stats_ = detail::rewrite_loaded_code(rewrite);
+  detail::publish_hook(std::move(hook));
+  restore_on_detach = options.restore_on_detach;
+  session_alive = true;
+  session.active_ = true;
+  return session;
+}
+
+Session::Session(Session&& other) noexcept
+    : active_(std::exchange(other.active_, false)), stats_(std::move(other.stats_)) {}
+
+Session& Session::operator=(Session&& other) noexcept {
+  if (this != &other) {
+    detach();
+    active_ = std::exchange(other.active_, false);
+    stats_ = std::move(other.stats_);
+  }
+  return *this;
+}
+
+Session::~Session() { detach(); }
+
+void Session::detach() noexcept {
+  if (!active_) return;
+  active_ = false;
+  std::lock_guard lock(install_lock);
+  detail::retract_hook();
+  if (restore_on_detach) {
+    try {
+      detail::restore_rewritten_code();
+    } catch (const Error&) {
+      // The sites stay rewritten; they still reach the kernel through the trampoline.
+    }
+  }
+  session_alive = false;
+}
+
+}  // namespace v0
+}  // namespace zpoline

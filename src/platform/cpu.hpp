@@ -1,0 +1,26 @@
+// How the entry stub saves the x87/SSE/AVX/AVX-512 state around the hook, chosen from CPUID.
+#pragma once
+
+#include <cstdint>
+
+namespace zpoline::detail {
+
+enum class VectorSaveMode : std::uint8_t {
+  fxsave = 0,  // x87 + SSE only: CPUs without XSAVE (none of them have AVX)
+  xsave = 1,   // standard-format XSAVE of every enabled component
+  xsavec = 2,  // compacted XSAVE with the init optimisation: unused components cost nothing
+};
+
+struct VectorSaveLayout {
+  VectorSaveMode mode = VectorSaveMode::fxsave;
+  std::uint64_t mask = 0;  // components saved (XCR0 without AMX tile data, which no compiler
+                           // emits implicitly and whose 8 KiB would be saved on every call)
+  std::uint64_t size = 0;  // bytes of the save area, a multiple of 64
+};
+
+// Reads CPUID leaf 1 and 0xD and XCR0.
+VectorSaveLayout detect_vector_save_layout();
+
+const char* to_string(VectorSaveMode mode);
+
+}  // namespace zpoline::detail

@@ -1,0 +1,30 @@
+#include "platform/memory.hpp"
+
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+#include "dispatch/frame.hpp"
+
+namespace zpoline::detail {
+namespace {
+
+bool transfer(long number, void* local, const void* remote, std::size_t size) {
+  iovec local_iov{local, size};
+  iovec remote_iov{const_cast<void*>(remote), size};
+  const long pid = zpoline_detail_raw_syscall(SYS_getpid, 0, 0, 0, 0, 0, 0);
+  const long done = zpoline_detail_raw_syscall(number, pid, reinterpret_cast<long>(&local_iov), 1,
+                                               reinterpret_cast<long>(&remote_iov), 1, 0);
+  return done == static_cast<long>(size);
+}
+
+}  // namespace
+
+bool safe_read(void* destination, const void* source, std::size_t size) noexcept {
+  return size == 0 || transfer(SYS_process_vm_readv, destination, source, size);
+}
+
+bool safe_write(void* destination, const void* source, std::size_t size) noexcept {
+  return size == 0 || transfer(SYS_process_vm_writev, const_cast<void*>(source), destination, size);
+}
+
+}  // namespace zpoline::detail

@@ -1,0 +1,13 @@
+// Access to application memory that may be unmapped: a bad pointer reads or writes as a failure,
+// never as a crash. Uses process_vm_readv/writev on the own process (the kernel checks the
+// addresses), through raw system calls that the hook never sees.
+#pragma once
+
+#include <cstddef>
+
+namespace zpoline::detail {
+
+bool safe_read(void* destination, const void* source, std::size_t size) noexcept;
+bool safe_write(void* destination, const void* source, std::size_t size) noexcept;
+
+}  // namespace zpoline::detail

@@ -1,0 +1,96 @@
+#include "trampoline/trampoline.hpp"
+
+#include <linux/capability.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <span>
+#include <string>
+
+#include "dispatch/frame.hpp"
+#include "trampoline/sled.hpp"
+#include "zpoline/zpoline.hpp"
+
+namespace zpoline::detail {
+namespace {
+
+bool mapped = false;
+
+std::string first_line(const char* path) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  return line;
+}
+
+bool has_effective_capability(int capability) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[capability / 32].effective & (1u << (capability % 32))) != 0;
+}
+
+[[noreturn]] void throw_refused(int error) {
+  std::string message = "zpoline: the kernel refused to map the trampoline at address 0 (";
+  message += std::strerror(error);
+  message += "). ";
+  const std::string min_addr = first_line("/proc/sys/vm/mmap_min_addr");
+  message += "vm.mmap_min_addr is " + (min_addr.empty() ? std::string("unknown") : min_addr);
+  message += "; set it to 0 (sysctl -w vm.mmap_min_addr=0, or in /etc/sysctl.d/) to allow it";
+  if (!has_effective_capability(CAP_SYS_RAWIO)) {
+    message += ", or run with CAP_SYS_RAWIO (this process does not have it)";
+  }
+  message += ".";
+  if (first_line("/sys/fs/selinux/enforce") == "1") {
+    message +=
+        " SELinux is enforcing: its policy must also allow it (boolean mmap_low_allowed: "
+        "setsebool -P mmap_low_allowed 1).";
+  }
+  throw Error(ErrorCode::page_zero_refused, message);
+}
+
+}  // namespace
+
+void map_trampoline() {
+  if (mapped) return;
+  void* page = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (page == MAP_FAILED) {
+    if (errno == EEXIST) {
+      throw Error(ErrorCode::page_zero_in_use,
+                  "zpoline: address 0 is already mapped in this process (another syscall hooking "
+                  "library, or a program that maps page 0 itself); the trampoline cannot be "
+                  "placed there.");
+    }
+    throw_refused(errno);
+  }
+  if (page != nullptr) {
+    // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a hint and may map elsewhere.
+    munmap(page, kSledSize);
+    throw_refused(EPERM);
+  }
+  // Address 0 is a valid mapping here; a std::span over it is the clearest way to fill it. The
+  // volatile pointer keeps the compiler from treating the null address as undefined.
+  std::uint8_t* volatile base = static_cast<std::uint8_t*>(page);
+  build_sled(std::span<std::uint8_t, kSledSize>(base, kSledSize),
+             reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
+  // PROT_EXEC alone is execute-only on CPUs with protection keys (the kernel assigns its
+  // execute-only key), read+execute elsewhere. The sled reads no data, so both work.
+  if (mprotect(page, kSledSize, PROT_EXEC) != 0) {
+    const int error = errno;
+    munmap(page, kSledSize);
+    throw Error(ErrorCode::page_zero_refused,
+                std::string("zpoline: could not make the trampoline at address 0 executable: ") +
+                    std::strerror(error) +
+                    " (a security policy may forbid executable anonymous memory).");
+  }
+  mapped = true;
+}
+
+bool trampoline_is_mapped() noexcept { return mapped; }
+
+}  // namespace zpoline::detail

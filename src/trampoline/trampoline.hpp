@@ -1,0 +1,17 @@
+// The trampoline: page 0 holding the sled (sled.hpp) that leads to the entry stub.
+//
+// Contract: map_trampoline() is called with the install lock held. The page is mapped once per
+// process and stays for the life of the process (rewritten sites keep calling into it even after
+// the hook is detached). After set-up it is execute-only where the CPU supports it (protection
+// keys), otherwise read+execute; never writable.
+#pragma once
+
+namespace zpoline::detail {
+
+// Maps and fills page 0 unless already done. Throws zpoline::Error (page_zero_refused,
+// page_zero_in_use) with a message naming what to change.
+void map_trampoline();
+
+bool trampoline_is_mapped() noexcept;
+
+}  // namespace zpoline::detail
