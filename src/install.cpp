@@ -136,7 +136,9 @@ Session& Session::operator=(Session&& other) noexcept {
   return *this;
 }
 
-Session::~Session() { detach(); }
+Session::~Session() {
+  detach();
+}
 
 void Session::detach() noexcept {
   if (!active_) return;

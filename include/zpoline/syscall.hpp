@@ -20,9 +20,13 @@ class Syscall;
 // arguments. `Syscall::as<sys::openat>()` returns a View only when the call is that system call.
 namespace sys {
 
-#define ZPOLINE_ARG(index, type, getter, setter)                        \
-  type getter() const { return (type)(call_->arg(index)); }             \
-  void setter(type value) { call_->set_arg(index, (long)(value)); }
+#define ZPOLINE_ARG(index, type, getter, setter) \
+  type getter() const {                          \
+    return (type)(call_->arg(index));            \
+  }                                              \
+  void setter(type value) {                      \
+    call_->set_arg(index, (long)(value));        \
+  }
 
 // Declared here, defined after Syscall: each View holds a reference to the call it describes.
 struct read {
@@ -138,6 +142,7 @@ class mmap::View {
 class getpid::View {
  public:
   explicit View(Syscall& call) : call_(&call) {}
+
  private:
   [[maybe_unused]] Syscall* call_;
 };

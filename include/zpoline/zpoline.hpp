@@ -70,10 +70,10 @@ struct Options {
 
 // What the rewriter did with one image (executable or shared object).
 struct ImageStats {
-  std::string path;                // as the dynamic linker names it; the executable's real path
-  std::uintptr_t base = 0;         // load bias
-  std::size_t code_bytes = 0;      // bytes in executable segments
-  std::size_t bytes_decoded = 0;   // bytes the decoder walked to classify candidate sites
+  std::string path;               // as the dynamic linker names it; the executable's real path
+  std::uintptr_t base = 0;        // load bias
+  std::size_t code_bytes = 0;     // bytes in executable segments
+  std::size_t bytes_decoded = 0;  // bytes the decoder walked to classify candidate sites
   std::size_t sites_rewritten = 0;
   std::size_t skipped_prefixed = 0;     // e.g. `66 0f 05`: rewriting would change the encoding
   std::size_t skipped_red_zone = 0;     // the function keeps data below rsp
@@ -125,8 +125,8 @@ class ScopedBypass {
 
 // A system call that never goes through the hook (its instruction is never rewritten). Returns the
 // kernel's raw result. Not for clone or vfork with a new stack (as with libc's syscall()).
-long raw_syscall(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0,
-                 long a4 = 0, long a5 = 0) noexcept;
+long raw_syscall(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                 long a5 = 0) noexcept;
 
 }  // namespace v0
 }  // namespace zpoline

@@ -134,7 +134,9 @@ long forward_clone3(const SyscallFrame& frame) {
 // vfork's child shares the parent's stack, and would overwrite the frames this call returns
 // through in the parent. The child gets a copy of the address space instead; the parent still
 // waits until the child execs or exits, as with vfork.
-long forward_vfork() { return raw(SYS_clone, CLONE_VFORK | SIGCHLD); }
+long forward_vfork() {
+  return raw(SYS_clone, CLONE_VFORK | SIGCHLD);
+}
 
 }  // namespace
 
@@ -254,8 +256,12 @@ long* argument_slot(RegisterFrame& r, int i) {
 }
 }  // namespace
 
-long Syscall::number() const noexcept { return static_cast<long>(frame_->regs->rax); }
-std::string_view Syscall::name() const noexcept { return syscall_name(number()); }
+long Syscall::number() const noexcept {
+  return static_cast<long>(frame_->regs->rax);
+}
+std::string_view Syscall::name() const noexcept {
+  return syscall_name(number());
+}
 long Syscall::arg(int i) const noexcept {
   const long* slot = argument_slot(*frame_->regs, i);
   return slot ? *slot : 0;
@@ -263,11 +269,19 @@ long Syscall::arg(int i) const noexcept {
 void Syscall::set_arg(int i, long value) noexcept {
   if (long* slot = argument_slot(*frame_->regs, i)) *slot = value;
 }
-std::uintptr_t Syscall::return_address() const noexcept { return frame_->regs->return_address; }
-long Syscall::forward() noexcept { return detail::forward(*frame_); }
+std::uintptr_t Syscall::return_address() const noexcept {
+  return frame_->regs->return_address;
+}
+long Syscall::forward() noexcept {
+  return detail::forward(*frame_);
+}
 
-ScopedBypass::ScopedBypass() noexcept { ++zpoline_detail_thread_state.bypass_depth; }
-ScopedBypass::~ScopedBypass() { --zpoline_detail_thread_state.bypass_depth; }
+ScopedBypass::ScopedBypass() noexcept {
+  ++zpoline_detail_thread_state.bypass_depth;
+}
+ScopedBypass::~ScopedBypass() {
+  --zpoline_detail_thread_state.bypass_depth;
+}
 
 long raw_syscall(long number, long a0, long a1, long a2, long a3, long a4, long a5) noexcept {
   return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);

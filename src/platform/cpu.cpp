@@ -16,7 +16,9 @@ std::uint64_t read_xcr0() {
   return (static_cast<std::uint64_t>(high) << 32) | low;
 }
 
-std::uint64_t round_up_64(std::uint64_t n) { return (n + 63) & ~std::uint64_t{63}; }
+std::uint64_t round_up_64(std::uint64_t n) {
+  return (n + 63) & ~std::uint64_t{63};
+}
 
 }  // namespace
 

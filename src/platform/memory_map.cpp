@@ -41,8 +41,8 @@ std::vector<Mapping> read_memory_map() {
     char perms[5] = {};
     int path_offset = 0;
     // address perms offset dev inode path
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s %*s %*s %*s %n", &begin, &end, perms,
-                    &path_offset) < 3) {
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s %*s %*s %*s %n", &begin, &end, perms, &path_offset) <
+        3) {
       continue;
     }
     Mapping mapping;

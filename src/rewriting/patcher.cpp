@@ -15,7 +15,9 @@ namespace {
 constexpr std::uintptr_t kPageSize = 4096;
 constexpr std::uintptr_t kCacheLine = 64;
 
-std::uintptr_t page_of(std::uintptr_t address) { return address & ~(kPageSize - 1); }
+std::uintptr_t page_of(std::uintptr_t address) {
+  return address & ~(kPageSize - 1);
+}
 
 [[noreturn]] void throw_protection_error(const char* what, std::uintptr_t page, int error) {
   char address[32];

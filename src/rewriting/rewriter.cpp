@@ -70,9 +70,11 @@ void rewrite_image(const Image& image, const RewriteOptions& options,
     stats.bytes_decoded += scan.bytes_decoded;
     for (const SiteDecision& site : scan.sites) {
       if (site.address >= own_begin && site.address < own_end) continue;  // our raw syscalls
-      const bool excluded = std::any_of(
-          options.exclude_ranges.begin(), options.exclude_ranges.end(),
-          [&](const AddressRange& range) { return overlaps(site.address, site.address + 2, range); });
+      const bool excluded =
+          std::any_of(options.exclude_ranges.begin(), options.exclude_ranges.end(),
+                      [&](const AddressRange& range) {
+                        return overlaps(site.address, site.address + 2, range);
+                      });
       if (excluded) {
         ++stats.skipped_excluded;
         continue;
@@ -136,9 +138,9 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options) {
     ImageStats image_stats;
     image_stats.path = image.path;
     image_stats.base = image.info.dlpi_addr;
-    image_stats.excluded =
-        std::any_of(options.exclude_paths.begin(), options.exclude_paths.end(),
-                    [&](const std::string& entry) { return path_matches_exclusion(image.path, entry); });
+    image_stats.excluded = std::any_of(
+        options.exclude_paths.begin(), options.exclude_paths.end(),
+        [&](const std::string& entry) { return path_matches_exclusion(image.path, entry); });
     if (!image_stats.excluded) rewrite_image(image, options, map, image_stats);
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));

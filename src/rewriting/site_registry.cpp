@@ -81,4 +81,3 @@ SiteRegistry& site_registry() {
 }
 
 }  // namespace zpoline::detail
-

@@ -8,7 +8,9 @@
 namespace zpoline::detail {
 namespace {
 
-bool is_candidate(const std::uint8_t* p) { return p[0] == 0x0f && (p[1] == 0x05 || p[1] == 0x34); }
+bool is_candidate(const std::uint8_t* p) {
+  return p[0] == 0x0f && (p[1] == 0x05 || p[1] == 0x34);
+}
 
 bool is_syscall_mnemonic(ZydisMnemonic mnemonic) {
   return mnemonic == ZYDIS_MNEMONIC_SYSCALL || mnemonic == ZYDIS_MNEMONIC_SYSENTER;
@@ -28,9 +30,9 @@ void note_red_zone_evidence(const ZydisDecodedInstruction& instruction,
   const bool writes_rsp = instruction.operand_count_visible > 0 &&
                           operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
                           operands[0].reg.value == ZYDIS_REGISTER_RSP;
-  if (writes_rsp && (instruction.mnemonic == ZYDIS_MNEMONIC_SUB ||
-                     instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
-                     instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
+  if (writes_rsp &&
+      (instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
+       instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
     evidence.moves_rsp_down = true;
     return;
   }
@@ -102,7 +104,8 @@ ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_
   for (const std::uint8_t* p = data; p < end; ++p) {
     p = static_cast<const std::uint8_t*>(std::memchr(p, 0x0f, static_cast<std::size_t>(end - p)));
     if (p == nullptr) break;
-    if (is_candidate(p)) candidates.push_back(runtime_address + static_cast<std::uintptr_t>(p - data));
+    if (is_candidate(p))
+      candidates.push_back(runtime_address + static_cast<std::uintptr_t>(p - data));
   }
   if (candidates.empty()) return result;
 

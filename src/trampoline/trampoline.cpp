@@ -91,6 +91,8 @@ void map_trampoline() {
   mapped = true;
 }
 
-bool trampoline_is_mapped() noexcept { return mapped; }
+bool trampoline_is_mapped() noexcept {
+  return mapped;
+}
 
 }  // namespace zpoline::detail
