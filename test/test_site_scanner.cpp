@@ -117,6 +117,22 @@ TEST_CASE("functions that keep data in the red zone are skipped") {
   }
 }
 
+TEST_CASE("a syscall just after the end of a function's unwind information continues it") {
+  // glibc's clone3: `mov $435,%eax` ends the FDE (cfi_endproc), then `syscall`.
+  const Bytes code = concat({{0xb8, 0xb3, 0x01, 0x00, 0x00}, kSyscall, kRet});
+  const auto base = reinterpret_cast<std::uintptr_t>(code.data());
+  const FunctionRange function{base, base + 5};
+  CHECK(decisions(code, scan_code(code, base, std::span(&function, 1))) ==
+        Decisions{{5, SiteKind::rewritable}});
+
+  // Far from any function, the same bytes stay undecided.
+  Bytes far = concat({{0xb8, 0xb3, 0x01, 0x00, 0x00}, Bytes(64, 0x90), kSyscall, kRet});
+  const auto far_base = reinterpret_cast<std::uintptr_t>(far.data());
+  const FunctionRange far_function{far_base, far_base + 5};
+  CHECK(decisions(far, scan_code(far, far_base, std::span(&far_function, 1))) ==
+        Decisions{{69, SiteKind::undecodable}});
+}
+
 TEST_CASE("undecodable code before a candidate makes it undecodable") {
   // 0f 0b is ud2 (decodable); 0f ff is not an instruction at all in long mode (ud0 needs modrm;
   // use 0x06 = push es, invalid in 64-bit mode).
@@ -170,14 +186,25 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
   for (const FunctionRange& function : table.functions) {
     std::uintptr_t ip = function.begin;
     ZydisDecodedInstruction instruction;
-    while (ip < function.end && ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(
-                                    &decoder, nullptr, reinterpret_cast<const void*>(ip),
-                                    function.end - ip, &instruction))) {
-      if (instruction.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
-          instruction.mnemonic == ZYDIS_MNEMONIC_SYSENTER) {
+    // Within the function, and a syscall right after its end when the function's last
+    // instruction falls through (see the continuation case above).
+    bool falls_through = false;
+    while (ip < function.end + 2 && ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(
+                                        &decoder, nullptr, reinterpret_cast<const void*>(ip),
+                                        function.end + 2 - ip, &instruction))) {
+      const bool is_syscall = instruction.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
+                              instruction.mnemonic == ZYDIS_MNEMONIC_SYSENTER;
+      if (ip >= function.end && !(falls_through && is_syscall && ip == function.end)) break;
+      if (ip < function.end && ip + instruction.length > function.end) break;
+      if (is_syscall) {
         (instruction.length == 2 ? plain : prefixed)
             .insert(instruction.length == 2 ? ip : ip + instruction.length - 2);
       }
+      falls_through = instruction.meta.category != ZYDIS_CATEGORY_RET &&
+                      instruction.meta.category != ZYDIS_CATEGORY_UNCOND_BR &&
+                      instruction.mnemonic != ZYDIS_MNEMONIC_UD2 &&
+                      instruction.mnemonic != ZYDIS_MNEMONIC_HLT &&
+                      instruction.mnemonic != ZYDIS_MNEMONIC_INT3;
       ip += instruction.length;
     }
   }

@@ -124,7 +124,11 @@ long forward_clone3(const SyscallFrame& frame) {
   if (copy.stack != 0) {
     const std::uintptr_t top = copy.stack + copy.stack_size;
     copy.stack_size -= 8;
-    const long args[6] = {reinterpret_cast<long>(&copy), static_cast<long>(size), 0, 0, 0, 0};
+    // clone3 takes two arguments; the child finds its start routine in the other registers
+    // (glibc passes the function in rdx and its argument in r8), so they keep their values.
+    const long args[6] = {reinterpret_cast<long>(&copy), static_cast<long>(size),
+                          static_cast<long>(r.rdx),      static_cast<long>(r.r10),
+                          static_cast<long>(r.r8),       static_cast<long>(r.r9)};
     return clone_to_site(frame, SYS_clone3, args, top);
   }
   if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) copy.flags &= ~std::uint64_t{CLONE_VM};

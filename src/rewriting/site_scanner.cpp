@@ -8,6 +8,10 @@
 namespace zpoline::detail {
 namespace {
 
+// How far past the end of a function's unwind information a syscall may be and still be
+// decoded as the function's continuation.
+constexpr std::uintptr_t kMaxContinuation = 32;
+
 bool is_candidate(const std::uint8_t* p) {
   return p[0] == 0x0f && (p[1] == 0x05 || p[1] == 0x34);
 }
@@ -43,6 +47,35 @@ void note_red_zone_evidence(const ZydisDecodedInstruction& instruction,
     if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence.below_rsp = true;
     if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence.below_rbp = true;
   }
+}
+
+bool ends_control_flow(const ZydisDecodedInstruction& instruction) {
+  return instruction.meta.category == ZYDIS_CATEGORY_RET ||
+         instruction.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
+         instruction.mnemonic == ZYDIS_MNEMONIC_UD2 || instruction.mnemonic == ZYDIS_MNEMONIC_HLT ||
+         instruction.mnemonic == ZYDIS_MNEMONIC_INT3;
+}
+
+// True if decoding `function` from its start ends exactly at its end with an instruction after
+// which execution continues past the end (not a return, jump or trap).
+bool falls_through_end(const ZydisDecoder& decoder, std::span<const std::uint8_t> code,
+                       std::uintptr_t runtime_address, const FunctionRange& function) {
+  if (function.begin < runtime_address || function.end > runtime_address + code.size()) {
+    return false;
+  }
+  std::uintptr_t ip = function.begin;
+  ZydisDecodedInstruction instruction;
+  bool falls_through = false;
+  while (ip < function.end) {
+    const std::uint8_t* bytes = code.data() + (ip - runtime_address);
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoder, nullptr, bytes, function.end - ip,
+                                                    &instruction))) {
+      return false;
+    }
+    falls_through = !ends_control_flow(instruction);
+    ip += instruction.length;
+  }
+  return ip == function.end && falls_through;
 }
 
 // Decides the candidates [first, last) that lie in one function.
@@ -120,7 +153,20 @@ ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_
         functions.begin(), functions.end(), *candidate,
         [](std::uintptr_t address, const FunctionRange& f) { return address < f.begin; });
     if (function == functions.begin() || (--function)->end <= *candidate) {
-      result.sites.push_back({*candidate, SiteKind::undecodable});
+      // Not inside any function. Hand-written assembly sometimes ends its unwind information
+      // just before a syscall whose continuation cannot be described (glibc's clone and clone3
+      // end the FDE there because the child runs on another stack). Such a syscall directly
+      // continues the preceding function: decode on from its end, a short distance only.
+      const bool after_function = function != functions.end() && function->end <= *candidate &&
+                                  *candidate - function->end <= kMaxContinuation &&
+                                  falls_through_end(decoder, code, runtime_address, *function);
+      if (after_function) {
+        const FunctionRange continuation{function->begin, *candidate + 2};
+        decide_in_function(decoder, code, runtime_address, continuation, candidate, candidate + 1,
+                           result);
+      } else {
+        result.sites.push_back({*candidate, SiteKind::undecodable});
+      }
       ++candidate;
       continue;
     }
