@@ -1,0 +1,106 @@
+// The patcher on live code: a site whose two bytes lie on two pages, exact protection restore,
+// and bytes that changed under it. Scenarios install a hook (the trampoline must exist before a
+// rewritten site runs), so each runs in its own process.
+#include <doctest/doctest.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "platform/memory_map.hpp"
+#include "rewriting/patcher.hpp"
+#include "rewriting/site_registry.hpp"
+#include "support.hpp"
+
+using namespace zpoline::detail;
+
+namespace {
+
+constexpr std::size_t kPage = 4096;
+
+// Two fresh pages of code: a function at `offset` that is `mov $39,%eax; syscall; ret`.
+struct CodePages {
+  std::uint8_t* base = nullptr;
+  std::uint8_t* function = nullptr;
+  std::uint8_t* site = nullptr;
+
+  CodePages(std::size_t offset, int protection_first, int protection_second) {
+    base = static_cast<std::uint8_t*>(
+        mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(base != MAP_FAILED);
+    std::memset(base, 0xcc, 2 * kPage);  // int3 everywhere else
+    function = base + offset;
+    const std::uint8_t code[] = {0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xc3};
+    std::memcpy(function, code, sizeof code);
+    site = function + 5;
+    REQUIRE(mprotect(base, kPage, protection_first) == 0);
+    REQUIRE(mprotect(base + kPage, kPage, protection_second) == 0);
+  }
+  ~CodePages() { munmap(base, 2 * kPage); }
+
+  long call() const { return reinterpret_cast<long (*)()>(function)(); }
+};
+
+int protection_at(const void* address) {
+  const auto map = read_memory_map();
+  const Mapping* mapping = find_mapping(map, reinterpret_cast<std::uintptr_t>(address));
+  REQUIRE(mapping != nullptr);
+  return mapping->protection;
+}
+
+PatchOutcome rewrite(std::uint8_t* site) {
+  const auto address = reinterpret_cast<std::uintptr_t>(site);
+  site_registry().add(address);
+  const Patch patch{address, kSyscallBytes, kCallRaxBytes};
+  return apply_patches(std::span(&patch, 1), read_memory_map());
+}
+
+}  // namespace
+
+TEST_CASE("site_straddling_two_pages") {
+  std::atomic<long> getpid_calls{0};
+  auto session = zpoline_test::install_or_skip([&](zpoline::Syscall& call) {
+    if (call.number() == SYS_getpid) ++getpid_calls;
+    return call.forward();
+  });
+  // The syscall's 0f is the last byte of the first page, its 05 the first of the second.
+  CodePages pages(kPage - 6, PROT_READ | PROT_EXEC, PROT_READ | PROT_EXEC);
+  REQUIRE(pages.site == pages.base + kPage - 1);
+  CHECK(pages.call() == getpid());  // before: a real syscall, not hooked
+  const long hooked_before = getpid_calls.load();
+
+  const PatchOutcome outcome = rewrite(pages.site);
+  CHECK(outcome.written == 1);
+  CHECK(pages.site[0] == 0xff);
+  CHECK(pages.site[1] == 0xd0);
+  CHECK(protection_at(pages.base) == (PROT_READ | PROT_EXEC));
+  CHECK(protection_at(pages.base + kPage) == (PROT_READ | PROT_EXEC));
+
+  CHECK(pages.call() == zpoline::raw_syscall(SYS_getpid));
+  CHECK(getpid_calls.load() == hooked_before + 1);  // the rewritten site reached the hook
+}
+
+TEST_CASE("each_page_gets_its_own_protection_back") {
+  auto session =
+      zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+  // Different protections on the two pages: each must come back exactly.
+  CodePages pages(kPage - 6, PROT_READ | PROT_EXEC, PROT_READ | PROT_WRITE | PROT_EXEC);
+  CHECK(rewrite(pages.site).written == 1);
+  CHECK(protection_at(pages.base) == (PROT_READ | PROT_EXEC));
+  CHECK(protection_at(pages.base + kPage) == (PROT_READ | PROT_WRITE | PROT_EXEC));
+  CHECK(pages.call() == zpoline::raw_syscall(SYS_getpid));
+}
+
+TEST_CASE("changed_bytes_are_left_alone") {
+  auto session =
+      zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+  CodePages pages(100, PROT_READ | PROT_WRITE | PROT_EXEC, PROT_READ | PROT_EXEC);
+  pages.site[1] = 0x34;  // now sysenter: not the syscall the patch expects
+  const PatchOutcome outcome = rewrite(pages.site);
+  CHECK(outcome.written == 0);
+  CHECK(outcome.mismatched == 1);
+  CHECK(pages.site[0] == 0x0f);
+  CHECK(pages.site[1] == 0x34);
+}
