@@ -20,7 +20,7 @@
 #include "rewriting/site_registry.hpp"
 
 // Definitions of the symbols shared with entry_stub.S (declared in frame.hpp).
-__thread zpoline::detail::ThreadState zpoline_detail_thread_state = {0, 0};
+__thread zpoline::detail::ThreadState zpoline_detail_thread_state = {};
 unsigned char zpoline_detail_hook_live = 0;
 std::uint64_t zpoline_detail_xsave_size = 576;
 std::uint64_t zpoline_detail_xsave_mask = 0;
@@ -79,6 +79,21 @@ long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a
   return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);
 }
 
+// vfork, and clones that share the caller's stack with the child (CLONE_VM|CLONE_VFORK without
+// a new stack): the child would overwrite the frames this call returns through. The stub makes
+// such a call itself once the hook has returned, on the application's stack, with its own way
+// back for each side (entry_stub.S, .Lon_application_stack). forward() returns 0 meanwhile.
+long run_on_application_stack() {
+  zpoline_detail_thread_state.run_on_application_stack = 1;
+  return 0;
+}
+
+bool on_alternate_signal_stack() {
+  stack_t current{};
+  return raw(SYS_sigaltstack, 0, reinterpret_cast<long>(&current)) == 0 &&
+         (current.ss_flags & SS_ONSTACK) != 0;
+}
+
 // clone/clone3 with a new stack: the child must start at the application's return address, on
 // its own stack, with the application's registers. The application's return address goes on top
 // of the child's stack, where zpoline_detail_clone_to_site's child `ret`s from.
@@ -102,9 +117,7 @@ long forward_clone(const SyscallFrame& frame) {
     args[1] = static_cast<long>(stack - 8);
     return clone_to_site(frame, SYS_clone, args, stack);
   }
-  // A vfork-style child without its own stack would run on (and overwrite) the stack this call
-  // returns through; it gets a copy of the address space instead (see forward_vfork).
-  if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) args[0] &= ~static_cast<long>(CLONE_VM);
+  if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack();
   return raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
 }
 
@@ -135,13 +148,6 @@ long forward_clone3(const SyscallFrame& frame) {
   return raw(SYS_clone3, reinterpret_cast<long>(&copy), static_cast<long>(size));
 }
 
-// vfork's child shares the parent's stack, and would overwrite the frames this call returns
-// through in the parent. The child gets a copy of the address space instead; the parent still
-// waits until the child execs or exits, as with vfork.
-long forward_vfork() {
-  return raw(SYS_clone, CLONE_VFORK | SIGCHLD);
-}
-
 }  // namespace
 
 const char* syscall_name(long number) noexcept {
@@ -160,7 +166,7 @@ long forward(const SyscallFrame& frame) noexcept {
     case SYS_clone3:
       return forward_clone3(frame);
     case SYS_vfork:
-      return forward_vfork();
+      return run_on_application_stack();
     default:
       return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
   }
@@ -192,6 +198,15 @@ void retract_hook() noexcept {
   if (!busy) delete hook;
 }
 
+[[noreturn]] void report_exception_from_hook(std::string_view call) {
+  ++zpoline_detail_thread_state.bypass_depth;
+  std::fprintf(stderr,
+               "zpoline: fatal: the hook threw an exception while handling %.*s; a hook must "
+               "return a result (a negative errno for failure) instead. Aborting.\n",
+               static_cast<int>(call.size()), call.data());
+  std::abort();
+}
+
 }  // namespace zpoline::detail
 
 using namespace zpoline::detail;
@@ -199,28 +214,52 @@ using namespace zpoline::detail;
 extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   ThreadState& self = zpoline_detail_thread_state;
   SyscallFrame frame{regs, xsave_area};
-  // The stub sends clone, clone3 and vfork here even when the hook is bypassed.
-  if (self.bypass_depth != 0 || !__atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE)) {
-    return forward(frame);
+  const auto call_frame = reinterpret_cast<std::uintptr_t>(regs);
+  bool run_hook = self.bypass_depth == 0;
+  if (run_hook && self.hook_frame != 0) {
+    // The hook is running on this thread. A call from below its frame is the hook's own (the
+    // stub sends clone, clone3 and vfork here even then); one from above comes from a signal
+    // handler on an alternate stack, or the hook was left by a siglongjmp and will not return.
+    if (call_frame < self.hook_frame || on_alternate_signal_stack()) {
+      run_hook = false;
+    } else {
+      self.hook_frame = 0;
+      __atomic_store_n(&self.in_hook, 0, __ATOMIC_RELEASE);
+    }
+  }
+  run_hook = run_hook && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE);
+  if (!run_hook) {
+    const long result = forward(frame);
+    return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
   }
   if (!site_registry().contains(regs->return_address - 2)) {
     zpoline_detail_report_stray_call(regs->return_address, static_cast<long>(regs->rax));
   }
-  ++self.bypass_depth;  // the hook's own system calls go straight to the kernel
-  if (!thread_known) remember_thread();
+  if (!thread_known) {
+    ++self.bypass_depth;  // remember_thread() allocates and locks
+    remember_thread();
+    --self.bypass_depth;
+  }
+  // From here on, syscalls from below this frame are the hook's own.
+  self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   __atomic_store_n(&self.in_hook, 1, __ATOMIC_RELAXED);
   reader_barrier();
   long result;
   zpoline::Hook* hook = current_hook.load(std::memory_order_acquire);
   if (hook != nullptr && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_RELAXED)) {
     zpoline::Syscall call(frame);
-    result = (*hook)(call);
+    try {
+      result = (*hook)(call);
+    } catch (...) {
+      report_exception_from_hook(call.name());
+    }
   } else {
     result = forward(frame);
   }
   __atomic_store_n(&self.in_hook, 0, __ATOMIC_RELEASE);
-  --self.bypass_depth;
-  return result;
+  self.hook_frame = 0;
+  // For vfork, the stub makes the call now that the hook is done; it needs the number.
+  return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
 }
 
 extern "C" void zpoline_detail_report_stray_call(std::uintptr_t return_address, long number) {

@@ -14,6 +14,17 @@
 #define FRAME_RAX 96
 #define FRAME_RETURN 240
 #define RED_ZONE 128
+/* ThreadState (dispatch/frame.hpp) */
+#define STATE_BYPASS_DEPTH 0
+#define STATE_HOOK_FRAME 8
+#define STATE_RUN_ON_APP_STACK 16
+#define STATE_VFORK_DEPTH 20
+#define STATE_VFORK_RETURNS 24
+#define VFORK_RETURN_ADDRESS 0
+#define VFORK_SAVED_STATE 8
+#define VFORK_SAVED_HOOK_FRAME 16
+#define VFORK_RESULT 24
+#define VFORK_MAX 16
 
         .text
         .globl zpoline_detail_code_begin
@@ -33,9 +44,15 @@ zpoline_detail_entry:
         cmpw $0xd0ff, -2(%rcx)                  /* came from a `call *%rax` (ff d0)? */
         jne .Lstray_call
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        cmpl $0, %fs:(%r11)                     /* bypass depth of this thread */
+        cmpl $0, %fs:STATE_BYPASS_DEPTH(%r11)   /* ScopedBypass on this thread */
         jne .Lbypass
-        cmpb $0, zpoline_detail_hook_live(%rip)
+        mov %fs:STATE_HOOK_FRAME(%r11), %rcx    /* is the hook running on this thread? */
+        test %rcx, %rcx
+        jz 1f
+        cmp %rcx, %rsp                          /* yes: below its frame, it is the hook's own */
+        jb .Lbypass                             /* syscall; above, the dispatcher decides */
+        jmp .Lfull
+1:      cmpb $0, zpoline_detail_hook_live(%rip)
         je .Lbypass
 
 .Lfull:                                         /* save everything, call the dispatcher */
@@ -78,7 +95,7 @@ zpoline_detail_entry:
         mov %rbx, %rdi
         mov %rsp, %rsi
         call zpoline_detail_dispatch
-        mov %rax, FRAME_RAX(%rbx)
+        mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
         mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
         cmpb $0, zpoline_detail_xsave_mode(%rip)
@@ -100,6 +117,9 @@ zpoline_detail_entry:
         pop %rbp
         pop %rbx
         pop %rax
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
+        jne .Lon_application_stack
 .Lreturn:                                       /* (%rsp) = saved RFLAGS */
         mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
         popfq
@@ -108,13 +128,68 @@ zpoline_detail_entry:
         ret
 
 .Lbypass:                                       /* no hook: straight to the kernel, */
-        cmp $56, %rax                           /* except clone, vfork and clone3, whose child */
-        je .Lfull                               /* must not return through this stack frame */
-        cmp $58, %rax
+        cmp $58, %rax                           /* except vfork, clone and clone3, whose child */
+        je .Lvfork_bypassed                     /* must not return through this stack frame */
+        cmp $56, %rax
         je .Lfull
         cmp $435, %rax
         je .Lfull
         syscall
+        jmp .Lreturn
+
+.Lvfork_bypassed:
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+.Lon_application_stack:
+        /* vfork, or a clone that shares this stack with its child: the child would overwrite
+         * whatever lies below the application's rsp, including this stub's frame. So the
+         * syscall (number in rax, the application's registers and RFLAGS) is made with rsp back
+         * where the application had it, and both parent and child jump to the return address,
+         * kept in this thread's vfork_returns stack with the hook state (the child shares the
+         * TLS and may change it before it execs or exits). The parent pops the entry; the child
+         * leaves it. After the popfq no instruction touches the flags (mov, lea, jrcxz, jmp).
+         * r11 = the TLS offset of ThreadState; (%rsp) = saved RFLAGS. */
+        movl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
+        mov %fs:STATE_VFORK_DEPTH(%r11), %ecx
+        cmp $VFORK_MAX, %ecx
+        jae .Lvfork_too_deep
+        push %rdx                               /* one more scratch register, below the frame */
+        lea 1(%rcx), %edx
+        mov %edx, %fs:STATE_VFORK_DEPTH(%r11)
+        shl $5, %rcx                            /* 32-byte entries */
+        lea STATE_VFORK_RETURNS(%r11,%rcx), %r11
+        mov RED_ZONE+16(%rsp), %rdx             /* the return address */
+        mov %rdx, %fs:VFORK_RETURN_ADDRESS(%r11)
+        mov zpoline_detail_thread_state@gottpoff(%rip), %rcx
+        mov %fs:STATE_BYPASS_DEPTH(%rcx), %rdx
+        mov %rdx, %fs:VFORK_SAVED_STATE(%r11)
+        mov %fs:STATE_HOOK_FRAME(%rcx), %rdx
+        mov %rdx, %fs:VFORK_SAVED_HOOK_FRAME(%r11)
+        pop %rdx
+        popfq
+        lea RED_ZONE+8(%rsp), %rsp              /* the application's rsp */
+        syscall
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        mov %fs:STATE_VFORK_DEPTH(%r11), %ecx
+        lea -1(%rcx), %ecx
+        lea 0(,%rcx,4), %rcx
+        lea STATE_VFORK_RETURNS(%r11,%rcx,8), %r11  /* r11: this vfork's entry */
+        mov %rax, %rcx
+        jrcxz 6f                                /* result 0: the child */
+        mov %rax, %fs:VFORK_RESULT(%r11)        /* the parent, once the child exec'd or exited */
+        mov zpoline_detail_thread_state@gottpoff(%rip), %rcx
+        mov %fs:VFORK_SAVED_STATE(%r11), %rax
+        mov %rax, %fs:STATE_BYPASS_DEPTH(%rcx)
+        mov %fs:VFORK_SAVED_HOOK_FRAME(%r11), %rax
+        mov %rax, %fs:STATE_HOOK_FRAME(%rcx)
+        mov %fs:STATE_VFORK_DEPTH(%rcx), %eax
+        lea -1(%rax), %eax
+        mov %eax, %fs:STATE_VFORK_DEPTH(%rcx)
+        mov %fs:VFORK_RESULT(%r11), %rax
+6:      mov %fs:VFORK_RETURN_ADDRESS(%r11), %rcx /* rcx = return address, as `syscall` leaves it */
+        jmp *%rcx
+
+.Lvfork_too_deep:                               /* more nested vforks than slots: EAGAIN */
+        mov $-11, %rax
         jmp .Lreturn
 
 .Lsigreturn:

@@ -36,11 +36,33 @@ struct CloneRequest {
 };
 static_assert(offsetof(CloneRequest, args) == 24);
 
-// Per-thread state, in static TLS so the stub reads it with one %fs-relative load.
+// Per-thread state, in static TLS so the stub reads it with %fs-relative loads. The offsets of
+// the first fields are hard-coded in entry_stub.S.
+inline constexpr unsigned kMaxVforkDepth = 16;
 struct ThreadState {
-  std::uint32_t bypass_depth;  // > 0: this thread's syscalls skip the hook (read by the stub)
+  std::uint32_t bypass_depth;  // ScopedBypass nesting: > 0 skips the hook (read by the stub)
   std::uint32_t in_hook;       // the hook is running on this thread (read by detach)
+  // While the hook runs: the dispatcher's frame address. A syscall from below it is the hook's
+  // own. One from above it comes from a signal handler on an alternate stack, or the hook was
+  // left without returning (siglongjmp out of a handler that interrupted it). 0 otherwise.
+  std::uint64_t hook_frame;
+  // Set by forward() for vfork and vfork-like clones: when the hook returns, the stub makes the
+  // syscall itself on the application's stack (see entry_stub.S, .Lon_application_stack).
+  std::uint32_t run_on_application_stack;
+  std::uint32_t vfork_depth;
+  // One per vfork in progress on this thread: the way back, which must not live on the stack the
+  // child shares, and the hook state to give back to the parent (the child shares this TLS too).
+  struct VforkReturn {
+    std::uint64_t return_address;
+    std::uint64_t bypass_and_in_hook;  // the first 8 bytes of ThreadState
+    std::uint64_t hook_frame;
+    std::uint64_t result;  // parked while the parent restores the above
+  } vfork_returns[kMaxVforkDepth];
 };
+static_assert(offsetof(ThreadState, hook_frame) == 8);
+static_assert(offsetof(ThreadState, run_on_application_stack) == 16);
+static_assert(offsetof(ThreadState, vfork_depth) == 20);
+static_assert(offsetof(ThreadState, vfork_returns) == 24 && sizeof(ThreadState::VforkReturn) == 32);
 
 }  // namespace zpoline::detail
 
