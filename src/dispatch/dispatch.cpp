@@ -232,9 +232,6 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     const long result = forward(frame);
     return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
   }
-  if (!site_registry().contains(regs->return_address - 2)) {
-    zpoline_detail_report_stray_call(regs->return_address, static_cast<long>(regs->rax));
-  }
   if (!thread_known) {
     ++self.bypass_depth;  // remember_thread() allocates and locks
     remember_thread();
@@ -267,9 +264,9 @@ extern "C" void zpoline_detail_report_stray_call(std::uintptr_t return_address, 
   char message[256];
   const int length = std::snprintf(
       message, sizeof message,
-      "zpoline: fatal: a call landed in the system call trampoline at address %#lx from %#lx, "
-      "which is not a rewritten syscall site. A NULL or corrupt function pointer was called. "
-      "Aborting.\n",
+      "zpoline: fatal: a call into the system call trampoline (rax = %#lx) from %#lx (return "
+      "address), which is not a rewritten syscall site: a NULL or corrupt function pointer was "
+      "called. Aborting.\n",
       static_cast<unsigned long>(number), static_cast<unsigned long>(return_address));
   raw(SYS_write, STDERR_FILENO, reinterpret_cast<long>(message), length);
   std::abort();

@@ -25,6 +25,10 @@
 #define VFORK_SAVED_HOOK_FRAME 16
 #define VFORK_RESULT 24
 #define VFORK_MAX 16
+/* SiteRegistry's table (rewriting/site_registry.cpp) */
+#define SITE_TABLE_CAPACITY 0
+#define SITE_TABLE_SLOTS 16
+#define SITE_HASH_MULTIPLIER 0x9e3779b97f4a7c15
 
         .text
         .globl zpoline_detail_code_begin
@@ -38,11 +42,36 @@ zpoline_detail_code_begin:
 zpoline_detail_entry:
         lea -RED_ZONE(%rsp), %rsp               /* step over the caller's red zone */
         pushfq                                  /* from here on flags may change */
-        cmp $15, %rax                           /* rt_sigreturn: run it on the signal frame */
-        je .Lsigreturn
         mov RED_ZONE+8(%rsp), %rcx              /* rcx, r11: free, `syscall` clobbers them */
         cmpw $0xd0ff, -2(%rcx)                  /* came from a `call *%rax` (ff d0)? */
         jne .Lstray_call
+        /* And from a site the rewriter made, not an ordinary `call *%rax` with a NULL or small
+         * function pointer in rax? Look the site up in the registry (site_registry.cpp): open
+         * addressing, slot = ((site * K) >> 20) & (capacity - 1), 0 marks an empty slot. */
+        push %rdx
+        push %rax
+        lea -2(%rcx), %rcx                      /* the site */
+        mov zpoline_detail_site_table(%rip), %r11
+        test %r11, %r11
+        jz .Lnot_registered
+        movabs $SITE_HASH_MULTIPLIER, %rax
+        imul %rcx, %rax
+        shr $20, %rax
+        mov SITE_TABLE_CAPACITY(%r11), %rdx
+        dec %rdx                                /* rdx: index mask */
+2:      and %rdx, %rax
+        mov SITE_TABLE_SLOTS(%r11,%rax,8), %r11
+        cmp %rcx, %r11
+        je 3f
+        test %r11, %r11
+        jz .Lnot_registered
+        mov zpoline_detail_site_table(%rip), %r11
+        inc %rax
+        jmp 2b
+3:      pop %rax
+        pop %rdx
+        cmp $15, %rax                           /* rt_sigreturn: run it on the signal frame */
+        je .Lsigreturn
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
         cmpl $0, %fs:STATE_BYPASS_DEPTH(%r11)   /* ScopedBypass on this thread */
         jne .Lbypass
@@ -197,6 +226,10 @@ zpoline_detail_entry:
         syscall                                 /* does not return */
         ud2
 
+.Lnot_registered:
+        pop %rax
+        pop %rdx
+        lea 2(%rcx), %rcx                       /* the return address again */
 .Lstray_call:                                   /* a call into page 0 that no site made */
         mov %rcx, %rdi
         mov %rax, %rsi

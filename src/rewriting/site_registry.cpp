@@ -4,12 +4,14 @@
 
 #include <new>
 
+void* zpoline_detail_site_table = nullptr;
+
 namespace zpoline::detail {
 
 // Open addressing with linear probing; 0 marks an empty slot (no site is at address 0).
 struct SiteRegistry::Table {
-  std::size_t capacity;  // a power of two
-  std::size_t count;
+  std::size_t capacity;  // a power of two; offset 0 (SITE_TABLE_CAPACITY in entry_stub.S)
+  std::size_t count;     // the slots follow at offset 16 (SITE_TABLE_SLOTS)
   // The slots follow the header in the same mapping.
   std::uintptr_t* slots() { return reinterpret_cast<std::uintptr_t*>(this + 1); }
 };
@@ -17,7 +19,7 @@ struct SiteRegistry::Table {
 namespace {
 
 std::size_t slot_of(std::uintptr_t site, std::size_t capacity) {
-  return static_cast<std::size_t>((site * 0x9e3779b97f4a7c15ull) >> 20) & (capacity - 1);
+  return static_cast<std::size_t>((site * kSiteHashMultiplier) >> 20) & (capacity - 1);
 }
 
 // Returns false when the site was already present.
@@ -52,16 +54,16 @@ SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) {
 }
 
 void SiteRegistry::add(std::uintptr_t site) {
-  Table* table = __atomic_load_n(&table_, __ATOMIC_ACQUIRE);
+  Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   if (table == nullptr || (table->count + 1) * 2 > table->capacity) {
     table = grow(table, table ? table->capacity * 2 : 4096);
-    __atomic_store_n(&table_, table, __ATOMIC_RELEASE);
+    __atomic_store_n(&zpoline_detail_site_table, static_cast<void*>(table), __ATOMIC_RELEASE);
   }
   if (insert(table->slots(), table->capacity, site)) ++table->count;
 }
 
 bool SiteRegistry::contains(std::uintptr_t site) const noexcept {
-  Table* table = __atomic_load_n(&table_, __ATOMIC_ACQUIRE);
+  Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   if (table == nullptr || site == 0) return false;
   for (std::size_t i = slot_of(site, table->capacity);; i = (i + 1) & (table->capacity - 1)) {
     std::uintptr_t current = __atomic_load_n(&table->slots()[i], __ATOMIC_ACQUIRE);
@@ -71,7 +73,8 @@ bool SiteRegistry::contains(std::uintptr_t site) const noexcept {
 }
 
 std::size_t SiteRegistry::size() const noexcept {
-  const Table* table = __atomic_load_n(&table_, __ATOMIC_ACQUIRE);
+  const Table* table =
+      static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   return table ? table->count : 0;
 }
 

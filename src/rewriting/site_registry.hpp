@@ -3,7 +3,9 @@
 //
 // Contract: add() is called with the install lock held, before the site's bytes are rewritten;
 // contains() may run at any time on any thread (including signal handlers) without locks: readers
-// see a table that is either the old or the new one, and tables are never freed.
+// see a table that is either the old or the new one, and tables are never freed. The entry stub
+// (entry_stub.S) does the same lookup in assembly on every call: the table layout, the hash and
+// the global zpoline_detail_site_table are part of its contract.
 #pragma once
 
 #include <cstddef>
@@ -20,9 +22,15 @@ class SiteRegistry {
  private:
   struct Table;
   Table* grow(Table* old, std::size_t capacity);
-  Table* table_ = nullptr;  // accessed with atomic builtins
 };
 
 SiteRegistry& site_registry();
 
+inline constexpr std::uint64_t kSiteHashMultiplier = 0x9e3779b97f4a7c15ull;
+
 }  // namespace zpoline::detail
+
+// The current table (a SiteRegistry::Table), read by the entry stub; accessed atomically.
+extern "C" void* zpoline_detail_site_table __attribute__((visibility("hidden")));
+
+namespace zpoline::detail {}  // namespace zpoline::detail

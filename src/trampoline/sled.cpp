@@ -20,13 +20,9 @@ constexpr std::size_t kMaxBlock = 14;
 // Pairs closer to the exit than the shortest jump cannot reach it; they become the landing zone.
 constexpr std::size_t kLandingZone = kMinDisplacement + 2 - 2;
 
-void write_exit(std::uint8_t* at, std::uintptr_t entry_stub) {
-  at[0] = 0x49;  // REX.W+B
-  at[1] = 0xbb;  // mov $imm64, %r11
-  std::memcpy(at + 2, &entry_stub, sizeof entry_stub);
-  at[10] = 0x41;  // REX.B
-  at[11] = 0xff;  // jmp *%r11
-  at[12] = 0xe3;
+void write_exit(std::uint8_t* at) {
+  at[0] = 0xe9;  // jmp rel32
+  std::memcpy(at + 1, &kExitDisplacement, sizeof kExitDisplacement);
 }
 
 // Long nops ending exactly at `end`: the first block is the remainder, all others are full.
@@ -71,13 +67,33 @@ void write_region(std::uint8_t* sled, std::size_t region, std::size_t exit) {
 
 }  // namespace
 
-void build_sled(std::span<std::uint8_t, kSledSize> sled, std::uintptr_t entry_stub) {
-  static_assert((kFirstExit - 0) % 2 == 0 && (kSecondExit - kSecondRegion) % 2 == 0,
+void build_sled(std::span<std::uint8_t, kSledSize> sled) {
+  static_assert(kFirstExit % 2 == 0 && (kSecondExit - kSecondRegion) % 2 == 0,
                 "each exit must be on its region's pair parity");
+  static_assert((kExitDisplacement & 0xff) == kInvalidOpcode &&
+                    ((kExitDisplacement >> 8) & 0xff) == kInvalidOpcode &&
+                    ((kExitDisplacement >> 16) & 0xff) == kInvalidOpcode &&
+                    (kExitDisplacement >> 24) == kInvalidOpcode,
+                "entering an exit's displacement must fault");
   write_region(sled.data(), 0, kFirstExit);
-  write_exit(sled.data() + kFirstExit, entry_stub);
+  write_exit(sled.data() + kFirstExit);
   write_region(sled.data(), kSecondRegion, kSecondExit);
-  write_exit(sled.data() + kSecondExit, entry_stub);
+  write_exit(sled.data() + kSecondExit);
+}
+
+void build_relay(std::span<std::uint8_t, kRelaySize> relay, std::uintptr_t entry_stub) {
+  static_assert(kFirstRelay >= kRelayBase &&
+                kSecondRelay + kRelayLength <= kRelayBase + kRelaySize);
+  std::memset(relay.data(), kInvalidOpcode, relay.size());
+  for (std::uintptr_t at : {kFirstRelay, kSecondRelay}) {
+    std::uint8_t* code = relay.data() + (at - kRelayBase);
+    code[0] = 0x49;  // REX.W+B
+    code[1] = 0xbb;  // mov $imm64, %r11
+    std::memcpy(code + 2, &entry_stub, sizeof entry_stub);
+    code[10] = 0x41;  // REX.B
+    code[11] = 0xff;  // jmp *%r11
+    code[12] = 0xe3;
+  }
 }
 
 }  // namespace zpoline::detail

@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <span>
 #include <string>
 
 #include "dispatch/frame.hpp"
+#include "trampoline/fault_redirect.hpp"
 #include "trampoline/sled.hpp"
 #include "zpoline/zpoline.hpp"
 
@@ -73,21 +75,36 @@ void map_trampoline() {
     munmap(page, kSledSize);
     throw_refused(EPERM);
   }
-  // Address 0 is a valid mapping here; a std::span over it is the clearest way to fill it. The
-  // volatile pointer keeps the compiler from treating the null address as undefined.
+  void* relay = mmap(reinterpret_cast<void*>(kRelayBase), kRelaySize, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (relay != reinterpret_cast<void*>(kRelayBase)) {
+    if (relay != MAP_FAILED) munmap(relay, kRelaySize);
+    munmap(page, kSledSize);
+    char range[64];
+    std::snprintf(range, sizeof range, "[%#lx, %#lx)", static_cast<unsigned long>(kRelayBase),
+                  static_cast<unsigned long>(kRelayBase + kRelaySize));
+    throw Error(ErrorCode::page_zero_in_use,
+                std::string("zpoline: the trampoline's relay needs the address range ") + range +
+                    ", which is already mapped in this process.");
+  }
+  // Address 0 is a valid mapping here. The volatile pointer keeps the compiler from treating
+  // the null address as undefined.
   std::uint8_t* volatile base = static_cast<std::uint8_t*>(page);
-  build_sled(std::span<std::uint8_t, kSledSize>(base, kSledSize),
-             reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
+  build_sled(std::span<std::uint8_t, kSledSize>(base, kSledSize));
+  build_relay(std::span<std::uint8_t, kRelaySize>(static_cast<std::uint8_t*>(relay), kRelaySize),
+              reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
   // PROT_EXEC alone is execute-only on CPUs with protection keys (the kernel assigns its
-  // execute-only key), read+execute elsewhere. The sled reads no data, so both work.
-  if (mprotect(page, kSledSize, PROT_EXEC) != 0) {
+  // execute-only key), read+execute elsewhere. The sled and relay read no data, so both work.
+  if (mprotect(page, kSledSize, PROT_EXEC) != 0 || mprotect(relay, kRelaySize, PROT_EXEC) != 0) {
     const int error = errno;
     munmap(page, kSledSize);
+    munmap(relay, kRelaySize);
     throw Error(ErrorCode::page_zero_refused,
                 std::string("zpoline: could not make the trampoline at address 0 executable: ") +
                     std::strerror(error) +
                     " (a security policy may forbid executable anonymous memory).");
   }
+  install_fault_redirect();
   mapped = true;
 }
 

@@ -1,0 +1,935 @@
+// The entry stub (src/dispatch/entry_stub.S) seen from the application: a rewritten site must
+// behave like the `syscall` it replaced. Registers, flags, vector state and the red zone survive
+// a hooked call; signal handlers make hooked system calls and return through rt_sigreturn; calls
+// into page 0 that no rewritten site made are diagnosed. Each TEST_CASE installs and runs in its
+// own process.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+#include "zpoline/zpoline.hpp"
+
+using zpoline_test::install_or_skip;
+
+// ---------------------------------------------------------------------------------------------
+// Assembly probes. Each is a complete function (symbol type and size, and an FDE) so that the
+// rewriter finds its start and decodes up to its syscall, which it rewrites at install time.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// The register state a probe loads before its syscall (`in`) and finds right after it (`out`).
+// Offsets are hard-coded in the assembly below.
+struct alignas(32) ProbeState {
+  std::uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15;
+  std::uint64_t rflags;      // in: loaded with popfq; out: pushfq right after the syscall
+  std::uint64_t rsp;         // out: rsp right after the syscall
+  std::uint32_t mxcsr;       // in: loaded; out: stored after the syscall
+  std::uint32_t use_avx;     // set in both: ymm (AVX) or only xmm (SSE)
+  std::uint64_t rsp_before;  // out: rsp right before the syscall
+  std::uint64_t unused;
+  std::uint8_t vec[16][32];  // ymm0..ymm15 (only the low 16 bytes without AVX)
+};
+static_assert(offsetof(ProbeState, r15) == 112);
+static_assert(offsetof(ProbeState, rflags) == 120);
+static_assert(offsetof(ProbeState, rsp) == 128);
+static_assert(offsetof(ProbeState, mxcsr) == 136);
+static_assert(offsetof(ProbeState, use_avx) == 140);
+static_assert(offsetof(ProbeState, rsp_before) == 144);
+static_assert(offsetof(ProbeState, vec) == 160);
+
+}  // namespace
+
+extern "C" {
+// Loads every register from *in (rax = the syscall number), runs one `syscall` at
+// zt_register_probe_site and stores every register into *out.
+void zt_register_probe(const ProbeState* in, ProbeState* out);
+extern const unsigned char zt_register_probe_site[];
+
+// Fills the 128 bytes below rsp with red_zone_pattern(i) (16 quadwords, lowest address first)
+// without any visible negative displacement on rsp, runs getpid at zt_red_zone_probe_site and
+// copies the 16 quadwords to out. Returns the syscall's result.
+long zt_red_zone_probe(std::uint64_t* out);
+extern const unsigned char zt_red_zone_probe_site[];
+
+// Stores to -16(%rsp) around a getpid syscall: the rewriter must leave this site alone.
+long zt_red_zone_skip_probe();
+extern const unsigned char zt_red_zone_skip_site[];
+
+// `call *%rax` with rax = 0 (read(-1, 0, 0) if the call were taken as a syscall).
+long zt_call_null_rax();
+extern const unsigned char zt_call_null_rax_return[];
+
+// `call *%rdx` with rdx = 0 and rax = 39 (getpid if the call were taken as a syscall).
+long zt_call_null_rdx();
+extern const unsigned char zt_call_null_rdx_return[];
+}
+
+#define ZT_FUNCTION(name) \
+  "  .globl " #name       \
+  "\n"                    \
+  "  .hidden " #name      \
+  "\n"                    \
+  "  .type " #name        \
+  ", @function\n"         \
+  "  .p2align 4\n" #name  \
+  ":\n"                   \
+  "  .cfi_startproc\n"
+#define ZT_END(name) \
+  "  .cfi_endproc\n" \
+  "  .size " #name ", .-" #name "\n"
+#define ZT_LABEL(name) \
+  "  .globl " #name    \
+  "\n"                 \
+  "  .hidden " #name "\n" #name ":\n"
+
+asm(".text\n"
+    // ---- zt_register_probe(in = rdi, out = rsi) ----
+    ZT_FUNCTION(zt_register_probe)
+    "  push %rbp\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %rbp, -16\n"
+    "  push %rbx\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %rbx, -24\n"
+    "  push %r12\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %r12, -32\n"
+    "  push %r13\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %r13, -40\n"
+    "  push %r14\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %r14, -48\n"
+    "  push %r15\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %r15, -56\n"
+    "  push %rsi\n"  // 8(%rsp) = out
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  sub $8, %rsp\n"  // (%rsp) = the caller's MXCSR
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  stmxcsr (%rsp)\n"
+    "  ldmxcsr 136(%rdi)\n"
+    "  cmpl $0, 140(%rdi)\n"
+    "  je 1f\n"
+    "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+    "  vmovdqu 160+32*\\n(%rdi), %ymm\\n\n"
+    "  .endr\n"
+    "  jmp 2f\n"
+    "1:\n"
+    "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+    "  movdqu 160+32*\\n(%rdi), %xmm\\n\n"
+    "  .endr\n"
+    "2:\n"
+    "  mov %rsp, 144(%rsi)\n"
+    "  pushq 120(%rdi)\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  popfq\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  mov 0(%rdi), %rax\n"
+    "  mov 8(%rdi), %rbx\n"
+    "  mov 16(%rdi), %rcx\n"
+    "  mov 24(%rdi), %rdx\n"
+    "  mov 32(%rdi), %rsi\n"
+    "  mov 48(%rdi), %rbp\n"
+    "  mov 56(%rdi), %r8\n"
+    "  mov 64(%rdi), %r9\n"
+    "  mov 72(%rdi), %r10\n"
+    "  mov 80(%rdi), %r11\n"
+    "  mov 88(%rdi), %r12\n"
+    "  mov 96(%rdi), %r13\n"
+    "  mov 104(%rdi), %r14\n"
+    "  mov 112(%rdi), %r15\n"
+    "  mov 40(%rdi), %rdi\n"
+    ZT_LABEL(zt_register_probe_site)
+    "  syscall\n"
+    "  pushfq\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  push %rdi\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  mov 24(%rsp), %rdi\n"  // out
+    "  mov %rax, 0(%rdi)\n"
+    "  mov %rbx, 8(%rdi)\n"
+    "  mov %rcx, 16(%rdi)\n"
+    "  mov %rdx, 24(%rdi)\n"
+    "  mov %rsi, 32(%rdi)\n"
+    "  mov %rbp, 48(%rdi)\n"
+    "  mov %r8, 56(%rdi)\n"
+    "  mov %r9, 64(%rdi)\n"
+    "  mov %r10, 72(%rdi)\n"
+    "  mov %r11, 80(%rdi)\n"
+    "  mov %r12, 88(%rdi)\n"
+    "  mov %r13, 96(%rdi)\n"
+    "  mov %r14, 104(%rdi)\n"
+    "  mov %r15, 112(%rdi)\n"
+    "  pop %rax\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  mov %rax, 40(%rdi)\n"
+    "  pop %rax\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  mov %rax, 120(%rdi)\n"
+    "  mov %rsp, 128(%rdi)\n"
+    "  stmxcsr 136(%rdi)\n"
+    "  cmpl $0, 140(%rdi)\n"
+    "  je 3f\n"
+    "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+    "  vmovdqu %ymm\\n, 160+32*\\n(%rdi)\n"
+    "  .endr\n"
+    "  vzeroupper\n"
+    "  jmp 4f\n"
+    "3:\n"
+    "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+    "  movdqu %xmm\\n, 160+32*\\n(%rdi)\n"
+    "  .endr\n"
+    "4:\n"
+    "  cld\n"
+    "  ldmxcsr (%rsp)\n"
+    "  add $16, %rsp\n"
+    "  .cfi_adjust_cfa_offset -16\n"
+    "  pop %r15\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  pop %r14\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  pop %r13\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  pop %r12\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  pop %rbx\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  pop %rbp\n"
+    "  .cfi_adjust_cfa_offset -8\n"
+    "  ret\n" ZT_END(zt_register_probe)
+
+    // ---- zt_red_zone_probe(out = rdi) ----
+    // The red zone is addressed through r9 = rsp - 128 with non-negative displacements only:
+    // the rewriter's red-zone heuristic looks for negative displacements on rsp (or rbp).
+    ZT_FUNCTION(zt_red_zone_probe)
+    "  mov %rdi, %r8\n"
+    "  mov %rsp, %r9\n"
+    "  sub $128, %r9\n"
+    "  movabs $0x5eedf00d00000000, %rdx\n"
+    "  xor %ecx, %ecx\n"
+    "1:\n"
+    "  lea (%rdx,%rcx), %rax\n"
+    "  mov %rax, (%r9,%rcx,8)\n"
+    "  inc %rcx\n"
+    "  cmp $16, %rcx\n"
+    "  jne 1b\n"
+    "  mov $39, %eax\n" ZT_LABEL(zt_red_zone_probe_site)
+    "  syscall\n"
+    "  xor %ecx, %ecx\n"
+    "2:\n"
+    "  mov (%r9,%rcx,8), %rdx\n"
+    "  mov %rdx, (%r8,%rcx,8)\n"
+    "  inc %rcx\n"
+    "  cmp $16, %rcx\n"
+    "  jne 2b\n"
+    "  ret\n" ZT_END(zt_red_zone_probe)
+
+    // ---- zt_red_zone_skip_probe() ----
+    ZT_FUNCTION(zt_red_zone_skip_probe)
+    "  mov $39, %eax\n"
+    "  movq $0x1234, -16(%rsp)\n" ZT_LABEL(zt_red_zone_skip_site)
+    "  syscall\n"
+    "  mov -16(%rsp), %rdx\n"
+    "  ret\n" ZT_END(zt_red_zone_skip_probe)
+
+    // ---- zt_call_null_rax() ----
+    ZT_FUNCTION(zt_call_null_rax)
+    "  mov $-1, %rdi\n"
+    "  xor %esi, %esi\n"
+    "  xor %edx, %edx\n"
+    "  xor %eax, %eax\n"
+    "  call *%rax\n" ZT_LABEL(zt_call_null_rax_return)
+    "  ret\n" ZT_END(zt_call_null_rax)
+
+    // ---- zt_call_null_rdx() ----
+    ZT_FUNCTION(zt_call_null_rdx)
+    "  mov $-1, %rdi\n"
+    "  xor %esi, %esi\n"
+    "  xor %edx, %edx\n"
+    "  mov $39, %eax\n"
+    "  call *%rdx\n" ZT_LABEL(zt_call_null_rdx_return)
+    "  ret\n" ZT_END(zt_call_null_rdx));
+
+namespace {
+
+constexpr std::uint64_t kCF = 1u << 0, kPF = 1u << 2, kAF = 1u << 4, kZF = 1u << 6, kSF = 1u << 7,
+                        kDF = 1u << 10, kOF = 1u << 11;
+constexpr std::uint64_t kTestedFlags = kCF | kPF | kAF | kZF | kSF | kDF | kOF;
+constexpr std::uint64_t kAlwaysSetFlags = (1u << 1) | (1u << 9);  // reserved bit 1, IF
+
+bool have_avx() {
+  return __builtin_cpu_supports("avx");
+}
+
+bool is_call_rax(const unsigned char* site) {
+  return site[0] == 0xff && site[1] == 0xd0;
+}
+bool is_syscall(const unsigned char* site) {
+  return site[0] == 0x0f && site[1] == 0x05;
+}
+
+std::uintptr_t address_of(const unsigned char* p) {
+  return reinterpret_cast<std::uintptr_t>(p);
+}
+
+long real_getpid() {
+  return zpoline::raw_syscall(SYS_getpid);
+}
+
+// Distinct, recognizable values for every register; `seed` makes two patterns differ everywhere.
+ProbeState make_pattern(unsigned seed, long number, std::uint64_t flags, std::uint32_t mxcsr) {
+  ProbeState s{};
+  std::uint64_t* gpr = &s.rax;
+  for (int i = 0; i < 15; ++i) {
+    gpr[i] = 0x0101010101010101ull * (seed * 16 + static_cast<unsigned>(i) + 1) ^
+             (0x9e3779b97f4a7c15ull * (seed + 1) >> (i % 8));
+  }
+  s.rax = static_cast<std::uint64_t>(number);
+  s.rflags = flags;
+  s.mxcsr = mxcsr;
+  s.use_avx = have_avx() ? 1 : 0;
+  for (int r = 0; r < 16; ++r) {
+    for (int b = 0; b < 32; ++b) s.vec[r][b] = static_cast<std::uint8_t>(seed * 101 + r * 32 + b);
+  }
+  return s;
+}
+
+ProbeState run_probe(const ProbeState& in) {
+  ProbeState out{};
+  out.use_avx = in.use_avx;
+  zt_register_probe(&in, &out);
+  return out;
+}
+
+// Compares everything a real `syscall` leaves alone, plus rcx and r11; rax is checked by the
+// caller. Returns a description of the first mismatches (empty if none).
+std::string compare_probe(const ProbeState& in, const ProbeState& out) {
+  std::string problems;
+  char line[160];
+  auto check = [&](const char* name, std::uint64_t want, std::uint64_t got) {
+    if (want == got) return;
+    std::snprintf(line, sizeof line, "%s: want %#llx got %#llx; ", name,
+                  static_cast<unsigned long long>(want), static_cast<unsigned long long>(got));
+    problems += line;
+  };
+  check("rbx", in.rbx, out.rbx);
+  check("rdx", in.rdx, out.rdx);
+  check("rsi", in.rsi, out.rsi);
+  check("rdi", in.rdi, out.rdi);
+  check("rbp", in.rbp, out.rbp);
+  check("r8", in.r8, out.r8);
+  check("r9", in.r9, out.r9);
+  check("r10", in.r10, out.r10);
+  check("r12", in.r12, out.r12);
+  check("r13", in.r13, out.r13);
+  check("r14", in.r14, out.r14);
+  check("r15", in.r15, out.r15);
+  check("rsp", out.rsp_before, out.rsp);
+  check("rflags (tested bits)", in.rflags & kTestedFlags, out.rflags & kTestedFlags);
+  check("rflags (always set)", kAlwaysSetFlags, out.rflags & kAlwaysSetFlags);
+  check("rcx (address after the site)", address_of(zt_register_probe_site) + 2, out.rcx);
+  check("r11 (RFLAGS)", out.rflags, out.r11);
+  check("mxcsr", in.mxcsr, out.mxcsr);
+  const int bytes = in.use_avx ? 32 : 16;
+  for (int r = 0; r < 16; ++r) {
+    if (std::memcmp(in.vec[r], out.vec[r], static_cast<std::size_t>(bytes)) != 0) {
+      std::snprintf(line, sizeof line, "%smm%d differs; ", in.use_avx ? "y" : "x", r);
+      problems += line;
+    }
+  }
+  return problems;
+}
+
+// What the hook does to the state it could leak into the application: all vector registers,
+// MXCSR, plus ordinary library work (stdio, allocation, string and floating-point code).
+__attribute__((noinline)) void clobber_state_in_hook() {
+  if (have_avx()) {
+    asm volatile(
+        "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
+        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+        "vpaddd %%ymm0, %%ymm0, %%ymm\\n\n"
+        ".endr\n" ::
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+  } else {
+    asm volatile(
+        "pcmpeqd %%xmm0, %%xmm0\n"
+        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+        "movdqa %%xmm0, %%xmm\\n\n"
+        ".endr\n" ::
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+  }
+  const std::uint32_t hook_mxcsr = 0x3f80;  // round down; left set: the stub must restore it
+  asm volatile("ldmxcsr %0" ::"m"(hook_mxcsr));
+  std::vector<unsigned char> big(1 << 16);
+  std::memset(big.data(), 0xa5, big.size());
+  std::string text = "hook ran: ";
+  text += std::to_string(big[12345]);
+  volatile double x = 1.0;
+  for (int i = 0; i < 100; ++i) x = x * 1.0001 + 0.5;
+  std::printf("%s %.3f\n", text.c_str(), static_cast<double>(x));
+  std::fflush(stdout);
+}
+
+// Calls seen by a hook, per syscall number.
+struct Tally {
+  std::array<std::atomic<long>, 512> by_number{};
+  long operator[](long number) const { return by_number[static_cast<std::size_t>(number)].load(); }
+  void count(long number) {
+    if (number >= 0 && number < 512) ++by_number[static_cast<std::size_t>(number)];
+  }
+};
+
+const zpoline::ImageStats* find_executable(const zpoline::InstallStats& stats) {
+  char buffer[4096];
+  const ssize_t n = readlink("/proc/self/exe", buffer, sizeof buffer - 1);
+  if (n <= 0) return nullptr;
+  const std::string exe(buffer, static_cast<std::size_t>(n));
+  for (const auto& image : stats.images) {
+    if (image.path == exe) return &image;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("registers_preserved") {
+  const long pid = real_getpid();
+  // The probe itself, checked against the kernel before install: a real syscall leaves every
+  // register but rax, rcx and r11 alone, rcx = the address after it, r11 = RFLAGS.
+  {
+    REQUIRE(is_syscall(zt_register_probe_site));
+    const ProbeState in = make_pattern(7, SYS_getpid, kTestedFlags, 0x7f80);
+    const ProbeState out = run_probe(in);
+    CHECK(out.rax == static_cast<std::uint64_t>(pid));
+    CHECK(compare_probe(in, out) == "");
+  }
+
+  const auto site_return = address_of(zt_register_probe_site) + 2;
+  std::atomic<long> site_calls{0};
+  std::atomic<bool> emulate{false};
+  std::array<long, 6> seen_args{};
+  long seen_number = -1;
+  constexpr long kEmulated = 0x7e5700001234;
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.return_address() != site_return) return call.forward();
+    ++site_calls;
+    seen_number = call.number();
+    for (int i = 0; i < 6; ++i) seen_args[static_cast<std::size_t>(i)] = call.arg(i);
+    clobber_state_in_hook();
+    return emulate ? kEmulated : call.forward();
+  });
+  REQUIRE(is_call_rax(zt_register_probe_site));
+
+  struct Case {
+    unsigned seed;
+    std::uint64_t flags;
+    std::uint32_t mxcsr;
+    bool emulate;
+  };
+  const Case cases[] = {
+      {1, kTestedFlags, 0x7f80, false},  // all tested flags and DF set, round toward zero
+      {2, 0, 0x9fc0, true},              // all clear, FTZ and DAZ, emulated result
+      {3, kCF | kZF | kOF, 0x1f80, false},
+      {4, kPF | kSF | kDF | kAF, 0x5f80, true},
+  };
+  long expected_calls = 0;
+  for (const Case& c : cases) {
+    CAPTURE(c.seed);
+    emulate = c.emulate;
+    const ProbeState in = make_pattern(c.seed, SYS_getpid, c.flags, c.mxcsr);
+    const ProbeState out = run_probe(in);
+    ++expected_calls;
+    CHECK(site_calls == expected_calls);
+    CHECK(seen_number == SYS_getpid);
+    CHECK(seen_args[0] == static_cast<long>(in.rdi));
+    CHECK(seen_args[1] == static_cast<long>(in.rsi));
+    CHECK(seen_args[2] == static_cast<long>(in.rdx));
+    CHECK(seen_args[3] == static_cast<long>(in.r10));
+    CHECK(seen_args[4] == static_cast<long>(in.r8));
+    CHECK(seen_args[5] == static_cast<long>(in.r9));
+    CHECK(static_cast<long>(out.rax) == (c.emulate ? kEmulated : pid));
+    CHECK(compare_probe(in, out) == "");
+  }
+
+  // Under ScopedBypass the stub's short path (straight to the kernel) must keep the same promise.
+  {
+    zpoline::ScopedBypass bypass;
+    const ProbeState in = make_pattern(5, SYS_getpid, kTestedFlags, 0x7f80);
+    const ProbeState out = run_probe(in);
+    CHECK(site_calls == expected_calls);
+    CHECK(static_cast<long>(out.rax) == pid);
+    CHECK(compare_probe(in, out) == "");
+  }
+}
+
+TEST_CASE("red_zone_preserved") {
+  const long pid = real_getpid();
+  const auto site_return = address_of(zt_red_zone_probe_site) + 2;
+  std::atomic<long> site_calls{0};
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.return_address() == site_return) {
+      ++site_calls;
+      // Use plenty of stack, so that a stub that did not step over the red zone would
+      // overwrite it here even if its own pushes missed it.
+      volatile unsigned char scratch[4096];
+      for (std::size_t i = 0; i < sizeof scratch; ++i) scratch[i] = 0xcc;
+      clobber_state_in_hook();
+    }
+    return call.forward();
+  });
+  REQUIRE(is_call_rax(zt_red_zone_probe_site));
+  const zpoline::ImageStats* exe = find_executable(session.stats());
+  REQUIRE(exe != nullptr);
+
+  auto check_red_zone = [&](long expected_calls) {
+    std::uint64_t out[16] = {};
+    const long result = zt_red_zone_probe(out);
+    CHECK(result == pid);
+    CHECK(site_calls == expected_calls);
+    // out[0] is rsp-128 at the syscall, out[15] is rsp-8: the only quadword the call may touch.
+    for (int i = 0; i < 15; ++i) {
+      CAPTURE(i);
+      CHECK(out[i] == 0x5eedf00d00000000ull + static_cast<unsigned>(i));
+    }
+    // The call's return address went there: the site really was entered with a call.
+    CHECK(out[15] == site_return);
+  };
+  check_red_zone(1);
+  check_red_zone(2);
+  {
+    zpoline::ScopedBypass bypass;  // the stub's short path
+    check_red_zone(2);
+  }
+}
+
+TEST_CASE("red_zone_site_skipped") {
+  const long pid = real_getpid();
+  REQUIRE(is_syscall(zt_red_zone_skip_site));
+  Tally tally;
+  auto session = install_or_skip([&](zpoline::Syscall& call) {
+    tally.count(call.number());
+    return call.forward();
+  });
+  // Left alone: a call would write its return address over -8(%rsp), next to the stored data.
+  CHECK(is_syscall(zt_red_zone_skip_site));
+  const zpoline::ImageStats* exe = find_executable(session.stats());
+  REQUIRE(exe != nullptr);
+  CHECK(exe->skipped_red_zone >= 1);
+  // The neighbouring probes without visible red-zone stores were rewritten.
+  CHECK(is_call_rax(zt_red_zone_probe_site));
+  CHECK(is_call_rax(zt_register_probe_site));
+  CHECK(exe->sites_rewritten >= 2);
+
+  const long before = tally[SYS_getpid];
+  CHECK(zt_red_zone_skip_probe() == pid);
+  CHECK(tally[SYS_getpid] == before);  // the original syscall ran, not the hook
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<long> handler_runs{0};
+int handler_pipe = -1;
+
+void syscalling_handler(int) {
+  const int saved_errno = errno;
+  getppid();
+  const char byte = 's';
+  [[maybe_unused]] const ssize_t n = write(handler_pipe, &byte, 1);
+  ++handler_runs;
+  errno = saved_errno;
+}
+
+void install_handler(int signal, void (*handler)(int), int flags) {
+  struct sigaction action {};
+  action.sa_handler = handler;
+  action.sa_flags = flags;
+  sigemptyset(&action.sa_mask);
+  REQUIRE(sigaction(signal, &action, nullptr) == 0);
+}
+
+// The restorer glibc registered for `signal` (`mov $15,%rax; syscall`): the handler's return
+// enters the stub through it when its syscall was rewritten.
+const unsigned char* kernel_restorer(int signal) {
+  struct {
+    void* handler;
+    unsigned long flags;
+    void* restorer;
+    unsigned long mask;
+  } current{};
+  if (zpoline::raw_syscall(SYS_rt_sigaction, signal, 0, reinterpret_cast<long>(&current), 8) != 0)
+    return nullptr;
+  return static_cast<const unsigned char*>(current.restorer);
+}
+
+long pipe_bytes(int fd) {
+  int n = 0;
+  if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+  return n;
+}
+
+void drain(int fd) {
+  char buffer[4096];
+  while (pipe_bytes(fd) > 0) {
+    if (read(fd, buffer, sizeof buffer) <= 0) break;
+  }
+}
+
+// Floating-point and integer work whose values are live across the system call `step` makes.
+template <class Step>
+std::pair<double, long> compute(int iterations, Step step) {
+  double x = 1.0;
+  long y = 17;
+  for (int i = 0; i < iterations; ++i) {
+    const double before = x * 1.000001 + i;
+    const long mixed = y * 31 + i;
+    step(i);
+    x = before + static_cast<double>(mixed % 7);
+    y = mixed % 1000003;
+  }
+  return {x, y};
+}
+
+}  // namespace
+
+// SIGUSR1 runs syscalling_handler (without SA_RESTART) and a hook counts every call it sees.
+struct SignalScenario {
+  static constexpr int kSignals = 1000;
+  const long pid = real_getpid();
+  int fds[2] = {-1, -1};
+  Tally tally;
+  zpoline::Session session;
+
+  SignalScenario() {
+    REQUIRE(pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0);
+    handler_pipe = fds[1];
+    install_handler(SIGUSR1, syscalling_handler, 0);
+    session = install_or_skip([this](zpoline::Syscall& call) {
+      tally.count(call.number());
+      return call.forward();
+    });
+    // The handler returns through glibc's restorer; its syscall must be rewritten for the
+    // stub's rt_sigreturn path to be exercised.
+    const unsigned char* restorer = kernel_restorer(SIGUSR1);
+    REQUIRE(restorer != nullptr);
+    CHECK(std::memcmp(restorer, "\x48\xc7\xc0\x0f\x00\x00\x00", 7) == 0);
+    CHECK(is_call_rax(restorer + 7));
+  }
+
+  // Raises SIGUSR1 kSignals times through libc's kill and raise, hooked calls: the signal is
+  // delivered while the hook is forwarding the call, so the handler runs nested in the hook's
+  // call. The handler must run once per signal and the computation around it stay correct.
+  void signal_through_libc() {
+    handler_runs = 0;
+    const auto reference = compute(kSignals, [](int) {});
+    long late = 0;
+    const long kills_before = tally[SYS_kill];
+    const auto result = compute(kSignals, [&](int i) {
+      if (i % 2) {
+        kill(getpid(), SIGUSR1);
+      } else {
+        raise(SIGUSR1);
+      }
+      if (handler_runs != i + 1) ++late;
+    });
+    CHECK(late == 0);
+    CHECK(result == reference);
+    CHECK(handler_runs == kSignals);
+    CHECK(tally[SYS_kill] - kills_before == kSignals / 2);
+    CHECK(pipe_bytes(fds[0]) == kSignals);
+    drain(fds[0]);
+  }
+};
+
+TEST_CASE("signal_handler_syscalls") {
+  SignalScenario scenario;
+  const long pid = scenario.pid;
+  constexpr int kSignals = SignalScenario::kSignals;
+  const int* fds = scenario.fds;
+  Tally& tally = scenario.tally;
+  const auto reference = compute(kSignals, [](int) {});
+
+  // 1. kill goes straight to the kernel; the signal is delivered on its return, in plain
+  // application code, so the handler's getppid and write enter the hook.
+  {
+    handler_runs = 0;
+    long late = 0;
+    const auto result = compute(kSignals, [&](int i) {
+      zpoline::raw_syscall(SYS_kill, pid, SIGUSR1);
+      if (handler_runs != i + 1) ++late;
+    });
+    CHECK(late == 0);
+    CHECK(result == reference);
+    CHECK(handler_runs == kSignals);
+    CHECK(tally[SYS_getppid] == kSignals);
+    CHECK(tally[SYS_write] == kSignals);
+    CHECK(pipe_bytes(fds[0]) == kSignals);
+    drain(fds[0]);
+  }
+
+  // 2. kill through the register probe's rewritten site: the handler runs (and returns through
+  // rt_sigreturn) between the stub's save and restore; every register must come back intact.
+  {
+    handler_runs = 0;
+    const long kills_before = tally[SYS_kill];
+    long wrong = 0, late = 0;
+    std::string first_problem;
+    for (int i = 0; i < kSignals; ++i) {
+      ProbeState in = make_pattern(static_cast<unsigned>(i), SYS_kill,
+                                   (i % 2) ? kTestedFlags : kCF | kZF, 0x7f80);
+      in.rdi = static_cast<std::uint64_t>(pid);
+      in.rsi = SIGUSR1;
+      const ProbeState out = run_probe(in);
+      const std::string problems = compare_probe(in, out);
+      if (out.rax != 0 || !problems.empty()) {
+        if (first_problem.empty())
+          first_problem = "rax=" + std::to_string(out.rax) + " " + problems;
+        ++wrong;
+      }
+      if (handler_runs != i + 1) ++late;
+    }
+    CAPTURE(first_problem);
+    CHECK(wrong == 0);
+    CHECK(late == 0);
+    CHECK(handler_runs == kSignals);
+    CHECK(tally[SYS_kill] - kills_before == kSignals);
+    CHECK(pipe_bytes(fds[0]) == kSignals);
+    drain(fds[0]);
+  }
+
+  // 3. libc's kill and raise, the handler nested in the hook's forwarded call. (Its own system
+  // calls then bypass the hook: a documented limit, README "Limits", so they are not counted.)
+  scenario.signal_through_libc();
+}
+
+namespace {
+std::atomic<long> alarms{0};
+std::atomic<long> alarm_wake_after{-1};  // write to the pipe once alarms reaches this
+int alarm_pipe = -1;
+
+void alarm_handler(int) {
+  const int saved_errno = errno;
+  getppid();
+  const long n = ++alarms;
+  if (n == alarm_wake_after) {
+    const char byte = 'w';
+    [[maybe_unused]] const ssize_t written = write(alarm_pipe, &byte, 1);
+  }
+  errno = saved_errno;
+}
+
+void start_timer(long microseconds) {
+  itimerval timer{};
+  timer.it_interval.tv_usec = microseconds;
+  timer.it_value.tv_usec = microseconds;
+  REQUIRE(setitimer(ITIMER_REAL, &timer, nullptr) == 0);
+}
+
+void stop_timer() {
+  itimerval timer{};
+  setitimer(ITIMER_REAL, &timer, nullptr);
+}
+}  // namespace
+
+TEST_CASE("timer_signals_during_hooked_syscalls") {
+  constexpr long kAlarms = 300;
+  const long pid = real_getpid();
+  int fds[2];
+  REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
+  alarm_pipe = fds[1];
+  install_handler(SIGALRM, alarm_handler, 0);
+
+  Tally tally;
+  auto session = install_or_skip([&](zpoline::Syscall& call) {
+    tally.count(call.number());
+    return call.forward();
+  });
+  REQUIRE(is_call_rax(zt_register_probe_site));
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  long loops = 0, wrong_pid = 0, wrong_registers = 0;
+  std::string first_problem;
+  start_timer(500);
+  // The signals land anywhere: in application code, in the stub before or after its save, in
+  // the hook, in the forwarded syscall.
+  while (alarms < kAlarms && std::chrono::steady_clock::now() < deadline) {
+    ++loops;
+    if (getpid() != pid) ++wrong_pid;
+    const ProbeState in =
+        make_pattern(static_cast<unsigned>(loops), SYS_getpid,
+                     (loops % 2) ? kTestedFlags : kSF | kPF, (loops % 3) ? 0x7f80 : 0x1f80);
+    const ProbeState out = run_probe(in);
+    const std::string problems = compare_probe(in, out);
+    if (static_cast<long>(out.rax) != pid || !problems.empty()) {
+      if (first_problem.empty()) first_problem = problems;
+      ++wrong_registers;
+    }
+  }
+  CAPTURE(loops);
+  CAPTURE(first_problem);
+  REQUIRE(alarms >= kAlarms);
+  CHECK(wrong_pid == 0);
+  CHECK(wrong_registers == 0);
+  CHECK(tally[SYS_getpid] >= 2 * loops);
+
+  // A hooked blocking read interrupted by a handler without SA_RESTART fails with EINTR.
+  char byte = 0;
+  errno = 0;
+  CHECK(read(fds[0], &byte, 1) == -1);
+  CHECK(errno == EINTR);
+
+  // With SA_RESTART the kernel restarts it; a later handler run writes the byte it returns.
+  install_handler(SIGALRM, alarm_handler, SA_RESTART);
+  const long reads_before = tally[SYS_read];
+  alarm_wake_after = alarms + 5;
+  CHECK(read(fds[0], &byte, 1) == 1);
+  CHECK(byte == 'w');
+  CHECK(tally[SYS_read] == reads_before + 1);
+  stop_timer();
+  signal(SIGALRM, SIG_IGN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stray calls into page 0
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+enum class StrayCall { asm_call_rax, cxx_null_pointer, asm_call_rdx, asm_call_rdx_bypassed };
+
+struct ChildOutcome {
+  int status = 0;
+  std::string stderr_text;
+};
+
+long call_cxx_null_pointer() {
+  long (*volatile pointer)(long) = nullptr;
+  return pointer(-1);  // read(-1, ...) if it were taken as a syscall
+}
+
+// Runs `kind` in a child with a hook installed, capturing the child's stderr.
+ChildOutcome run_stray_call(StrayCall kind) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    const int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) dup2(null, STDIN_FILENO);
+    signal(SIGABRT, SIG_DFL);  // doctest's crash handler would report the abort itself
+    const rlimit no_core{0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    auto session = install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+    long result = 0;
+    switch (kind) {
+      case StrayCall::asm_call_rax:
+        result = zt_call_null_rax();
+        break;
+      case StrayCall::cxx_null_pointer:
+        result = call_cxx_null_pointer();
+        break;
+      case StrayCall::asm_call_rdx:
+        result = zt_call_null_rdx();
+        break;
+      case StrayCall::asm_call_rdx_bypassed: {
+        zpoline::ScopedBypass bypass;  // only the stub's byte check can catch it
+        result = zt_call_null_rdx();
+        break;
+      }
+    }
+    char message[64];
+    const int length = std::snprintf(message, sizeof message, "returned %ld\n", result);
+    zpoline::raw_syscall(SYS_write, STDERR_FILENO, reinterpret_cast<long>(message), length);
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildOutcome outcome;
+  char buffer[1024];
+  ssize_t n;
+  while ((n = read(fds[0], buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) outcome.stderr_text.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  REQUIRE(waitpid(pid, &outcome.status, 0) == pid);
+  if (WIFEXITED(outcome.status) && WEXITSTATUS(outcome.status) == 77) {
+    std::fprintf(stderr, "%s", outcome.stderr_text.c_str());
+    std::_Exit(77);  // page 0 refused: skipped
+  }
+  return outcome;
+}
+
+void check_diagnosed(const ChildOutcome& outcome) {
+  CAPTURE(outcome.stderr_text);
+  CHECK(WIFSIGNALED(outcome.status));
+  CHECK((WIFSIGNALED(outcome.status) && WTERMSIG(outcome.status) == SIGABRT));
+  CHECK(outcome.stderr_text.find("not a rewritten syscall site") != std::string::npos);
+  CHECK(outcome.stderr_text.find("returned") == std::string::npos);
+}
+
+std::string from_address(const unsigned char* return_address) {
+  char text[64];
+  std::snprintf(text, sizeof text, "from %#lx",
+                static_cast<unsigned long>(address_of(return_address)));
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("null_function_pointer_diagnostic") {
+  // Only the forked children install (a child exiting 77 skips the scenario), so the subcases,
+  // which doctest runs by re-entering the test case, each get a fresh process to install in.
+  SUBCASE("asm_call_rax") {
+    const ChildOutcome outcome = run_stray_call(StrayCall::asm_call_rax);
+    check_diagnosed(outcome);
+    // The report names the caller: the address right after its `call *%rax`.
+    CHECK(outcome.stderr_text.find(from_address(zt_call_null_rax_return)) != std::string::npos);
+  }
+  SUBCASE("cxx_null_pointer") {
+    check_diagnosed(run_stray_call(StrayCall::cxx_null_pointer));
+  }
+}
+
+TEST_CASE("stray_call_from_other_register") {
+  SUBCASE("hook_live") {
+    const ChildOutcome outcome = run_stray_call(StrayCall::asm_call_rdx);
+    check_diagnosed(outcome);
+    CHECK(outcome.stderr_text.find(from_address(zt_call_null_rdx_return)) != std::string::npos);
+  }
+  SUBCASE("bypassed") {
+    const ChildOutcome outcome = run_stray_call(StrayCall::asm_call_rdx_bypassed);
+    check_diagnosed(outcome);
+    CHECK(outcome.stderr_text.find(from_address(zt_call_null_rdx_return)) != std::string::npos);
+  }
+}

@@ -1,0 +1,94 @@
+// Syscall numbers that do not land on a sled entry (-1, huge numbers, the x32 bit, numbers inside
+// an exit) must return exactly what the kernel returns without hooks, and reach the hook; other
+// faults must still reach the application's own handlers.
+#include <doctest/doctest.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <vector>
+
+#include "support.hpp"
+#include "trampoline/sled.hpp"
+
+namespace {
+
+struct Outcome {
+  long result;
+  int error;
+  bool operator==(const Outcome&) const = default;
+};
+
+// Through libc's generic syscall() wrapper, whose site is rewritten at install.
+Outcome call_number(long number) {
+  errno = 0;
+  const long result = syscall(number, 0, 0, 0, 0, 0, 0);
+  return {result, errno};
+}
+
+const std::vector<long> kOddNumbers = {
+    -1,
+    -4096,
+    100000,
+    0x40000000 | SYS_getpid,          // the x32 bit
+    (1L << 32) | SYS_getppid,         // the kernel looks at the low 32 bits only
+    zpoline::detail::kFirstExit + 1,  // inside the first exit's displacement
+    zpoline::detail::kSledSize - 2,   // inside the second exit's displacement
+    600,
+    4096,
+    static_cast<long>(zpoline::detail::kRelayBase + 100),  // in the relay pages, not a relay
+};
+
+}  // namespace
+
+TEST_CASE("odd_numbers_behave_as_without_hooks") {
+  std::vector<Outcome> unhooked;
+  for (long number : kOddNumbers) unhooked.push_back(call_number(number));
+  CHECK(unhooked[0] == Outcome{-1, ENOSYS});
+
+  std::atomic<long> seen{0};
+  auto session = zpoline_test::install_or_skip([&](zpoline::Syscall& call) {
+    for (long number : kOddNumbers) {
+      if (call.number() == number) ++seen;
+    }
+    return call.forward();
+  });
+  for (std::size_t i = 0; i < kOddNumbers.size(); ++i) {
+    INFO("number ", kOddNumbers[i]);
+    const Outcome hooked = call_number(kOddNumbers[i]);
+    CHECK(hooked == unhooked[i]);
+  }
+  CHECK(seen.load() == static_cast<long>(kOddNumbers.size()));
+}
+
+namespace {
+sigjmp_buf recovery;
+volatile sig_atomic_t application_handler_ran = 0;
+void application_handler(int) {
+  application_handler_ran = 1;
+  siglongjmp(recovery, 1);
+}
+}  // namespace
+
+TEST_CASE("application_fault_handlers_still_run") {
+  struct sigaction action {};
+  action.sa_handler = application_handler;
+  sigemptyset(&action.sa_mask);
+  REQUIRE(sigaction(SIGSEGV, &action, nullptr) == 0);
+  auto session =
+      zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+
+  // A genuine fault (a write to page 0, which is never writable) reaches the application.
+  if (sigsetjmp(recovery, 1) == 0) {
+    volatile std::uintptr_t page_zero_address = 64;
+    *reinterpret_cast<volatile int*>(page_zero_address) = 1;
+    FAIL("the write to page 0 did not fault");
+  }
+  CHECK(application_handler_ran == 1);
+
+  // And the odd numbers still work afterwards.
+  CHECK(call_number(-1) == Outcome{-1, ENOSYS});
+}
