@@ -1,7 +1,6 @@
 #include "dispatch/dispatch.hpp"
 
 #include <linux/sched.h>
-#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -33,31 +32,40 @@ namespace {
 
 std::atomic<Hook*> current_hook{nullptr};
 
-// Threads that have entered the hook at least once, so that retract_hook() can see whether one
-// of them is inside it. A thread leaves the list when it exits (pthread key destructor).
-std::mutex threads_lock;
-std::vector<ThreadState*>& known_threads() {
-  static std::vector<ThreadState*> threads;
-  return threads;
+// Whether each thread is inside the hook, for retract_hook(). Records live on the heap and are
+// never freed (a thread may die without notice, e.g. by a raw exit); a new thread reuses the
+// record of a thread that no longer exists. The hot path only writes its own record.
+struct HookActivity {
+  std::uint32_t in_hook = 0;
+  pid_t tid = 0;
+};
+std::mutex activities_lock;
+std::vector<HookActivity*>& activities() {
+  static std::vector<HookActivity*> records;
+  return records;
 }
-pthread_key_t thread_exit_key;
-std::once_flag thread_exit_key_once;
-__thread bool thread_known = false;
+__thread HookActivity* thread_activity = nullptr;
 
-void forget_thread(void*) {
-  std::lock_guard lock(threads_lock);
-  auto& threads = known_threads();
-  std::erase(threads, &zpoline_detail_thread_state);
+long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0);
+
+bool thread_exists(pid_t tid) {
+  static const long pid = raw(SYS_getpid);
+  return raw(SYS_tgkill, pid, tid, 0) == 0;
 }
 
-void remember_thread() {
-  std::call_once(thread_exit_key_once, [] { pthread_key_create(&thread_exit_key, forget_thread); });
-  {
-    std::lock_guard lock(threads_lock);
-    known_threads().push_back(&zpoline_detail_thread_state);
+HookActivity* register_thread() {
+  const pid_t tid = static_cast<pid_t>(raw(SYS_gettid));
+  std::lock_guard lock(activities_lock);
+  for (HookActivity* record : activities()) {
+    if (!thread_exists(record->tid)) {
+      record->tid = tid;
+      __atomic_store_n(&record->in_hook, 0, __ATOMIC_RELEASE);
+      return record;
+    }
   }
-  pthread_setspecific(thread_exit_key, &zpoline_detail_thread_state);
-  thread_known = true;
+  auto* record = new HookActivity{0, tid};
+  activities().push_back(record);
+  return record;
 }
 
 // The writer side of the in_hook/live handshake uses membarrier, so that the reader side (every
@@ -74,8 +82,7 @@ void reader_barrier() {
   }
 }
 
-long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
-         long a5 = 0) {
+long raw(long number, long a0, long a1, long a2, long a3, long a4, long a5) {
   return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);
 }
 
@@ -189,9 +196,10 @@ void retract_hook() noexcept {
   }
   bool busy = false;
   {
-    std::lock_guard lock(threads_lock);
-    for (ThreadState* thread : known_threads()) {
-      busy |= __atomic_load_n(&thread->in_hook, __ATOMIC_ACQUIRE) != 0;
+    std::lock_guard lock(activities_lock);
+    for (HookActivity* record : activities()) {
+      busy |=
+          __atomic_load_n(&record->in_hook, __ATOMIC_ACQUIRE) != 0 && thread_exists(record->tid);
     }
   }
   Hook* hook = current_hook.exchange(nullptr, std::memory_order_acq_rel);
@@ -224,7 +232,7 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
       run_hook = false;
     } else {
       self.hook_frame = 0;
-      __atomic_store_n(&self.in_hook, 0, __ATOMIC_RELEASE);
+      if (thread_activity) __atomic_store_n(&thread_activity->in_hook, 0, __ATOMIC_RELEASE);
     }
   }
   run_hook = run_hook && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE);
@@ -232,14 +240,14 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     const long result = forward(frame);
     return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
   }
-  if (!thread_known) {
-    ++self.bypass_depth;  // remember_thread() allocates and locks
-    remember_thread();
+  if (thread_activity == nullptr) {
+    ++self.bypass_depth;  // registering allocates and locks
+    thread_activity = register_thread();
     --self.bypass_depth;
   }
   // From here on, syscalls from below this frame are the hook's own.
   self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  __atomic_store_n(&self.in_hook, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&thread_activity->in_hook, 1, __ATOMIC_RELAXED);
   reader_barrier();
   long result;
   zpoline::Hook* hook = current_hook.load(std::memory_order_acquire);
@@ -253,7 +261,7 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   } else {
     result = forward(frame);
   }
-  __atomic_store_n(&self.in_hook, 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&thread_activity->in_hook, 0, __ATOMIC_RELEASE);
   self.hook_frame = 0;
   // For vfork, the stub makes the call now that the hook is done; it needs the number.
   return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;

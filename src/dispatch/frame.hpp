@@ -41,7 +41,7 @@ static_assert(offsetof(CloneRequest, args) == 24);
 inline constexpr unsigned kMaxVforkDepth = 16;
 struct ThreadState {
   std::uint32_t bypass_depth;  // ScopedBypass nesting: > 0 skips the hook (read by the stub)
-  std::uint32_t in_hook;       // the hook is running on this thread (read by detach)
+  std::uint32_t reserved;
   // While the hook runs: the dispatcher's frame address. A syscall from below it is the hook's
   // own. One from above it comes from a signal handler on an alternate stack, or the hook was
   // left without returning (siglongjmp out of a handler that interrupted it). 0 otherwise.
@@ -54,7 +54,7 @@ struct ThreadState {
   // child shares, and the hook state to give back to the parent (the child shares this TLS too).
   struct VforkReturn {
     std::uint64_t return_address;
-    std::uint64_t bypass_and_in_hook;  // the first 8 bytes of ThreadState
+    std::uint64_t bypass_depth;  // the first 8 bytes of ThreadState
     std::uint64_t hook_frame;
     std::uint64_t result;  // parked while the parent restores the above
   } vfork_returns[kMaxVforkDepth];
