@@ -6,11 +6,13 @@
 // Without --hook it behaves like `python3 script.py args...` (same sys.argv, same exit status:
 // sys.exit(n) gives n, an uncaught exception gives 1). With --hook it first installs a
 // pass-through hook that counts calls per syscall number, on every thread and in fork children;
-// when the process exits (also through sys.exit, which ends the process from inside Py_RunMain) it
-// prints to stderr (never to stdout, which must equal the
-// unhooked run's)
+// when the process exits (also through sys.exit, which ends the process from inside Py_RunMain)
+// it prints to stderr, never to stdout (which must equal the unhooked run's):
 //
-//   zpoline: hooked N syscalls (K distinct numbers); top: read=..., ...
+//   zpoline: hooked N syscalls (K distinct numbers); top: futex(202)=7728, read(0)=136, ...
+//
+// Only the process that ran main prints it; fork children count in their own copy and stay quiet.
+// Other install failures print the reason and exit 3.
 //
 // If this machine will not map page 0 it prints why and exits 77 (meson's "skipped").
 #define PY_SSIZE_T_CLEAN
@@ -22,6 +24,7 @@
 #include <array>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string_view>
@@ -95,7 +98,8 @@ void print_summary() {
 }
 
 // Runs `script` with sys.argv == [script, args...] exactly as `python3 script args...` would.
-// Returns the exit status python3 would have (Py_RunMain handles sys.exit and exceptions).
+// Returns the exit status python3 would have: the script's, 1 after an uncaught exception. A
+// SystemExit (sys.exit) does not return: CPython ends the process with exit() itself.
 int run_script(const char* program, int argc, char** argv) {
   PyConfig config;
   PyConfig_InitPythonConfig(&config);

@@ -3,6 +3,7 @@
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "platform/memory.hpp"
+#include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 
 // Definitions of the symbols shared with entry_stub.S (declared in frame.hpp).
@@ -105,14 +107,34 @@ bool on_alternate_signal_stack() {
 // its own stack, with the application's registers. The application's return address goes on top
 // of the child's stack, where zpoline_detail_clone_to_site's child `ret`s from.
 long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6],
-                   std::uintptr_t child_stack_top) {
+                   std::uintptr_t child_stack_top, std::uint64_t flags) {
   const std::uint64_t return_address = frame.regs->return_address;
   if (!safe_write(reinterpret_cast<void*>(child_stack_top - 8), &return_address, 8)) {
     return -EFAULT;
   }
   CloneRequest request{frame.regs, frame.xsave_area, number, {}};
   std::memcpy(request.args, args, sizeof args);
-  return zpoline_detail_clone_to_site(&request);
+  // A child without CLONE_SETTLS shares this thread's TLS, including the hook state, which says
+  // "inside the hook" right now: the child must start with the state of the application code
+  // it returns to. With CLONE_VFORK (posix_spawn, system, popen) this thread is suspended until
+  // the child execs or exits, and gets its state back after.
+  ThreadState& self = zpoline_detail_thread_state;
+  const bool shares_state = (flags & CLONE_VM) && !(flags & CLONE_SETTLS);
+  const ThreadState saved = self;
+  if (shares_state) {
+    self.hook_frame = 0;
+    self.bypass_depth = 0;
+  }
+  const long result = zpoline_detail_clone_to_site(&request);
+  if (shares_state) {
+    self.hook_frame = saved.hook_frame;
+    self.bypass_depth = saved.bypass_depth;
+    self.vfork_depth = saved.vfork_depth;
+    if (thread_activity)
+      __atomic_store_n(&thread_activity->in_hook, saved.hook_frame != 0 ? 1u : 0u,
+                       __ATOMIC_RELEASE);
+  }
+  return result;
 }
 
 long forward_clone(const SyscallFrame& frame) {
@@ -122,7 +144,7 @@ long forward_clone(const SyscallFrame& frame) {
   const std::uintptr_t stack = r.rsi;
   if (stack != 0) {
     args[1] = static_cast<long>(stack - 8);
-    return clone_to_site(frame, SYS_clone, args, stack);
+    return clone_to_site(frame, SYS_clone, args, stack, static_cast<std::uint64_t>(args[0]));
   }
   if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack();
   return raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
@@ -149,10 +171,40 @@ long forward_clone3(const SyscallFrame& frame) {
     const long args[6] = {reinterpret_cast<long>(&copy), static_cast<long>(size),
                           static_cast<long>(r.rdx),      static_cast<long>(r.r10),
                           static_cast<long>(r.r8),       static_cast<long>(r.r9)};
-    return clone_to_site(frame, SYS_clone3, args, top);
+    return clone_to_site(frame, SYS_clone3, args, top, copy.flags);
   }
-  if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) copy.flags &= ~std::uint64_t{CLONE_VM};
-  return raw(SYS_clone3, reinterpret_cast<long>(&copy), static_cast<long>(size));
+  if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) return run_on_application_stack();
+  return raw(SYS_clone3, r.rdi, r.rsi);
+}
+
+// Code can appear after install: the dynamic linker maps every dlopen'ed library with mmap, and
+// programs make memory executable with mprotect. Such code is rewritten right after the call
+// succeeds, before it can run; code that goes away leaves the site registry.
+// True while this thread runs the rewriter, whose own allocations mmap and munmap memory.
+__thread bool rewriting_late_code = false;
+
+long forward_memory_change(const RegisterFrame& r) {
+  const long number = static_cast<long>(r.rax);
+  const auto address = static_cast<std::uintptr_t>(r.rdi);
+  const auto length = static_cast<std::size_t>(r.rsi);
+  const bool live =
+      __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE) != 0 && !rewriting_late_code;
+  const bool executable = number != SYS_munmap && (r.rdx & PROT_EXEC);
+  if (live && number == SYS_mmap && (r.r10 & MAP_FIXED)) {
+    rewriting_late_code = true;
+    forget_code(address, length);
+    rewriting_late_code = false;
+  }
+  const long result = raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+  if (!live || (result < 0 && result > -4096)) return result;
+  rewriting_late_code = true;
+  if (number == SYS_munmap) {
+    forget_code(address, length);
+  } else if (executable) {
+    rewrite_new_code(number == SYS_mmap ? static_cast<std::uintptr_t>(result) : address, length);
+  }
+  rewriting_late_code = false;
+  return result;
 }
 
 }  // namespace
@@ -174,6 +226,11 @@ long forward(const SyscallFrame& frame) noexcept {
       return forward_clone3(frame);
     case SYS_vfork:
       return run_on_application_stack();
+    case SYS_mmap:
+    case SYS_mprotect:
+    case SYS_pkey_mprotect:
+    case SYS_munmap:
+      return forward_memory_change(r);
     default:
       return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
   }

@@ -14,6 +14,7 @@
 #define FRAME_RAX 96
 #define FRAME_RETURN 240
 #define RED_ZONE 128
+#define PROT_EXEC 4
 /* ThreadState (dispatch/frame.hpp) */
 #define STATE_BYPASS_DEPTH 0
 #define STATE_HOOK_FRAME 8
@@ -163,7 +164,19 @@ zpoline_detail_entry:
         je .Lfull
         cmp $435, %rax
         je .Lfull
-        syscall
+        cmpb $0, zpoline_detail_hook_live(%rip) /* and, while a hook is installed, calls that */
+        je 1f                                   /* may bring new code (the dispatcher rewrites */
+        cmp $11, %rax                           /* it) or remove code: munmap, */
+        je .Lfull
+        cmp $9, %rax                            /* mmap, mprotect, pkey_mprotect with PROT_EXEC */
+        je 2f
+        cmp $10, %rax
+        je 2f
+        cmp $329, %rax
+        jne 1f
+2:      test $PROT_EXEC, %dl
+        jnz .Lfull
+1:      syscall
         jmp .Lreturn
 
 .Lvfork_bypassed:

@@ -37,17 +37,18 @@ std::vector<Mapping> read_memory_map() {
     const std::string line = content.substr(line_start, line_end - line_start);
     line_start = line_end + 1;
 
-    unsigned long begin = 0, end = 0;
+    unsigned long begin = 0, end = 0, offset = 0;
     char perms[5] = {};
     int path_offset = 0;
     // address perms offset dev inode path
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s %*s %*s %*s %n", &begin, &end, perms, &path_offset) <
-        3) {
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s %lx %*s %*s %n", &begin, &end, perms, &offset,
+                    &path_offset) < 4) {
       continue;
     }
     Mapping mapping;
     mapping.begin = begin;
     mapping.end = end;
+    mapping.offset = offset;
     mapping.protection = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
                          (perms[2] == 'x' ? PROT_EXEC : 0);
     if (path_offset > 0 && static_cast<std::size_t>(path_offset) < line.size()) {

@@ -10,8 +10,9 @@ namespace zpoline::detail {
 struct Mapping {
   std::uintptr_t begin = 0;
   std::uintptr_t end = 0;
-  int protection = 0;  // PROT_* bits
-  std::string path;    // empty for anonymous mappings; "[vdso]" and the like for special ones
+  int protection = 0;        // PROT_* bits
+  std::uint64_t offset = 0;  // file offset of `begin` for file mappings
+  std::string path;          // empty for anonymous mappings; "[vdso]" and the like for special ones
 };
 
 // Reads /proc/self/maps. Sorted by address, as the kernel lists them.

@@ -1,12 +1,15 @@
 #include "rewriting/rewriter.hpp"
 
 #include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <span>
 
 #include "dispatch/frame.hpp"
@@ -18,6 +21,8 @@
 
 namespace zpoline::detail {
 namespace {
+
+constexpr std::uintptr_t kPageSize = 4096;
 
 struct Image {
   std::string path;
@@ -40,70 +45,75 @@ bool overlaps(std::uintptr_t begin, std::uintptr_t end, const AddressRange& rang
   return begin < range.end && range.begin < end;
 }
 
-// Every site rewritten in this process with its original bytes, for restore_rewritten_code().
-std::vector<Patch>& rewritten_sites() {
-  static std::vector<Patch> sites;
-  return sites;
-}
+// Guards everything below: rewriting at install and rewriting of late code may run on
+// different threads.
+std::mutex rewrite_lock;
+RewriteOptions current_options;
+// Every site rewritten in this process and its original bytes (for restore_rewritten_code()
+// and for forgetting the sites of unmapped code).
+std::map<std::uintptr_t, std::uint16_t> rewritten;
+// Statistics of code that became executable after install, one entry per image.
+std::vector<ImageStats> late_images;
 
-void rewrite_image(const Image& image, const RewriteOptions& options,
-                   const std::vector<Mapping>& map, ImageStats& stats) {
+// Decides and rewrites the sites in [begin, end), which lies in one image whose functions are
+// `functions`, adding to `stats`.
+void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const FunctionTable& functions,
+                        const std::vector<Mapping>& map, ImageStats& stats) {
   const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
   const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
-  FunctionTable functions;
-  bool functions_loaded = false;
+  const ScanResult scan =
+      scan_code(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
+                functions.functions);
+  stats.bytes_decoded += scan.bytes_decoded;
   std::vector<Patch> patches;
-
-  for (int i = 0; i < image.info.dlpi_phnum; ++i) {
-    const ElfW(Phdr)& segment = image.info.dlpi_phdr[i];
-    if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
-    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
-    const std::uintptr_t end = begin + segment.p_memsz;
-    stats.code_bytes += segment.p_memsz;
-    if (!functions_loaded) {
-      functions = collect_functions(image.info, image.path);
-      functions_loaded = true;
+  for (const SiteDecision& site : scan.sites) {
+    if (site.address >= own_begin && site.address < own_end) continue;  // our raw syscalls
+    const bool excluded = std::any_of(
+        current_options.exclude_ranges.begin(), current_options.exclude_ranges.end(),
+        [&](const AddressRange& range) { return overlaps(site.address, site.address + 2, range); });
+    if (excluded) {
+      ++stats.skipped_excluded;
+      continue;
     }
-    const ScanResult scan =
-        scan_code(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
-                  functions.functions);
-    stats.bytes_decoded += scan.bytes_decoded;
-    for (const SiteDecision& site : scan.sites) {
-      if (site.address >= own_begin && site.address < own_end) continue;  // our raw syscalls
-      const bool excluded =
-          std::any_of(options.exclude_ranges.begin(), options.exclude_ranges.end(),
-                      [&](const AddressRange& range) {
-                        return overlaps(site.address, site.address + 2, range);
-                      });
-      if (excluded) {
-        ++stats.skipped_excluded;
-        continue;
+    switch (site.kind) {
+      case SiteKind::rewritable: {
+        const auto* bytes = reinterpret_cast<const std::uint8_t*>(site.address);
+        const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
+        patches.push_back({site.address, original, kCallRaxBytes});
+        break;
       }
-      switch (site.kind) {
-        case SiteKind::rewritable: {
-          const auto* bytes = reinterpret_cast<const std::uint8_t*>(site.address);
-          const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
-          patches.push_back({site.address, original, kCallRaxBytes});
-          break;
-        }
-        case SiteKind::prefixed:
-          ++stats.skipped_prefixed;
-          break;
-        case SiteKind::red_zone:
-          ++stats.skipped_red_zone;
-          break;
-        case SiteKind::undecodable:
-          ++stats.skipped_undecodable;
-          break;
-      }
+      case SiteKind::prefixed:
+        ++stats.skipped_prefixed;
+        break;
+      case SiteKind::red_zone:
+        ++stats.skipped_red_zone;
+        break;
+      case SiteKind::undecodable:
+        ++stats.skipped_undecodable;
+        break;
     }
   }
   for (const Patch& patch : patches) site_registry().add(patch.address);
   const PatchOutcome outcome = apply_patches(patches, map);
   stats.sites_rewritten += outcome.written;
   stats.skipped_undecodable += outcome.mismatched;
-  auto& record = rewritten_sites();
-  record.insert(record.end(), patches.begin(), patches.end());
+  for (const Patch& patch : patches) rewritten.emplace(patch.address, patch.expected);
+}
+
+void rewrite_image(const Image& image, const std::vector<Mapping>& map, ImageStats& stats) {
+  FunctionTable functions;
+  bool functions_loaded = false;
+  for (int i = 0; i < image.info.dlpi_phnum; ++i) {
+    const ElfW(Phdr)& segment = image.info.dlpi_phdr[i];
+    if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
+    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+    stats.code_bytes += segment.p_memsz;
+    if (!functions_loaded) {
+      functions = collect_functions(image.info, image.path);
+      functions_loaded = true;
+    }
+    rewrite_code_range(begin, begin + segment.p_memsz, functions, map, stats);
+  }
 }
 
 bool is_special_image(const Image& image, const std::vector<Mapping>& map) {
@@ -116,6 +126,93 @@ bool is_special_image(const Image& image, const std::vector<Mapping>& map) {
   return false;
 }
 
+bool is_excluded(const std::string& path) {
+  return std::any_of(current_options.exclude_paths.begin(), current_options.exclude_paths.end(),
+                     [&](const std::string& entry) { return path_matches_exclusion(path, entry); });
+}
+
+bool readable(const std::vector<Mapping>& map, std::uintptr_t begin, std::uintptr_t end) {
+  for (std::uintptr_t at = begin; at < end;) {
+    const Mapping* mapping = find_mapping(map, at);
+    if (mapping == nullptr || !(mapping->protection & PROT_READ)) return false;
+    at = mapping->end;
+  }
+  return true;
+}
+
+// An ELF image being mapped by the dynamic linker (dlopen) or by hand, described from its file:
+// the program headers are read from the file, and the load bias follows from where the file
+// offset of `mapping` ended up.
+struct FileImage {
+  std::string path;
+  std::vector<ElfW(Phdr)> headers;
+  dl_phdr_info info{};
+};
+
+bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map,
+                         FileImage& image) {
+  const int fd = open(mapping.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  ElfW(Ehdr) header{};
+  bool ok = pread(fd, &header, sizeof header, 0) == static_cast<ssize_t>(sizeof header) &&
+            std::equal(header.e_ident, header.e_ident + SELFMAG, ELFMAG) &&
+            header.e_ident[EI_CLASS] == ELFCLASS64 && header.e_machine == EM_X86_64 &&
+            header.e_phentsize == sizeof(ElfW(Phdr)) && header.e_phnum > 0 && header.e_phnum <= 256;
+  if (ok) {
+    image.headers.resize(header.e_phnum);
+    const ssize_t bytes = static_cast<ssize_t>(header.e_phnum * sizeof(ElfW(Phdr)));
+    ok = pread(fd, image.headers.data(), static_cast<std::size_t>(bytes),
+               static_cast<off_t>(header.e_phoff)) == bytes;
+  }
+  close(fd);
+  if (!ok) return false;
+
+  // The segment holding the mapping's first byte gives the load bias.
+  bool found = false;
+  std::uintptr_t bias = 0;
+  for (const ElfW(Phdr) & segment : image.headers) {
+    if (segment.p_type != PT_LOAD) continue;
+    const std::uint64_t file_begin = segment.p_offset & ~(kPageSize - 1);
+    const std::uint64_t file_end = segment.p_offset + segment.p_filesz;
+    if (mapping.offset < file_begin || mapping.offset >= file_end) continue;
+    const std::uintptr_t vaddr =
+        (segment.p_vaddr & ~(kPageSize - 1)) + (mapping.offset - file_begin);
+    bias = mapping.begin - vaddr;
+    found = true;
+    break;
+  }
+  if (!found) return false;
+  // .eh_frame_hdr is read from memory: keep it only if it is mapped already (the dynamic linker
+  // maps the whole file first, so it normally is); the symbol tables come from the file.
+  std::erase_if(image.headers, [&](const ElfW(Phdr) & segment) {
+    return segment.p_type == PT_GNU_EH_FRAME &&
+           !readable(map, bias + segment.p_vaddr, bias + segment.p_vaddr + segment.p_memsz);
+  });
+  image.path = mapping.path;
+  image.info.dlpi_addr = bias;
+  image.info.dlpi_name = image.path.c_str();
+  image.info.dlpi_phdr = image.headers.data();
+  image.info.dlpi_phnum = static_cast<ElfW(Half)>(image.headers.size());
+  return true;
+}
+
+ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
+  for (ImageStats& stats : late_images) {
+    if (stats.path == path && stats.base == base) return stats;
+  }
+  ImageStats& stats = late_images.emplace_back();
+  stats.path = path;
+  stats.base = base;
+  return stats;
+}
+
+void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
+  auto first = rewritten.lower_bound(begin > 1 ? begin - 1 : 0);
+  auto last = rewritten.lower_bound(end);
+  for (auto it = first; it != last; ++it) site_registry().remove(it->first);
+  rewritten.erase(first, last);
+}
+
 }  // namespace
 
 bool path_matches_exclusion(const std::string& path, const std::string& entry) {
@@ -126,6 +223,8 @@ bool path_matches_exclusion(const std::string& path, const std::string& entry) {
 
 InstallStats rewrite_loaded_code(const RewriteOptions& options) {
   const auto start = std::chrono::steady_clock::now();
+  std::lock_guard lock(rewrite_lock);
+  current_options = options;
   InstallStats stats;
   std::vector<Image> images;
   dl_iterate_phdr(collect_image, &images);
@@ -138,10 +237,8 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options) {
     ImageStats image_stats;
     image_stats.path = image.path;
     image_stats.base = image.info.dlpi_addr;
-    image_stats.excluded = std::any_of(
-        options.exclude_paths.begin(), options.exclude_paths.end(),
-        [&](const std::string& entry) { return path_matches_exclusion(image.path, entry); });
-    if (!image_stats.excluded) rewrite_image(image, options, map, image_stats);
+    image_stats.excluded = is_excluded(image.path);
+    if (!image_stats.excluded) rewrite_image(image, map, image_stats);
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));
   }
@@ -149,21 +246,64 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options) {
   return stats;
 }
 
-void restore_rewritten_code() {
-  auto& record = rewritten_sites();
-  std::vector<Patch> restores;
-  restores.reserve(record.size());
+void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
+  const auto start = std::chrono::steady_clock::now();
+  std::lock_guard lock(rewrite_lock);
   const std::vector<Mapping> map = read_memory_map();
-  for (const Patch& patch : record) {
-    // Skip sites whose library has been unloaded since.
-    const Mapping* mapping = find_mapping(map, patch.address);
-    if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
-    restores.push_back({patch.address, patch.replacement, patch.expected});
+  const std::uintptr_t end = begin + length;
+  for (std::uintptr_t at = begin & ~(kPageSize - 1); at < end;) {
+    const Mapping* mapping = find_mapping(map, at);
+    if (mapping == nullptr) break;
+    const std::uintptr_t range_end = std::min(end, mapping->end);
+    const bool executable = (mapping->protection & PROT_EXEC) && (mapping->protection & PROT_READ);
+    if (executable && !mapping->path.empty() && mapping->path.front() == '/') {
+      FileImage image;
+      if (describe_file_image(*mapping, map, image)) {
+        ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
+        stats.code_bytes += range_end - at;
+        stats.excluded = is_excluded(image.path);
+        if (!stats.excluded) {
+          const FunctionTable functions = collect_functions(image.info, image.path);
+          rewrite_code_range(at, range_end, functions, map, stats);
+        }
+        stats.time += std::chrono::steady_clock::now() - start;
+      }
+    } else if (executable) {
+      // Anonymous code (a JIT): no function boundaries to decode from. Its candidates are
+      // counted; only the SUD safety net can reach them.
+      ImageStats& stats = late_stats_for(mapping->path.empty() ? "[anonymous]" : mapping->path, 0);
+      stats.code_bytes += range_end - at;
+      const ScanResult scan =
+          scan_code(std::span(reinterpret_cast<const std::uint8_t*>(at), range_end - at), at, {});
+      stats.skipped_undecodable += scan.sites.size();
+    }
+    at = range_end;
   }
-  std::sort(restores.begin(), restores.end(),
-            [](const Patch& a, const Patch& b) { return a.address < b.address; });
+}
+
+void forget_code(std::uintptr_t begin, std::size_t length) {
+  std::lock_guard lock(rewrite_lock);
+  forget_sites(begin, begin + length);
+}
+
+std::vector<ImageStats> late_code_stats() {
+  std::lock_guard lock(rewrite_lock);
+  return late_images;
+}
+
+void restore_rewritten_code() {
+  std::lock_guard lock(rewrite_lock);
+  std::vector<Patch> restores;
+  restores.reserve(rewritten.size());
+  const std::vector<Mapping> map = read_memory_map();
+  for (const auto& [address, original] : rewritten) {
+    // Skip sites whose library has been unloaded since.
+    const Mapping* mapping = find_mapping(map, address);
+    if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
+    restores.push_back({address, kCallRaxBytes, original});
+  }
   apply_patches(restores, map);
-  record.clear();
+  rewritten.clear();
 }
 
 }  // namespace zpoline::detail

@@ -2,9 +2,10 @@
 // executable, ld.so, every shared object), minus exclusions, [vdso], and this library's own raw
 // syscall instructions.
 //
-// Contract: called with the install lock held, after the trampoline is mapped (a rewritten site
-// may run at once, on any thread). Sites are registered in site_registry() before their bytes
-// change.
+// Contract: called after the trampoline is mapped (a rewritten site may run at once, on any
+// thread); the functions here serialise among themselves. Sites are registered in
+// site_registry() before their bytes change. Exclusions are those of the latest
+// rewrite_loaded_code().
 #pragma once
 
 #include <string>
@@ -20,6 +21,18 @@ struct RewriteOptions {
 };
 
 InstallStats rewrite_loaded_code(const RewriteOptions& options);
+
+// Code that became executable after install (mmap or mprotect with PROT_EXEC; the dynamic linker
+// maps every dlopen'ed library this way). File-backed ELF code is rewritten like code present at
+// install, with function boundaries from the file; anonymous code is only counted. Runs on the
+// thread that made the mmap/mprotect, right after it succeeded, before the code can run.
+void rewrite_new_code(std::uintptr_t begin, std::size_t length);
+
+// Code that is being unmapped or replaced: its sites leave the registry.
+void forget_code(std::uintptr_t begin, std::size_t length);
+
+// What rewrite_new_code() has done so far, one entry per image.
+std::vector<ImageStats> late_code_stats();
 
 // Puts the original instruction back at every site rewritten so far (that still holds ff d0).
 void restore_rewritten_code();

@@ -11,12 +11,15 @@ namespace zpoline::detail {
 // Open addressing with linear probing; 0 marks an empty slot (no site is at address 0).
 struct SiteRegistry::Table {
   std::size_t capacity;  // a power of two; offset 0 (SITE_TABLE_CAPACITY in entry_stub.S)
-  std::size_t count;     // the slots follow at offset 16 (SITE_TABLE_SLOTS)
+  std::size_t count;     // used slots, removed ones included; the slots follow at offset 16
   // The slots follow the header in the same mapping.
   std::uintptr_t* slots() { return reinterpret_cast<std::uintptr_t*>(this + 1); }
 };
 
 namespace {
+
+// A removed site's slot: occupied for probing, never equal to a site.
+constexpr std::uintptr_t kRemovedSlot = 1;
 
 std::size_t slot_of(std::uintptr_t site, std::size_t capacity) {
   return static_cast<std::size_t>((site * kSiteHashMultiplier) >> 20) & (capacity - 1);
@@ -47,7 +50,8 @@ SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) {
   table->count = 0;
   if (old) {
     for (std::size_t i = 0; i < old->capacity; ++i) {
-      if (old->slots()[i] != 0 && insert(table->slots(), capacity, old->slots()[i])) ++table->count;
+      if (old->slots()[i] > kRemovedSlot && insert(table->slots(), capacity, old->slots()[i]))
+        ++table->count;
     }
   }
   return table;
@@ -62,6 +66,21 @@ void SiteRegistry::add(std::uintptr_t site) {
   if (insert(table->slots(), table->capacity, site)) ++table->count;
 }
 
+void SiteRegistry::remove(std::uintptr_t site) {
+  Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
+  if (table == nullptr || site <= kRemovedSlot) return;
+  for (std::size_t i = slot_of(site, table->capacity);; i = (i + 1) & (table->capacity - 1)) {
+    std::uintptr_t current = __atomic_load_n(&table->slots()[i], __ATOMIC_RELAXED);
+    if (current == 0) return;
+    if (current == site) {
+      // A marker rather than 0 keeps the probe chains of the other sites intact.
+      // The slot stays used (count unchanged) until the table is next rebuilt.
+      __atomic_store_n(&table->slots()[i], kRemovedSlot, __ATOMIC_RELEASE);
+      return;
+    }
+  }
+}
+
 bool SiteRegistry::contains(std::uintptr_t site) const noexcept {
   Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   if (table == nullptr || site == 0) return false;
@@ -70,12 +89,6 @@ bool SiteRegistry::contains(std::uintptr_t site) const noexcept {
     if (current == site) return true;
     if (current == 0) return false;
   }
-}
-
-std::size_t SiteRegistry::size() const noexcept {
-  const Table* table =
-      static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
-  return table ? table->count : 0;
 }
 
 SiteRegistry& site_registry() {

@@ -16,8 +16,10 @@ namespace zpoline::detail {
 class SiteRegistry {
  public:
   void add(std::uintptr_t site);
+  // For code that is unmapped: a later mapping at the same address may hold an ordinary
+  // `call *%rax` there.
+  void remove(std::uintptr_t site);
   bool contains(std::uintptr_t site) const noexcept;
-  std::size_t size() const noexcept;
 
  private:
   struct Table;

@@ -150,10 +150,13 @@ async def asyncio_echo():
     reader_b, writer_b = await asyncio.open_connection(sock=b)
     reader_a, writer_a = await asyncio.open_connection(sock=a)
     big = payload(7, MIB)
-    writer_a.write(big)
-    await writer_a.drain()
-    writer_a.write_eof()
-    received = await reader_b.readexactly(MIB)
+
+    async def send():
+        writer_a.write(big)
+        await writer_a.drain()
+        writer_a.write_eof()
+
+    _, received = await asyncio.gather(send(), reader_b.readexactly(MIB))
     writer_a.close()
     writer_b.close()
     print("asyncio socketpair:", hashlib.sha256(received).hexdigest()[:16], received == big)
