@@ -51,8 +51,7 @@ __thread HookActivity* thread_activity = nullptr;
 long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0);
 
 bool thread_exists(pid_t tid) {
-  static const long pid = raw(SYS_getpid);
-  return raw(SYS_tgkill, pid, tid, 0) == 0;
+  return raw(SYS_tgkill, raw(SYS_getpid), tid, 0) == 0;  // not cached: fork changes it
 }
 
 HookActivity* register_thread() {
