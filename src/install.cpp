@@ -9,6 +9,7 @@
 
 #include "dispatch/dispatch.hpp"
 #include "dispatch/frame.hpp"
+#include "dispatch/safety_net.hpp"
 #include "platform/cpu.hpp"
 #include "rewriting/rewriter.hpp"
 #include "trampoline/trampoline.hpp"
@@ -24,7 +25,7 @@ std::mutex install_lock;
 bool session_alive = false;
 
 constexpr std::string_view kEnvironmentPrefix = "ZPOLINE_";
-constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE"};
+constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE"};
 
 [[noreturn]] void invalid(const std::string& message) {
   throw Error(ErrorCode::invalid_option, "zpoline: " + message);
@@ -40,7 +41,7 @@ void check_environment_names() {
     for (std::string_view k : kKnownVariables) known |= (name == k);
     if (!known) {
       invalid("unknown environment variable " + std::string(name) +
-              " (known: ZPOLINE_EXCLUDE). Unset it or fix its name.");
+              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE). Unset it or fix its name.");
     }
   }
 }
@@ -60,6 +61,20 @@ std::vector<std::string> split_exclude_list(const std::string& list) {
     start = colon + 1;
   }
   return entries;
+}
+
+Mode parse_mode(const std::string& text) {
+  if (text == "eager") return Mode::eager;
+  if (text == "exhaustive") return Mode::exhaustive;
+  if (text == "lazy") return Mode::lazy;
+  invalid("ZPOLINE_MODE=\"" + text + "\" is not a mode; use eager, exhaustive or lazy.");
+}
+
+Mode effective_mode(const Options& options) {
+  if (options.use_environment) {
+    if (const char* mode = std::getenv("ZPOLINE_MODE")) return parse_mode(mode);
+  }
+  return options.mode;
 }
 
 detail::RewriteOptions validate(const Options& options) {
@@ -112,12 +127,21 @@ Session install(Hook hook, Options options) {
                 "zpoline::Session (or call detach()) before installing another.");
   }
   const detail::RewriteOptions rewrite = validate(options);
+  const Mode mode = effective_mode(options);
+  if (mode != Mode::eager && !detail::safety_net_supported()) {
+    throw Error(ErrorCode::unsupported,
+                "zpoline: the exhaustive and lazy modes need Syscall User Dispatch (Linux 5.11 or "
+                "later, CONFIG_SYSCALL_USER_DISPATCH), which this kernel does not offer; use "
+                "Mode::eager.");
+  }
   if (!detail::trampoline_is_mapped()) configure_vector_state_saving();
   detail::map_trampoline();
 
   Session session;
-  session.stats_ = detail::rewrite_loaded_code(rewrite);
+  session.mode_ = mode;
+  session.stats_ = detail::rewrite_loaded_code(rewrite, /*scan=*/mode != Mode::lazy);
   detail::publish_hook(std::move(hook));
+  if (mode != Mode::eager) detail::enable_safety_net();
   restore_on_detach = options.restore_on_detach;
   session_alive = true;
   session.active_ = true;
@@ -125,25 +149,37 @@ Session install(Hook hook, Options options) {
 }
 
 Session::Session(Session&& other) noexcept
-    : active_(std::exchange(other.active_, false)), stats_(std::move(other.stats_)) {}
+    : active_(std::exchange(other.active_, false)),
+      mode_(other.mode_),
+      stats_(std::move(other.stats_)) {}
 
 Session& Session::operator=(Session&& other) noexcept {
   if (this != &other) {
     detach();
     active_ = std::exchange(other.active_, false);
+    mode_ = other.mode_;
     stats_ = std::move(other.stats_);
   }
   return *this;
 }
 
-Session::~Session() {
-  detach();
+Session::~Session() { detach(); }
+
+Session::LateCoverage Session::late_coverage() const {
+  LateCoverage coverage;
+  coverage.images = detail::late_code_stats();
+  const detail::SafetyNetCounters counters = detail::safety_net_counters();
+  coverage.traps = counters.traps;
+  coverage.sites_rewritten_on_trap = counters.sites_rewritten;
+  coverage.emulated = counters.emulated;
+  return coverage;
 }
 
 void Session::detach() noexcept {
   if (!active_) return;
   active_ = false;
   std::lock_guard lock(install_lock);
+  detail::disable_safety_net();
   detail::retract_hook();
   if (restore_on_detach) {
     try {

@@ -54,7 +54,24 @@ struct AddressRange {
   std::uintptr_t end = 0;
 };
 
+// How completely the library reaches system calls, against what it costs (docs/DESIGN.md).
+enum class Mode {
+  // Rewrite the code present at install, and code that becomes executable later (dlopen,
+  // mmap/mprotect with PROT_EXEC) before it runs. No cost on calls. Misses code written into
+  // memory that is already executable (JIT into RWX memory) and sites left alone as unsafe.
+  eager,
+  // eager, plus Syscall User Dispatch (Linux 5.11+) as a safety net: any other `syscall` traps
+  // into the library, reaches the hook, and is rewritten at its first trap when that is safe.
+  // Costs every syscall of the process the kernel's slower entry path.
+  exhaustive,
+  // Rewrite nothing at install: every site is rewritten at its first trap under Syscall User
+  // Dispatch, once shown safe. Fast install; each site pays one trap (a few microseconds).
+  lazy,
+};
+
 struct Options {
+  // ZPOLINE_MODE (eager, exhaustive, lazy) overrides it when use_environment is on.
+  Mode mode = Mode::eager;
   // Images (shared objects or the executable) whose code is left alone. An entry containing '/'
   // must equal the image's path; any other entry must equal the file name ("libfoo.so.1").
   // The environment variable ZPOLINE_EXCLUDE adds entries, separated by ':'.
@@ -101,13 +118,25 @@ class [[nodiscard]] Session {
   ~Session();
 
   bool active() const noexcept { return active_; }
+  // What install did.
   const InstallStats& stats() const noexcept { return stats_; }
+  // Code that became executable after install and what was done with it, one entry per image;
+  // and what the SUD safety net has done (exhaustive and lazy modes).
+  struct LateCoverage {
+    std::vector<ImageStats> images;
+    std::size_t traps = 0;                    // syscalls that trapped under SUD
+    std::size_t sites_rewritten_on_trap = 0;  // ... and were rewritten then
+    std::size_t emulated = 0;                 // ... and ran from the signal handler instead
+  };
+  LateCoverage late_coverage() const;
+  Mode mode() const noexcept { return mode_; }
   // Ends the session now; does nothing on an inactive Session.
   void detach() noexcept;
 
  private:
   friend Session install(Hook hook, Options options);
   bool active_ = false;
+  Mode mode_ = Mode::eager;
   InstallStats stats_;
 };
 

@@ -1,5 +1,7 @@
 #include "dispatch/dispatch.hpp"
 
+#include "dispatch/safety_net.hpp"
+
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -146,7 +148,9 @@ long forward_clone(const SyscallFrame& frame) {
     return clone_to_site(frame, SYS_clone, args, stack, static_cast<std::uint64_t>(args[0]));
   }
   if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack();
-  return raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
+  const long result = raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
+  if (result == 0) arm_safety_net_after_fork();  // a fork child: SUD is not inherited
+  return result;
 }
 
 long forward_clone3(const SyscallFrame& frame) {
@@ -173,36 +177,28 @@ long forward_clone3(const SyscallFrame& frame) {
     return clone_to_site(frame, SYS_clone3, args, top, copy.flags);
   }
   if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) return run_on_application_stack();
-  return raw(SYS_clone3, r.rdi, r.rsi);
+  const long result = raw(SYS_clone3, r.rdi, r.rsi);
+  if (result == 0) arm_safety_net_after_fork();
+  return result;
 }
 
 // Code can appear after install: the dynamic linker maps every dlopen'ed library with mmap, and
 // programs make memory executable with mprotect. Such code is rewritten right after the call
 // succeeds, before it can run; code that goes away leaves the site registry.
-// True while this thread runs the rewriter, whose own allocations mmap and munmap memory.
-__thread bool rewriting_late_code = false;
-
 long forward_memory_change(const RegisterFrame& r) {
   const long number = static_cast<long>(r.rax);
   const auto address = static_cast<std::uintptr_t>(r.rdi);
   const auto length = static_cast<std::size_t>(r.rsi);
-  const bool live =
-      __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE) != 0 && !rewriting_late_code;
+  const bool live = __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE) != 0;
   const bool executable = number != SYS_munmap && (r.rdx & PROT_EXEC);
-  if (live && number == SYS_mmap && (r.r10 & MAP_FIXED)) {
-    rewriting_late_code = true;
-    forget_code(address, length);
-    rewriting_late_code = false;
-  }
+  if (live && number == SYS_mmap && (r.r10 & MAP_FIXED)) forget_code(address, length);
   const long result = raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
   if (!live || (result < 0 && result > -4096)) return result;
-  rewriting_late_code = true;
   if (number == SYS_munmap) {
     forget_code(address, length);
   } else if (executable) {
     rewrite_new_code(number == SYS_mmap ? static_cast<std::uintptr_t>(result) : address, length);
   }
-  rewriting_late_code = false;
   return result;
 }
 
@@ -230,6 +226,10 @@ long forward(const SyscallFrame& frame) noexcept {
     case SYS_pkey_mprotect:
     case SYS_munmap:
       return forward_memory_change(r);
+    case SYS_rt_sigprocmask:
+    case SYS_rt_sigaction:
+      if (safety_net_enabled()) return forward_signal_call(r);
+      return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
     default:
       return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
   }

@@ -164,7 +164,13 @@ zpoline_detail_entry:
         je .Lfull
         cmp $435, %rax
         je .Lfull
-        cmpb $0, zpoline_detail_hook_live(%rip) /* and, while a hook is installed, calls that */
+        cmpb $0, zpoline_detail_sud_enabled(%rip) /* under the SUD safety net, signal mask */
+        je 3f                                   /* and disposition calls (SIGSYS stays open) */
+        cmp $13, %rax
+        je .Lfull
+        cmp $14, %rax
+        je .Lfull
+3:      cmpb $0, zpoline_detail_hook_live(%rip) /* and, while a hook is installed, calls that */
         je 1f                                   /* may bring new code (the dispatcher rewrites */
         cmp $11, %rax                           /* it) or remove code: munmap, */
         je .Lfull
@@ -209,6 +215,11 @@ zpoline_detail_entry:
         pop %rdx
         popfq
         lea RED_ZONE+8(%rsp), %rsp              /* the application's rsp */
+        /* Entered here too, from the SIGSYS handler (safety_net.cpp), which has pushed the
+         * vfork_returns entry itself: the application's registers, rsp and RFLAGS are live. */
+        .globl zpoline_detail_vfork_syscall
+        .hidden zpoline_detail_vfork_syscall
+zpoline_detail_vfork_syscall:
         syscall
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
         mov %fs:STATE_VFORK_DEPTH(%r11), %ecx
@@ -311,7 +322,31 @@ zpoline_detail_clone_to_site:
         syscall
         test %rax, %rax
         jnz 3f
-        ret                                     /* child: to the application */
+        /* The child. Syscall User Dispatch is not inherited: arm it for this thread too when the
+         * safety net is on. The child's stack holds only the return address so far, so the
+         * registers can be saved below it. */
+        cmpb $0, zpoline_detail_sud_enabled(%rip)
+        je 4f
+        push %rdi
+        push %rsi
+        push %rdx
+        push %r10
+        push %r8
+        mov $157, %eax                          /* prctl */
+        mov $59, %edi                           /* PR_SET_SYSCALL_USER_DISPATCH */
+        mov $1, %esi                            /* PR_SYS_DISPATCH_ON */
+        lea zpoline_detail_code_begin(%rip), %rdx
+        lea zpoline_detail_code_end(%rip), %r10
+        sub %rdx, %r10                          /* the library's own code may make syscalls */
+        lea zpoline_detail_sud_selector(%rip), %r8
+        syscall
+        pop %r8
+        pop %r10
+        pop %rdx
+        pop %rsi
+        pop %rdi
+        xor %eax, %eax                          /* the child's clone result */
+4:      ret                                     /* to the application */
 3:      pop %rdi
         pop %r15
         pop %r14
@@ -321,6 +356,17 @@ zpoline_detail_clone_to_site:
         pop %rbx
         ret
         .size zpoline_detail_clone_to_site, .-zpoline_detail_clone_to_site
+
+/* rt_sigreturn for a signal restorer whose syscall was not rewritten and trapped under Syscall
+ * User Dispatch: the SIGSYS handler resumes here with the restorer's rsp. */
+        .globl zpoline_detail_sigreturn_gadget
+        .hidden zpoline_detail_sigreturn_gadget
+        .type zpoline_detail_sigreturn_gadget, @function
+zpoline_detail_sigreturn_gadget:
+        mov $15, %eax
+        syscall
+        ud2
+        .size zpoline_detail_sigreturn_gadget, .-zpoline_detail_sigreturn_gadget
 
         .globl zpoline_detail_code_end
         .hidden zpoline_detail_code_end

@@ -55,6 +55,16 @@ std::map<std::uintptr_t, std::uint16_t> rewritten;
 // Statistics of code that became executable after install, one entry per image.
 std::vector<ImageStats> late_images;
 
+// The rewriter's own work allocates and changes page protections: those mmap, munmap and
+// mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock is
+// not recursive, and they bring no new code).
+__thread bool rewriting = false;
+struct RewritingScope {
+  bool entered = !rewriting;
+  RewritingScope() { rewriting = true; }
+  ~RewritingScope() { rewriting = !entered; }
+};
+
 // Decides and rewrites the sites in [begin, end), which lies in one image whose functions are
 // `functions`, adding to `stats`.
 void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const FunctionTable& functions,
@@ -196,6 +206,15 @@ bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map
   return true;
 }
 
+// Function tables of images whose sites trap one by one (lazy mode): built once per image.
+const FunctionTable& cached_functions(const FileImage& image) {
+  static std::map<std::pair<std::string, std::uintptr_t>, FunctionTable> cache;
+  const auto key = std::make_pair(image.path, static_cast<std::uintptr_t>(image.info.dlpi_addr));
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, collect_functions(image.info, image.path)).first;
+  return it->second;
+}
+
 ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
   for (ImageStats& stats : late_images) {
     if (stats.path == path && stats.base == base) return stats;
@@ -221,8 +240,9 @@ bool path_matches_exclusion(const std::string& path, const std::string& entry) {
   return (slash == std::string::npos ? path : path.substr(slash + 1)) == entry;
 }
 
-InstallStats rewrite_loaded_code(const RewriteOptions& options) {
+InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
   const auto start = std::chrono::steady_clock::now();
+  RewritingScope scope;
   std::lock_guard lock(rewrite_lock);
   current_options = options;
   InstallStats stats;
@@ -238,7 +258,7 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options) {
     image_stats.path = image.path;
     image_stats.base = image.info.dlpi_addr;
     image_stats.excluded = is_excluded(image.path);
-    if (!image_stats.excluded) rewrite_image(image, map, image_stats);
+    if (!image_stats.excluded && scan) rewrite_image(image, map, image_stats);
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));
   }
@@ -247,6 +267,8 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options) {
 }
 
 void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
+  if (rewriting) return;
+  RewritingScope scope;
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard lock(rewrite_lock);
   const std::vector<Mapping> map = read_memory_map();
@@ -281,7 +303,53 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
   }
 }
 
+bool rewrite_trapped_site(std::uintptr_t site) {
+  if (rewriting) return false;
+  RewritingScope scope;
+  std::unique_lock lock(rewrite_lock, std::try_to_lock);
+  if (!lock.owns_lock()) return false;
+  const std::vector<Mapping> map = read_memory_map();
+  const Mapping* mapping = find_mapping(map, site);
+  if (mapping == nullptr || !(mapping->protection & PROT_EXEC) || !(mapping->protection & PROT_READ)) {
+    return false;
+  }
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(site);
+  if (bytes[0] != 0x0f || (bytes[1] != 0x05 && bytes[1] != 0x34)) return false;
+  const std::size_t before = rewritten.size();
+  if (!mapping->path.empty() && mapping->path.front() == '/') {
+    FileImage image;
+    if (!describe_file_image(*mapping, map, image) || is_excluded(image.path)) return false;
+    const FunctionTable& functions = cached_functions(image);
+    const FunctionRange* function = functions.find(site);
+    ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
+    const std::uintptr_t begin = function ? function->begin : site;
+    const std::uintptr_t end = function ? function->end : site + 2;
+    if (function == nullptr) return false;
+    rewrite_code_range(std::max(begin, mapping->begin), std::min(end, mapping->end), functions,
+                       map, stats);
+  } else {
+    // Anonymous code (a JIT) has no function boundaries. The trap proves an instruction ending
+    // after these two bytes is a syscall; a prefix byte before them would make it longer.
+    const std::uint8_t previous = site > mapping->begin ? bytes[-1] : 0;
+    const bool maybe_prefixed = (previous >= 0x40 && previous <= 0x4f) || previous == 0x66 ||
+                                previous == 0x67 || previous == 0xf2 || previous == 0xf3 ||
+                                previous == 0x2e || previous == 0x3e || previous == 0x26 ||
+                                previous == 0x36 || previous == 0x64 || previous == 0x65;
+    if (maybe_prefixed) return false;
+    ImageStats& stats = late_stats_for(mapping->path.empty() ? "[anonymous]" : mapping->path, 0);
+    const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
+    const Patch patch{site, original, kCallRaxBytes};
+    site_registry().add(site);
+    const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map);
+    stats.sites_rewritten += outcome.written;
+    if (outcome.written) rewritten.emplace(site, original);
+  }
+  return rewritten.count(site) != 0 && rewritten.size() > before;
+}
+
 void forget_code(std::uintptr_t begin, std::size_t length) {
+  if (rewriting) return;
+  RewritingScope scope;
   std::lock_guard lock(rewrite_lock);
   forget_sites(begin, begin + length);
 }
@@ -292,6 +360,7 @@ std::vector<ImageStats> late_code_stats() {
 }
 
 void restore_rewritten_code() {
+  RewritingScope scope;
   std::lock_guard lock(rewrite_lock);
   std::vector<Patch> restores;
   restores.reserve(rewritten.size());

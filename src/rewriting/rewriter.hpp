@@ -20,7 +20,8 @@ struct RewriteOptions {
   std::vector<AddressRange> exclude_ranges;
 };
 
-InstallStats rewrite_loaded_code(const RewriteOptions& options);
+// With scan off (lazy mode) only the options are recorded and the images listed.
+InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan = true);
 
 // Code that became executable after install (mmap or mprotect with PROT_EXEC; the dynamic linker
 // maps every dlopen'ed library this way). File-backed ELF code is rewritten like code present at
@@ -31,7 +32,13 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length);
 // Code that is being unmapped or replaced: its sites leave the registry.
 void forget_code(std::uintptr_t begin, std::size_t length);
 
-// What rewrite_new_code() has done so far, one entry per image.
+// A `syscall` at `site` trapped under Syscall User Dispatch: rewrite it if the rewriter can show
+// it is safe (in a known function: decoded like any other site; in anonymous code: a plain
+// 2-byte syscall not preceded by a prefix byte). Called from the SIGSYS handler: returns false
+// at once if rewriting is busy on another frame of this or another thread.
+bool rewrite_trapped_site(std::uintptr_t site);
+
+// What rewrite_new_code() and rewrite_trapped_site() have done so far, one entry per image.
 std::vector<ImageStats> late_code_stats();
 
 // Puts the original instruction back at every site rewritten so far (that still holds ff d0).
