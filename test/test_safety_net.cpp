@@ -1,0 +1,267 @@
+// Modes and the Syscall User Dispatch safety net: syscalls from code the rewriter did not reach
+// (JIT code written after mapping, prefixed syscalls, red-zone functions, libraries loaded with
+// dlopen) reach the hook, and the application's own SIGSYS use keeps working.
+#include <dlfcn.h>
+#include <doctest/doctest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <thread>
+
+#include "support.hpp"
+
+namespace {
+
+std::atomic<long> getpid_calls{0};
+zpoline::Hook counting_getpid() {
+  return [](zpoline::Syscall& call) {
+    if (call.number() == SYS_getpid) ++getpid_calls;
+    return call.forward();
+  };
+}
+
+zpoline::Options with_mode(zpoline::Mode mode) {
+  zpoline::Options options;
+  options.mode = mode;
+  return options;
+}
+
+long real_getpid() {
+  return zpoline::raw_syscall(SYS_getpid);
+}
+
+// Code written into executable memory after it was mapped: `mov $39,%eax; syscall; ret`, and
+// the same with an operand-size prefix on the syscall (which is never rewritten).
+struct JitCode {
+  unsigned char* memory = nullptr;
+  JitCode() {
+    memory = static_cast<unsigned char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(memory != MAP_FAILED);
+    const unsigned char plain[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
+    const unsigned char prefixed[] = {0xb8, 39, 0, 0, 0, 0x66, 0x0f, 0x05, 0xc3};
+    std::memcpy(memory, plain, sizeof plain);
+    std::memcpy(memory + 64, prefixed, sizeof prefixed);
+  }
+  ~JitCode() { munmap(memory, 4096); }
+  long plain() const { return reinterpret_cast<long (*)()>(memory)(); }
+  long prefixed() const { return reinterpret_cast<long (*)()>(memory + 64)(); }
+  bool plain_rewritten() const { return memory[5] == 0xff && memory[6] == 0xd0; }
+};
+
+// Waits, without sleeping for a fixed time, until `done` holds; false after 10 s.
+template <class Condition>
+bool eventually(Condition done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+}  // namespace
+
+// A function that keeps data in the red zone around a syscall: the rewriter leaves it alone.
+extern "C" long zt_red_zone_getpid();
+asm(R"(
+  .text
+  .globl zt_red_zone_getpid
+  .type zt_red_zone_getpid, @function
+zt_red_zone_getpid:
+  .cfi_startproc
+  movq $0x1234, -16(%rsp)
+  mov $39, %eax
+  syscall
+  cmpq $0x1234, -16(%rsp)
+  jne 1f
+  ret
+1:
+  mov $-1, %rax
+  ret
+  .cfi_endproc
+  .size zt_red_zone_getpid, .-zt_red_zone_getpid
+)");
+
+TEST_CASE("eager_misses_jit_and_unsafe_sites") {
+  // The baseline the other modes improve on: eager cannot see these.
+  auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::eager));
+  JitCode jit;
+  const long before = getpid_calls.load();
+  CHECK(jit.plain() == real_getpid());
+  CHECK(jit.prefixed() == real_getpid());
+  CHECK(zt_red_zone_getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before);
+  getpid();
+  CHECK(getpid_calls.load() == before + 1);
+}
+
+TEST_CASE("eager_rewrites_libraries_loaded_later") {
+  auto session = zpoline_test::install_or_skip(counting_getpid());
+  void* library = dlopen(ZPOLINE_LATE_LIBRARY, RTLD_NOW);
+  REQUIRE(library != nullptr);
+  auto late_getpid = reinterpret_cast<long (*)()>(dlsym(library, "late_getpid"));
+  REQUIRE(reinterpret_cast<void*>(late_getpid) != nullptr);
+  const long before = getpid_calls.load();
+  CHECK(late_getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before + 1);
+  bool found = false;
+  for (const auto& image : session.late_coverage().images) {
+    if (image.path.find("late_code") != std::string::npos) {
+      found = true;
+      CHECK(image.sites_rewritten == 2);
+    }
+  }
+  CHECK(found);
+  // Unloaded and loaded again (maybe at the same address): still hooked, no stale sites.
+  REQUIRE(dlclose(library) == 0);
+  library = dlopen(ZPOLINE_LATE_LIBRARY, RTLD_NOW);
+  REQUIRE(library != nullptr);
+  late_getpid = reinterpret_cast<long (*)()>(dlsym(library, "late_getpid"));
+  CHECK(late_getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before + 2);
+}
+
+TEST_CASE("exhaustive_reaches_jit_prefixed_and_red_zone_sites") {
+  auto session =
+      zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::exhaustive));
+  CHECK(session.mode() == zpoline::Mode::exhaustive);
+  JitCode jit;
+  long expected = getpid_calls.load();
+  CHECK(jit.plain() == real_getpid());
+  CHECK(getpid_calls.load() == ++expected);
+  CHECK(jit.prefixed() == real_getpid());
+  CHECK(getpid_calls.load() == ++expected);
+  CHECK(zt_red_zone_getpid() == real_getpid());  // and its red zone survived
+  CHECK(getpid_calls.load() == ++expected);
+
+  // The plain JIT site is rewritten after its first trap; from then on it does not trap.
+  CHECK(eventually([&] { return jit.plain_rewritten(); }));
+  const std::size_t traps = session.late_coverage().traps;
+  for (int i = 0; i < 100; ++i) CHECK(jit.plain() == real_getpid());
+  CHECK(session.late_coverage().traps == traps);
+  CHECK(getpid_calls.load() == expected + 100);
+  // The prefixed one keeps trapping, and keeps reaching the hook.
+  for (int i = 0; i < 10; ++i) CHECK(jit.prefixed() == real_getpid());
+  CHECK(session.late_coverage().traps == traps + 10);
+  CHECK(getpid_calls.load() == expected + 110);
+}
+
+TEST_CASE("exhaustive_covers_new_threads_and_fork_children") {
+  auto session =
+      zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::exhaustive));
+  JitCode jit;
+  const long before = getpid_calls.load();
+  std::thread thread([&] { CHECK(jit.prefixed() == real_getpid()); });
+  thread.join();
+  CHECK(getpid_calls.load() == before + 1);
+
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const long child_before = getpid_calls.load();
+    const bool ok = jit.prefixed() == real_getpid();
+    const long seen = ok ? getpid_calls.load() - child_before : -1;
+    (void)!write(fds[1], &seen, sizeof seen);
+    _exit(0);
+  }
+  long seen = 0;
+  REQUIRE(read(fds[0], &seen, sizeof seen) == sizeof seen);
+  CHECK(seen == 1);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+}
+
+namespace {
+std::atomic<int> application_sigsys{0};
+void application_handler(int, siginfo_t* info, void* context) {
+  if (info->si_code == 1 /* SYS_SECCOMP */) {
+    ++application_sigsys;
+    static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RAX] = 4242;  // emulate the call
+  }
+}
+}  // namespace
+
+TEST_CASE("application_sigsys_and_masks_keep_working") {
+  auto session =
+      zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::exhaustive));
+  // The application's own SIGSYS handler, installed after the library's, for seccomp traps.
+  struct sigaction action {};
+  action.sa_sigaction = application_handler;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  REQUIRE(sigaction(SIGSYS, &action, nullptr) == 0);
+  struct sigaction reported {};
+  REQUIRE(sigaction(SIGSYS, nullptr, &reported) == 0);
+  CHECK(reinterpret_cast<void*>(reported.sa_sigaction) ==
+        reinterpret_cast<void*>(&application_handler));
+
+  // A seccomp filter that traps getppid.
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{sizeof filter / sizeof filter[0], filter};
+  REQUIRE(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  REQUIRE(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0);
+  CHECK(getppid() == 4242);
+  CHECK(application_sigsys.load() == 1);
+
+  // SIGSYS blocked by the application: SUD traps still work instead of killing the process.
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGSYS);
+  REQUIRE(sigprocmask(SIG_BLOCK, &block, nullptr) == 0);
+  JitCode jit;
+  const long before = getpid_calls.load();
+  CHECK(jit.prefixed() == real_getpid());
+  CHECK(getpid_calls.load() == before + 1);
+}
+
+TEST_CASE("lazy_rewrites_on_first_trap") {
+  auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+  CHECK(session.stats().sites_rewritten() == 0);
+  const auto* code = reinterpret_cast<const unsigned char*>(&getpid);
+  const long before = getpid_calls.load();
+  CHECK(getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before + 1);
+  // libc's getpid site is rewritten by the library's thread after that first trap.
+  CHECK(eventually([&] {
+    for (int i = 0; i < 16; ++i) {
+      if (code[i] == 0xff && code[i + 1] == 0xd0) return true;
+    }
+    return false;
+  }));
+  CHECK(getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before + 2);
+  CHECK(session.late_coverage().sites_rewritten_on_trap >= 1);
+}
+
+TEST_CASE("mode_from_environment") {
+  setenv("ZPOLINE_MODE", "fast", 1);
+  try {
+    auto session = zpoline_test::install_or_skip(counting_getpid());
+    FAIL("an unknown ZPOLINE_MODE was accepted");
+  } catch (const zpoline::Error& error) {
+    CHECK(error.code() == zpoline::ErrorCode::invalid_option);
+    CHECK(std::string(error.what()).find("eager, exhaustive or lazy") != std::string::npos);
+  }
+  setenv("ZPOLINE_MODE", "exhaustive", 1);
+  auto session = zpoline_test::install_or_skip(counting_getpid());
+  CHECK(session.mode() == zpoline::Mode::exhaustive);
+}
