@@ -1,10 +1,12 @@
-// zpoline/syscall.hpp: the view of one intercepted system call that a hook receives.
+// zpoline/syscall.hpp: the view of one intercepted system call that a hook receives, and (through
+// zpoline/syscalls.hpp) the typed descriptor of every system call.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
 namespace zpoline {
 namespace detail {
@@ -15,52 +17,8 @@ inline namespace v0 {
 
 class Syscall;
 
-// Typed descriptions of the system calls that have typed accessors. Each type names its number
-// and its kernel name, and nests a `View` with named, typed accessors and setters for its
-// arguments. `Syscall::as<sys::openat>()` returns a View only when the call is that system call.
-namespace sys {
-
-#define ZPOLINE_ARG(index, type, getter, setter) \
-  type getter() const {                          \
-    return (type)(call_->arg(index));            \
-  }                                              \
-  void setter(type value) {                      \
-    call_->set_arg(index, (long)(value));        \
-  }
-
-// Declared here, defined after Syscall: each View holds a reference to the call it describes.
-struct read {
-  static constexpr long number = 0;
-  static constexpr std::string_view name = "read";
-  class View;
-};
-struct write {
-  static constexpr long number = 1;
-  static constexpr std::string_view name = "write";
-  class View;
-};
-struct close {
-  static constexpr long number = 3;
-  static constexpr std::string_view name = "close";
-  class View;
-};
-struct mmap {
-  static constexpr long number = 9;
-  static constexpr std::string_view name = "mmap";
-  class View;
-};
-struct getpid {
-  static constexpr long number = 39;
-  static constexpr std::string_view name = "getpid";
-  class View;
-};
-struct openat {
-  static constexpr long number = 257;
-  static constexpr std::string_view name = "openat";
-  class View;
-};
-
-}  // namespace sys
+// Typed descriptions of every system call (sys::openat, sys::read, ...) are in
+// zpoline/syscalls.hpp, included at the end of this header.
 
 // One system call in flight. A hook receives it by reference; it is valid only during the hook
 // call. Argument changes made with set_arg() are what forward() passes to the kernel and what
@@ -96,71 +54,40 @@ class Syscall {
   detail::SyscallFrame* frame_;
 };
 
-namespace sys {
-
-class read::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-  ZPOLINE_ARG(0, int, fd, set_fd)
-  ZPOLINE_ARG(1, void*, buf, set_buf)
-  ZPOLINE_ARG(2, std::size_t, count, set_count)
- private:
-  Syscall* call_;
-};
-
-class write::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-  ZPOLINE_ARG(0, int, fd, set_fd)
-  ZPOLINE_ARG(1, const void*, buf, set_buf)
-  ZPOLINE_ARG(2, std::size_t, count, set_count)
- private:
-  Syscall* call_;
-};
-
-class close::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-  ZPOLINE_ARG(0, int, fd, set_fd)
- private:
-  Syscall* call_;
-};
-
-class mmap::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-  ZPOLINE_ARG(0, void*, addr, set_addr)
-  ZPOLINE_ARG(1, std::size_t, length, set_length)
-  ZPOLINE_ARG(2, int, prot, set_prot)
-  ZPOLINE_ARG(3, int, flags, set_flags)
-  ZPOLINE_ARG(4, int, fd, set_fd)
-  ZPOLINE_ARG(5, long, offset, set_offset)
- private:
-  Syscall* call_;
-};
-
-class getpid::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-
- private:
-  [[maybe_unused]] Syscall* call_;
-};
-
-class openat::View {
- public:
-  explicit View(Syscall& call) : call_(&call) {}
-  ZPOLINE_ARG(0, int, dirfd, set_dirfd)
-  ZPOLINE_ARG(1, const char*, pathname, set_pathname)
-  ZPOLINE_ARG(2, int, flags, set_flags)
-  ZPOLINE_ARG(3, unsigned, mode, set_mode)
- private:
-  Syscall* call_;
-};
-
-#undef ZPOLINE_ARG
-
-}  // namespace sys
-
 }  // namespace v0
+
+namespace detail {
+
+// The base of every sys::X::View: typed access to the arguments of one call.
+class ArgumentView {
+ public:
+  explicit ArgumentView(Syscall& call) noexcept : call_(&call) {}
+  // The call this view describes.
+  Syscall& call() const noexcept { return *call_; }
+
+ protected:
+  template <class T>
+  T argument(int i) const noexcept {
+    if constexpr (std::is_pointer_v<T>) {
+      return reinterpret_cast<T>(call_->arg(i));
+    } else {
+      return static_cast<T>(call_->arg(i));
+    }
+  }
+  template <class T>
+  void set_argument(int i, T value) noexcept {
+    if constexpr (std::is_pointer_v<T>) {
+      call_->set_arg(i, reinterpret_cast<long>(value));
+    } else {
+      call_->set_arg(i, static_cast<long>(value));
+    }
+  }
+
+ private:
+  Syscall* call_;
+};
+
+}  // namespace detail
 }  // namespace zpoline
+
+#include "zpoline/syscalls.hpp"

@@ -32,8 +32,6 @@ unsigned char zpoline_detail_xsave_mode = 0;
 namespace zpoline::detail {
 namespace {
 
-#include "dispatch/syscall_names.inc"
-
 std::atomic<Hook*> current_hook{nullptr};
 
 // Whether each thread is inside the hook, for retract_hook(). Records live on the heap and are
@@ -205,11 +203,8 @@ long forward_memory_change(const RegisterFrame& r) {
 }  // namespace
 
 const char* syscall_name(long number) noexcept {
-  if (number >= 0 && static_cast<std::size_t>(number) < kSyscallNameCount &&
-      !kSyscallNames[number].empty()) {
-    return kSyscallNames[number].data();
-  }
-  return "unknown";
+  // The names of zpoline/syscalls.hpp are string literals: NUL-terminated.
+  return zpoline::syscall_name(number).data();
 }
 
 long forward(const SyscallFrame& frame) noexcept {

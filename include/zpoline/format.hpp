@@ -1,0 +1,37 @@
+// zpoline/format.hpp: a system call as strace prints it:
+//   openat(AT_FDCWD, "/etc/hostname", O_RDONLY|O_CLOEXEC) = 3
+//   read(3, "abc\n", 4096) = 4
+//   openat(AT_FDCWD, "/nope", O_RDONLY) = -1 ENOENT (No such file or directory)
+// Arguments are printed by kind (zpoline/syscalls.hpp), with names for the common flag families,
+// and decoded structures for the calls that programs make most. Memory the call points to is read
+// fault-safely: a bad pointer prints as its address. Buffers the call fills are printed from the
+// result, so format after the call.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "zpoline/syscall.hpp"
+namespace zpoline {
+inline namespace v0 {
+
+struct FormatOptions {
+  // Strings and buffers longer than this are cut, with `...` after the closing quote (strace -s).
+  std::size_t string_limit = 32;
+};
+
+// `name(arguments) = result`; a result of nullopt (the call does not return: exit, exit_group,
+// a successful execve) prints `= ?`.
+std::string format(const Syscall& call, std::optional<long> result,
+                   const FormatOptions& options = {});
+// The same for a call given by number and argument registers (rdi, rsi, rdx, r10, r8, r9).
+std::string format(long number, const std::array<long, 6>& args, std::optional<long> result,
+                   const FormatOptions& options = {});
+
+// `-1 ENOENT (No such file or directory)` for -ENOENT.
+std::string format_error(long result);
+
+}  // namespace v0
+}  // namespace zpoline
