@@ -26,10 +26,98 @@
 #define VFORK_SAVED_HOOK_FRAME 16
 #define VFORK_RESULT 24
 #define VFORK_MAX 16
+#define STATE_HOOK_CANARY_ADDRESS 536
+#define STATE_HOOK_CANARY 544
 /* SiteRegistry's table (rewriting/site_registry.cpp) */
 #define SITE_TABLE_CAPACITY 0
 #define SITE_TABLE_SLOTS 16
 #define SITE_HASH_MULTIPLIER 0x9e3779b97f4a7c15
+
+/* Vector state in the "registers" modes (platform/cpu.hpp): the registers compiled code may
+ * clobber, plus MXCSR, at `base`. On CPUs where XRSTOR is slow this is far cheaper. */
+        .macro SAVE_YMM base
+        vmovdqu %ymm0, 0(\base)
+        vmovdqu %ymm1, 32(\base)
+        vmovdqu %ymm2, 64(\base)
+        vmovdqu %ymm3, 96(\base)
+        vmovdqu %ymm4, 128(\base)
+        vmovdqu %ymm5, 160(\base)
+        vmovdqu %ymm6, 192(\base)
+        vmovdqu %ymm7, 224(\base)
+        vmovdqu %ymm8, 256(\base)
+        vmovdqu %ymm9, 288(\base)
+        vmovdqu %ymm10, 320(\base)
+        vmovdqu %ymm11, 352(\base)
+        vmovdqu %ymm12, 384(\base)
+        vmovdqu %ymm13, 416(\base)
+        vmovdqu %ymm14, 448(\base)
+        vmovdqu %ymm15, 480(\base)
+        stmxcsr 512(\base)
+        .endm
+        .macro RESTORE_YMM base
+        vmovdqu 0(\base), %ymm0
+        vmovdqu 32(\base), %ymm1
+        vmovdqu 64(\base), %ymm2
+        vmovdqu 96(\base), %ymm3
+        vmovdqu 128(\base), %ymm4
+        vmovdqu 160(\base), %ymm5
+        vmovdqu 192(\base), %ymm6
+        vmovdqu 224(\base), %ymm7
+        vmovdqu 256(\base), %ymm8
+        vmovdqu 288(\base), %ymm9
+        vmovdqu 320(\base), %ymm10
+        vmovdqu 352(\base), %ymm11
+        vmovdqu 384(\base), %ymm12
+        vmovdqu 416(\base), %ymm13
+        vmovdqu 448(\base), %ymm14
+        vmovdqu 480(\base), %ymm15
+        .endm
+        .macro SAVE_XMM base
+        movdqu %xmm0, 0(\base)
+        movdqu %xmm1, 32(\base)
+        movdqu %xmm2, 64(\base)
+        movdqu %xmm3, 96(\base)
+        movdqu %xmm4, 128(\base)
+        movdqu %xmm5, 160(\base)
+        movdqu %xmm6, 192(\base)
+        movdqu %xmm7, 224(\base)
+        movdqu %xmm8, 256(\base)
+        movdqu %xmm9, 288(\base)
+        movdqu %xmm10, 320(\base)
+        movdqu %xmm11, 352(\base)
+        movdqu %xmm12, 384(\base)
+        movdqu %xmm13, 416(\base)
+        movdqu %xmm14, 448(\base)
+        movdqu %xmm15, 480(\base)
+        stmxcsr 512(\base)
+        .endm
+        .macro RESTORE_XMM base
+        movdqu 0(\base), %xmm0
+        movdqu 32(\base), %xmm1
+        movdqu 64(\base), %xmm2
+        movdqu 96(\base), %xmm3
+        movdqu 128(\base), %xmm4
+        movdqu 160(\base), %xmm5
+        movdqu 192(\base), %xmm6
+        movdqu 224(\base), %xmm7
+        movdqu 256(\base), %xmm8
+        movdqu 288(\base), %xmm9
+        movdqu 320(\base), %xmm10
+        movdqu 352(\base), %xmm11
+        movdqu 384(\base), %xmm12
+        movdqu 416(\base), %xmm13
+        movdqu 448(\base), %xmm14
+        movdqu 480(\base), %xmm15
+        .endm
+        /* LDMXCSR is slow (serialising): only when the hook changed MXCSR. Clobbers ecx. */
+        .macro RESTORE_MXCSR base
+        stmxcsr 516(\base)
+        mov 516(\base), %ecx
+        cmp 512(\base), %ecx
+        je 9f
+        ldmxcsr 512(\base)
+9:
+        .endm
 
         .text
         .globl zpoline_detail_code_begin
@@ -79,8 +167,12 @@ zpoline_detail_entry:
         mov %fs:STATE_HOOK_FRAME(%r11), %rcx    /* is the hook running on this thread? */
         test %rcx, %rcx
         jz 1f
-        cmp %rcx, %rsp                          /* yes: below its frame, it is the hook's own */
-        jb .Lbypass                             /* syscall; above, the dispatcher decides */
+        cmp %rcx, %rsp                          /* yes: above its frame, the dispatcher */
+        jae .Lfull                              /* decides; below it, this is the hook's own */
+        mov %fs:STATE_HOOK_CANARY_ADDRESS(%r11), %rcx  /* syscall if the dispatcher's frame */
+        mov (%rcx), %rcx                        /* is still intact (else the hook was left by */
+        cmp %fs:STATE_HOOK_CANARY(%r11), %rcx   /* a siglongjmp: the dispatcher resets) */
+        je .Lbypass
         jmp .Lfull
 1:      cmpb $0, zpoline_detail_hook_live(%rip)
         je .Lbypass
@@ -102,7 +194,17 @@ zpoline_detail_entry:
         mov %rsp, %rbx                          /* rbx: the RegisterFrame, kept across calls */
         and $-64, %rsp                          /* XSAVE areas are 64-byte aligned */
         sub zpoline_detail_xsave_size(%rip), %rsp
-        xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
+        movzbl zpoline_detail_xsave_mode(%rip), %ecx
+        cmp $3, %ecx
+        jne 6f
+        SAVE_YMM %rsp
+        vzeroupper                              /* the C++ code is SSE: no dirty upper halves */
+        jmp 3f
+6:      cmp $4, %ecx
+        jne 7f
+        SAVE_XMM %rsp
+        jmp 3f
+7:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
         mov %rcx, 520(%rsp)
         mov %rcx, 528(%rsp)
         mov %rcx, 536(%rsp)
@@ -126,7 +228,18 @@ zpoline_detail_entry:
         mov %rsp, %rsi
         call zpoline_detail_dispatch
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
-        mov zpoline_detail_xsave_mask(%rip), %eax
+        movzbl zpoline_detail_xsave_mode(%rip), %ecx
+        cmp $3, %ecx
+        jne 6f
+        RESTORE_YMM %rsp
+        RESTORE_MXCSR %rsp
+        jmp 5f
+6:      cmp $4, %ecx
+        jne 7f
+        RESTORE_XMM %rsp
+        RESTORE_MXCSR %rsp
+        jmp 5f
+7:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
         cmpb $0, zpoline_detail_xsave_mode(%rip)
         je 4f
@@ -297,7 +410,18 @@ zpoline_detail_clone_to_site:
         push %r15
         push %rdi
         mov 8(%rdi), %rcx                       /* the application's vector state */
-        mov zpoline_detail_xsave_mask(%rip), %eax
+        movzbl zpoline_detail_xsave_mode(%rip), %eax
+        cmp $3, %eax
+        jne 6f
+        RESTORE_YMM %rcx
+        ldmxcsr 512(%rcx)
+        jmp 2f
+6:      cmp $4, %eax
+        jne 7f
+        RESTORE_XMM %rcx
+        ldmxcsr 512(%rcx)
+        jmp 2f
+7:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
         cmpb $0, zpoline_detail_xsave_mode(%rip)
         je 1f

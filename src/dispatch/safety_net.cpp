@@ -152,6 +152,25 @@ void pass_to_application(int signal, siginfo_t* info, void* context) {
   }
 }
 
+// The application's vector state in the layout the stub uses (needed if the call is a clone
+// whose child starts on its own stack: the child gets these registers). The signal frame holds
+// it in the kernel's XSAVE layout; in the "registers" modes it is converted.
+void* vector_area(ucontext_t& context) {
+  auto* fpstate = reinterpret_cast<unsigned char*>(context.uc_mcontext.fpregs);
+  const unsigned char mode = zpoline_detail_xsave_mode;
+  if (mode != 3 && mode != 4) return fpstate;
+  static thread_local unsigned char area[576] __attribute__((aligned(64)));
+  std::memset(area, 0, sizeof area);
+  std::uint64_t present = 0;
+  std::memcpy(&present, fpstate + 512, sizeof present);  // XSTATE_BV of the XSAVE header
+  for (int i = 0; i < 16; ++i) {
+    std::memcpy(area + 32 * i, fpstate + 160 + 16 * i, 16);  // xmm in the legacy area
+    if (mode == 3 && (present & 4)) std::memcpy(area + 32 * i + 16, fpstate + 576 + 16 * i, 16);
+  }
+  std::memcpy(area + 512, fpstate + 24, 4);  // MXCSR
+  return area;
+}
+
 // Runs the trapped call as the entry stub would, from the signal context: the registers come
 // from (and go back to) the signal frame, whose saved vector state serves as the XSAVE area.
 void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
@@ -172,7 +191,7 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   frame.rax = static_cast<std::uint64_t>(number);
   frame.rflags = g[REG_EFL];
   frame.return_address = return_address;
-  const long result = zpoline_detail_dispatch(&frame, context.uc_mcontext.fpregs);
+  const long result = zpoline_detail_dispatch(&frame, vector_area(context));
   g[REG_RDI] = frame.rdi;
   g[REG_RSI] = frame.rsi;
   g[REG_RDX] = frame.rdx;

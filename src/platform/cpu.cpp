@@ -8,6 +8,8 @@ namespace zpoline::detail {
 namespace {
 
 constexpr std::uint64_t kAmxTileData = 1ull << 18;
+constexpr std::uint64_t kAvx = 1ull << 2;
+constexpr std::uint64_t kX87SseAvx = 0x7;
 constexpr std::uint64_t kLegacyAreaAndHeader = 512 + 64;
 
 std::uint64_t read_xcr0() {
@@ -29,11 +31,17 @@ VectorSaveLayout detect_vector_save_layout() {
   const bool has_xsave = (ecx & bit_XSAVE) != 0;
   const bool os_enabled = (ecx & bit_OSXSAVE) != 0;
   if (!has_xsave || !os_enabled) {
-    layout.mode = VectorSaveMode::fxsave;
-    layout.size = kLegacyAreaAndHeader;  // the stub clears the header bytes in every mode
+    layout.mode = VectorSaveMode::xmm_registers;
+    layout.size = kLegacyAreaAndHeader;
     return layout;
   }
   layout.mask = read_xcr0() & ~kAmxTileData;
+  if ((layout.mask & ~kX87SseAvx) == 0) {
+    layout.mode = (layout.mask & kAvx) ? VectorSaveMode::ymm_registers
+                                       : VectorSaveMode::xmm_registers;
+    layout.size = kLegacyAreaAndHeader;
+    return layout;
+  }
 
   __cpuid_count(0xd, 1, eax, ebx, ecx, edx);
   const bool has_xsavec = (eax & (1u << 1)) != 0;
@@ -68,6 +76,10 @@ const char* to_string(VectorSaveMode mode) {
       return "xsave";
     case VectorSaveMode::xsavec:
       return "xsavec";
+    case VectorSaveMode::ymm_registers:
+      return "ymm registers";
+    case VectorSaveMode::xmm_registers:
+      return "xmm registers";
   }
   return "?";
 }
