@@ -23,8 +23,10 @@
 #include <vector>
 
 #include "zpoline/syscall.hpp"
+#include "zpoline/version.hpp"
+
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 class Dispatcher;
 
@@ -137,5 +139,5 @@ inline long Next::operator()() const {
   return (*position_)(*call_, following);
 }
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

@@ -14,8 +14,10 @@
 #include <string>
 
 #include "zpoline/syscall.hpp"
+#include "zpoline/version.hpp"
+
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 struct FormatOptions {
   // Strings and buffers longer than this are cut, with `...` after the closing quote (strace -s).
@@ -33,5 +35,5 @@ std::string format(long number, const std::array<long, 6>& args, std::optional<l
 // `-1 ENOENT (No such file or directory)` for -ENOENT.
 std::string format_error(long result);
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

@@ -8,8 +8,10 @@
 #include <string>
 #include <type_traits>
 
+#include "zpoline/version.hpp"
+
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 // Copies size bytes from address into destination. False (destination partly written) if any
 // byte is unreadable.
@@ -29,5 +31,5 @@ std::optional<T> read_object(const void* address) noexcept {
   return value;
 }
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

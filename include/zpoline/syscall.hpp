@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+
+#include "zpoline/version.hpp"
 #include <type_traits>
 
 namespace zpoline {
@@ -13,7 +15,7 @@ namespace detail {
 struct SyscallFrame;
 }
 
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 class Syscall;
 
@@ -54,7 +56,7 @@ class Syscall {
   detail::SyscallFrame* frame_;
 };
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 
 namespace detail {
 

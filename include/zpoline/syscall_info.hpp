@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <string_view>
 
+#include "zpoline/version.hpp"
+
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 // What an argument is, which says how to read and print it.
 enum class ArgKind : std::uint8_t {
@@ -79,5 +81,5 @@ struct SyscallInfo {
   ArgInfo arguments[6] = {};
 };
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

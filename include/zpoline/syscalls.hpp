@@ -2428,7 +2428,7 @@ inline constexpr std::int16_t syscall_index[470] = {
 
 }  // namespace detail
 
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 // One past the largest system call number in the table.
 inline constexpr long syscall_number_limit = 470;
@@ -8037,5 +8037,5 @@ struct file_setattr {
 };
 
 }  // namespace sys
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

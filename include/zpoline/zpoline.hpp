@@ -19,9 +19,10 @@
 #include <vector>
 
 #include "zpoline/syscall.hpp"
+#include "zpoline/version.hpp"
 
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 // Every failure of this library is reported by throwing zpoline::Error. code() says which kind of
 // failure; what() says what happened and what to do about it.
@@ -157,5 +158,5 @@ class ScopedBypass {
 long raw_syscall(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
                  long a5 = 0) noexcept;
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

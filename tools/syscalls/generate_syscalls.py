@@ -427,7 +427,7 @@ def emit(calls, version):
     w("")
     w("}  // namespace detail")
     w("")
-    w("inline namespace v0 {")
+    w("inline namespace ZPOLINE_ABI_NAMESPACE {")
     w("")
     w("// One past the largest system call number in the table.")
     w(f"inline constexpr long syscall_number_limit = {limit};")
@@ -482,7 +482,7 @@ def emit(calls, version):
         w("};")
     w("")
     w("}  // namespace sys")
-    w("}  // namespace v0")
+    w("}  // namespace ZPOLINE_ABI_NAMESPACE")
     w("}  // namespace zpoline")
     return "\n".join(out) + "\n"
 
