@@ -127,6 +127,8 @@ long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6]
   const long result = zpoline_detail_clone_to_site(&request);
   if (shares_state) {
     self.hook_frame = saved.hook_frame;
+    self.hook_canary = saved.hook_canary;
+    self.hook_canary_address = saved.hook_canary_address;
     self.bypass_depth = saved.bypass_depth;
     self.vfork_depth = saved.vfork_depth;
     if (thread_activity)
@@ -223,6 +225,10 @@ long forward(const SyscallFrame& frame) noexcept {
       return forward_memory_change(r);
     case SYS_rt_sigprocmask:
     case SYS_rt_sigaction:
+    case SYS_rt_sigsuspend:
+    case SYS_ppoll:
+    case SYS_epoll_pwait:
+    case SYS_epoll_pwait2:
       if (safety_net_enabled()) return forward_signal_call(r);
       return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
     default:
@@ -270,6 +276,10 @@ void retract_hook() noexcept {
 
 using namespace zpoline::detail;
 
+namespace {
+__thread std::uint64_t hook_entries = 0;
+}  // namespace
+
 extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   ThreadState& self = zpoline_detail_thread_state;
   SyscallFrame frame{regs, xsave_area};
@@ -279,7 +289,9 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     // The hook is running on this thread. A call from below its frame is the hook's own (the
     // stub sends clone, clone3 and vfork here even then); one from above comes from a signal
     // handler on an alternate stack, or the hook was left by a siglongjmp and will not return.
-    if (call_frame < self.hook_frame || on_alternate_signal_stack()) {
+    const bool frame_intact = *reinterpret_cast<const volatile std::uint64_t*>(
+                                  self.hook_canary_address) == self.hook_canary;
+    if ((call_frame < self.hook_frame && frame_intact) || on_alternate_signal_stack()) {
       run_hook = false;
     } else {
       self.hook_frame = 0;
@@ -296,7 +308,11 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     thread_activity = register_thread();
     --self.bypass_depth;
   }
-  // From here on, syscalls from below this frame are the hook's own.
+  // From here on, syscalls from below this frame are the hook's own, while the canary in this
+  // frame is intact.
+  volatile std::uint64_t canary = ++hook_entries ^ reinterpret_cast<std::uintptr_t>(regs);
+  self.hook_canary = canary;
+  self.hook_canary_address = reinterpret_cast<std::uintptr_t>(&canary);
   self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   __atomic_store_n(&thread_activity->in_hook, 1, __ATOMIC_RELAXED);
   reader_barrier();

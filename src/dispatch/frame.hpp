@@ -58,7 +58,14 @@ struct ThreadState {
     std::uint64_t hook_frame;
     std::uint64_t result;  // parked while the parent restores the above
   } vfork_returns[kMaxVforkDepth];
+  // While the hook runs: a word in the dispatcher's frame and the value it holds. A syscall from
+  // below hook_frame is the hook's own only while that word is intact; after a siglongjmp out of
+  // the hook, deeper calls overwrite it, and the dispatcher resets the state.
+  std::uint64_t hook_canary_address;
+  std::uint64_t hook_canary;
 };
+static_assert(offsetof(ThreadState, hook_canary_address) == 536);
+static_assert(offsetof(ThreadState, hook_canary) == 544);
 static_assert(offsetof(ThreadState, hook_frame) == 8);
 static_assert(offsetof(ThreadState, run_on_application_stack) == 16);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);

@@ -321,6 +321,22 @@ void arm_safety_net_after_fork() noexcept {
 
 long forward_signal_call(const RegisterFrame& r) noexcept {
   const long number = static_cast<long>(r.rax);
+  // Calls that block signals for their duration: the mask argument loses SIGSYS.
+  const int mask_argument = number == SYS_rt_sigsuspend                                 ? 0
+                            : number == SYS_ppoll                                       ? 3
+                            : (number == SYS_epoll_pwait || number == SYS_epoll_pwait2) ? 4
+                                                                                        : -1;
+  if (mask_argument >= 0) {
+    long args[6] = {static_cast<long>(r.rdi), static_cast<long>(r.rsi), static_cast<long>(r.rdx),
+                    static_cast<long>(r.r10), static_cast<long>(r.r8),  static_cast<long>(r.r9)};
+    std::uint64_t set = 0;
+    const auto* requested = reinterpret_cast<const void*>(args[mask_argument]);
+    if (requested != nullptr && safe_read(&set, requested, sizeof set)) {
+      set &= ~kSigsysBit;
+      args[mask_argument] = reinterpret_cast<long>(&set);
+    }
+    return zpoline_detail_raw_syscall(number, args[0], args[1], args[2], args[3], args[4], args[5]);
+  }
   if (number == SYS_rt_sigprocmask) {
     // SIGSYS stays deliverable: blocking it would turn the next trap into a kill.
     std::uint64_t set = 0;

@@ -34,8 +34,10 @@ bool safety_net_enabled() noexcept;
 // After fork, in the child (SUD is not inherited).
 void arm_safety_net_after_fork() noexcept;
 
-// rt_sigprocmask and rt_sigaction while the net is on: SIGSYS stays deliverable, and the
-// application's SIGSYS disposition is kept apart. Returns the syscall's result.
+// rt_sigprocmask, rt_sigaction, and the calls that take a temporary signal mask (rt_sigsuspend,
+// ppoll, epoll_pwait, epoll_pwait2) while the net is on: SIGSYS stays deliverable, and the
+// application's SIGSYS disposition is kept apart. Returns the syscall's result. (pselect6 and
+// io_pgetevents pass their mask inside a struct and are not filtered.)
 long forward_signal_call(const RegisterFrame& regs) noexcept;
 
 struct SafetyNetCounters {
