@@ -11,6 +11,7 @@
 #include "dispatch/frame.hpp"
 #include "dispatch/safety_net.hpp"
 #include "platform/cpu.hpp"
+#include "platform/vdso.hpp"
 #include "rewriting/rewriter.hpp"
 #include "trampoline/trampoline.hpp"
 #include "zpoline/zpoline.hpp"
@@ -142,6 +143,15 @@ Session install(Hook hook, Options options) {
   session.stats_ = detail::rewrite_loaded_code(rewrite, /*scan=*/mode != Mode::lazy);
   detail::publish_hook(std::move(hook));
   if (mode != Mode::eager) detail::enable_safety_net();
+  if (options.route_vdso) {
+    try {
+      detail::route_vdso_calls_to_kernel();
+    } catch (...) {
+      detail::disable_safety_net();
+      detail::retract_hook();
+      throw;
+    }
+  }
   restore_on_detach = options.restore_on_detach;
   session_alive = true;
   session.active_ = true;
@@ -181,6 +191,7 @@ void Session::detach() noexcept {
   std::lock_guard lock(install_lock);
   detail::disable_safety_net();
   detail::retract_hook();
+  detail::restore_vdso_calls();
   if (restore_on_detach) {
     try {
       detail::restore_rewritten_code();

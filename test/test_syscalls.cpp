@@ -96,7 +96,10 @@ TEST_CASE("system calls added after 6.1") {
       {"open_tree_attr", {467, "6.15"}},   {"file_getattr", {468, "6.17"}},
       {"file_setattr", {469, "6.17"}},
   };
-  for (const auto& [name, expected] : newer) {
+  for (const auto& entry : newer) {
+    // Not a structured binding: clang 14 cannot capture one in INFO's lambda.
+    const std::string_view name = entry.first;
+    const auto& expected = entry.second;
     INFO(name);
     const zpoline::SyscallInfo* info = zpoline::syscall_info(name);
     REQUIRE(info != nullptr);

@@ -17,7 +17,7 @@
 #include "zpoline/syscalls.hpp"
 
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 namespace {
 
 struct Name {
@@ -554,7 +554,8 @@ void generic_argument(Printer& p, const SyscallInfo& info, int i) {
         if (!element) return p.address(raw);
         if (*element == 0 || count >= 4096) break;
         if (!environment && count < 32) {
-          Printer item(std::array<long, 6>{}, std::nullopt, FormatOptions{});
+          const FormatOptions item_options;  // Printer keeps a reference: not a temporary
+          Printer item(std::array<long, 6>{}, std::nullopt, item_options);
           item.string(*element, false);
           items += (count ? ", " : "") + item.text;
         }
@@ -1060,5 +1061,5 @@ std::string format(const Syscall& call, std::optional<long> result, const Format
   return format(call.number(), args, result, options);
 }
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

@@ -9,7 +9,7 @@
 #include "platform/memory.hpp"
 
 namespace zpoline {
-inline namespace v0 {
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 bool read_memory(void* destination, const void* address, std::size_t size) noexcept {
   if (size == 0) return true;
@@ -40,5 +40,5 @@ std::optional<std::string> read_string(const void* address, std::size_t max) {
   return text;
 }
 
-}  // namespace v0
+}  // namespace ZPOLINE_ABI_NAMESPACE
 }  // namespace zpoline

@@ -41,10 +41,11 @@ struct HookActivity {
   std::uint32_t in_hook = 0;
   pid_t tid = 0;
 };
-std::mutex activities_lock;
+// Never destroyed: hooked syscalls keep arriving while exit handlers run.
+std::mutex& activities_lock = *new std::mutex;
 std::vector<HookActivity*>& activities() {
-  static std::vector<HookActivity*> records;
-  return records;
+  static auto* records = new std::vector<HookActivity*>;
+  return *records;
 }
 __thread HookActivity* thread_activity = nullptr;
 

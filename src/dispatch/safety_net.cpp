@@ -30,7 +30,6 @@ constexpr int kSetSyscallUserDispatch = 59;  // PR_SET_SYSCALL_USER_DISPATCH
 constexpr int kDispatchOff = 0;
 constexpr int kDispatchOn = 1;
 constexpr int kSysUserDispatch = 2;  // si_code of a SUD SIGSYS
-constexpr int kSysSeccomp = 1;       // si_code of a seccomp SIGSYS
 // si_value of the signal that asks a thread to apply the current SUD setting to itself.
 constexpr std::uintptr_t kApplyRequest = 0x7a706f6c696e65;  // "zpoline"
 

@@ -45,15 +45,24 @@ bool overlaps(std::uintptr_t begin, std::uintptr_t end, const AddressRange& rang
   return begin < range.end && range.begin < end;
 }
 
+// The state below is never destroyed: syscalls keep arriving (and may unmap code) while exit
+// handlers run, after static destructors would have freed it.
+template <class T>
+T& never_destroyed() {
+  static T* object = new T();
+  return *object;
+}
+
 // Guards everything below: rewriting at install and rewriting of late code may run on
 // different threads.
-std::mutex rewrite_lock;
-RewriteOptions current_options;
+std::mutex& rewrite_lock = never_destroyed<std::mutex>();
+RewriteOptions& current_options = never_destroyed<RewriteOptions>();
 // Every site rewritten in this process and its original bytes (for restore_rewritten_code()
 // and for forgetting the sites of unmapped code).
-std::map<std::uintptr_t, std::uint16_t> rewritten;
+std::map<std::uintptr_t, std::uint16_t>& rewritten =
+    never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
 // Statistics of code that became executable after install, one entry per image.
-std::vector<ImageStats> late_images;
+std::vector<ImageStats>& late_images = never_destroyed<std::vector<ImageStats>>();
 
 // The rewriter's own work allocates and changes page protections: those mmap, munmap and
 // mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock is
@@ -208,7 +217,7 @@ bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map
 
 // Function tables of images whose sites trap one by one (lazy mode): built once per image.
 const FunctionTable& cached_functions(const FileImage& image) {
-  static std::map<std::pair<std::string, std::uintptr_t>, FunctionTable> cache;
+  auto& cache = never_destroyed<std::map<std::pair<std::string, std::uintptr_t>, FunctionTable>>();
   const auto key = std::make_pair(image.path, static_cast<std::uintptr_t>(image.info.dlpi_addr));
   auto it = cache.find(key);
   if (it == cache.end()) it = cache.emplace(key, collect_functions(image.info, image.path)).first;

@@ -87,16 +87,30 @@ void map_trampoline() {
                 std::string("zpoline: the trampoline's relay needs the address range ") + range +
                     ", which is already mapped in this process.");
   }
-  // Address 0 is a valid mapping here. The volatile pointer keeps the compiler from treating
-  // the null address as undefined.
-  std::uint8_t* volatile base = static_cast<std::uint8_t*>(page);
-  build_sled(std::span<std::uint8_t, kSledSize>(base, kSledSize));
+  // The sled is built in an ordinary page and then moved to address 0 (writing through a null
+  // pointer would be undefined behaviour, even where the page is mapped). The reservation at 0
+  // above told whether the kernel allows it; mremap replaces it.
+  void* staging = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+  if (staging == MAP_FAILED) {
+    const int error = errno;
+    munmap(page, kSledSize);
+    munmap(relay, kRelaySize);
+    throw Error(ErrorCode::page_zero_refused,
+                std::string("zpoline: no memory for the trampoline: ") + std::strerror(error));
+  }
+  build_sled(std::span<std::uint8_t, kSledSize>(static_cast<std::uint8_t*>(staging), kSledSize));
   build_relay(std::span<std::uint8_t, kRelaySize>(static_cast<std::uint8_t*>(relay), kRelaySize),
               reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
   // PROT_EXEC alone is execute-only on CPUs with protection keys (the kernel assigns its
   // execute-only key), read+execute elsewhere. The sled and relay read no data, so both work.
-  if (mprotect(page, kSledSize, PROT_EXEC) != 0 || mprotect(relay, kRelaySize, PROT_EXEC) != 0) {
+  const bool executable = mprotect(staging, kSledSize, PROT_EXEC) == 0 &&
+                          mprotect(relay, kRelaySize, PROT_EXEC) == 0;
+  const bool moved = executable && mremap(staging, kSledSize, kSledSize,
+                                          MREMAP_MAYMOVE | MREMAP_FIXED, page) == page;
+  if (!moved) {
     const int error = errno;
+    munmap(staging, kSledSize);
     munmap(page, kSledSize);
     munmap(relay, kRelaySize);
     throw Error(ErrorCode::page_zero_refused,
