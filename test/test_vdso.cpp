@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <cstring>
 
 #include "support.hpp"
 
@@ -55,4 +56,33 @@ TEST_CASE("route_vdso_sends_them_through_the_hook") {
   const long before = clock_calls.load();
   monotonic_ns();
   CHECK(clock_calls.load() == before);
+}
+
+TEST_CASE("a_hook_can_shift_time_by_one_day") {
+  constexpr long kDay = 24 * 60 * 60;
+  zpoline::Options options;
+  options.route_vdso = true;
+  const long before_install = time(nullptr);
+  auto session = zpoline_test::install_or_skip(
+      [](zpoline::Syscall& call) -> long {
+        const long result = call.forward();
+        if (result < 0) return result;
+        if (auto clock = call.as<zpoline::sys::clock_gettime>()) {
+          timespec shifted{};
+          std::memcpy(&shifted, clock->tp(), sizeof shifted);
+          shifted.tv_sec += kDay;
+          std::memcpy(clock->tp(), &shifted, sizeof shifted);
+        } else if (call.number() == SYS_time) {
+          return result + kDay;
+        }
+        return result;
+      },
+      options);
+  timespec now{};
+  REQUIRE(clock_gettime(CLOCK_REALTIME, &now) == 0);
+  CHECK(now.tv_sec >= before_install + kDay);
+  CHECK(now.tv_sec < before_install + kDay + 60);
+  const long shifted_time = time(nullptr);
+  CHECK(shifted_time >= before_install + kDay);
+  CHECK(shifted_time < before_install + kDay + 60);
 }

@@ -84,10 +84,10 @@ struct Options {
   // When the Session ends, put the original `syscall` instructions back. Off (the default), the
   // rewritten sites stay and enter the kernel through the trampoline at no hook cost.
   bool restore_on_detach = false;
-  // Make clock_gettime, clock_getres and getcpu enter the kernel (and so reach the hook)
-  // instead of being answered by the vDSO in user space: slower, but seen. glibc binds time()
-  // and gettimeofday() to the vDSO when it is loaded; those stay in the vDSO. Undone when the
-  // Session ends. Off by default.
+  // Make clock_gettime, gettimeofday, time, getcpu and clock_getres enter the kernel (and so
+  // reach the hook, as their system calls) instead of being answered by the vDSO in user space:
+  // slower, but a hook can then see or virtualise time. Undone when the Session ends. Off by
+  // default.
   bool route_vdso = false;
 };
 

@@ -1,78 +1,94 @@
 #include "platform/vdso.hpp"
 
 #include <dlfcn.h>
-#include <sys/mman.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
-#include "platform/memory_map.hpp"
+#include "rewriting/site_registry.hpp"
 #include "zpoline/zpoline.hpp"
 
 namespace zpoline::detail {
 namespace {
 
-constexpr const char* kVdsoFunctions[] = {"__vdso_clock_gettime", "__vdso_gettimeofday",
-                                          "__vdso_time", "__vdso_getcpu", "__vdso_clock_getres"};
-constexpr std::uintptr_t kPageSize = 4096;
-
-struct ClearedPointer {
-  std::uintptr_t* slot;
-  std::uintptr_t value;
+struct VdsoFunction {
+  const char* symbol;
+  int number;  // the system call it stands for
 };
-std::vector<ClearedPointer> cleared;
+constexpr VdsoFunction kVdsoFunctions[] = {
+    {"__vdso_clock_gettime", SYS_clock_gettime},
+    {"__vdso_gettimeofday", SYS_gettimeofday},
+    {"__vdso_time", SYS_time},
+    {"__vdso_getcpu", SYS_getcpu},
+    {"__vdso_clock_getres", SYS_clock_getres},
+};
 
-bool write_word(std::uintptr_t* slot, std::uintptr_t value, int protection) {
-  void* page = reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(slot) & ~(kPageSize - 1));
-  if (mprotect(page, kPageSize, protection | PROT_WRITE) != 0) return false;
-  __atomic_store_n(slot, value, __ATOMIC_RELEASE);
-  mprotect(page, kPageSize, protection);
-  return true;
+// `mov $number, %eax; call *%rax; ret`: the function becomes its system call, made through the
+// trampoline like any rewritten site. Same arguments, same registers: the vDSO functions take the
+// system call's arguments in the same order.
+constexpr std::size_t kPatchLength = 8;
+constexpr std::size_t kCallOffset = 5;
+
+struct PatchedFunction {
+  std::uintptr_t entry;
+  std::uint8_t original[kPatchLength];
+};
+std::vector<PatchedFunction>& patched = *new std::vector<PatchedFunction>;
+
+// The vDSO cannot be made writable with mprotect; /proc/self/mem writes through it as a debugger
+// does (the kernel gives this process a private copy of the page, switched in whole).
+bool write_code(std::uintptr_t address, const void* bytes, std::size_t length) {
+  const int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok =
+      pwrite(fd, bytes, length, static_cast<off_t>(address)) == static_cast<ssize_t>(length);
+  close(fd);
+  return ok;
 }
 
 }  // namespace
 
 std::size_t route_vdso_calls_to_kernel() {
-  if (!cleared.empty()) return cleared.size();
+  if (!patched.empty()) return patched.size();
   void* vdso = dlopen("linux-vdso.so.1", RTLD_NOLOAD | RTLD_NOW);
-  std::vector<std::uintptr_t> functions;
-  for (const char* name : kVdsoFunctions) {
-    if (void* address = vdso ? dlsym(vdso, name) : nullptr) {
-      functions.push_back(reinterpret_cast<std::uintptr_t>(address));
-    }
-  }
-  if (vdso) dlclose(vdso);
-  for (const Mapping& mapping : read_memory_map()) {
-    const bool dynamic_linker_data = mapping.path.find("/ld-linux") != std::string::npos &&
-                                     (mapping.protection & PROT_READ) &&
-                                     !(mapping.protection & PROT_EXEC);
-    if (!dynamic_linker_data) continue;
-    for (auto* slot = reinterpret_cast<std::uintptr_t*>(mapping.begin);
-         slot < reinterpret_cast<std::uintptr_t*>(mapping.end); ++slot) {
-      for (std::uintptr_t function : functions) {
-        if (*slot == function && write_word(slot, 0, mapping.protection)) {
-          cleared.push_back({slot, function});
-        }
-      }
-    }
-  }
-  if (cleared.empty()) {
+  if (vdso == nullptr) {
     throw Error(ErrorCode::unsupported,
-                "zpoline: Options::route_vdso: this C library's vDSO pointers were not found "
-                "(it is not glibc 2.31 or later, or it keeps them mangled); vDSO calls cannot be "
-                "routed through the kernel here.");
+                "zpoline: Options::route_vdso: this process has no vDSO to route.");
   }
-  return cleared.size();
+  for (const VdsoFunction& function : kVdsoFunctions) {
+    void* address = dlsym(vdso, function.symbol);
+    if (address == nullptr) continue;
+    PatchedFunction entry{reinterpret_cast<std::uintptr_t>(address), {}};
+    std::memcpy(entry.original, address, kPatchLength);
+    const std::uint8_t code[kPatchLength] = {0xb8,
+                                             static_cast<std::uint8_t>(function.number & 0xff),
+                                             static_cast<std::uint8_t>(function.number >> 8),
+                                             0x00,
+                                             0x00,
+                                             0xff,
+                                             0xd0,
+                                             0xc3};
+    site_registry().add(entry.entry + kCallOffset);
+    if (write_code(entry.entry, code, sizeof code)) patched.push_back(entry);
+  }
+  dlclose(vdso);
+  if (patched.empty()) {
+    throw Error(ErrorCode::unsupported,
+                "zpoline: Options::route_vdso: the vDSO's functions could not be rewritten "
+                "(/proc/self/mem is not writable here).");
+  }
+  return patched.size();
 }
 
 void restore_vdso_calls() noexcept {
-  if (cleared.empty()) return;
-  const std::vector<Mapping> map = read_memory_map();
-  for (const ClearedPointer& pointer : cleared) {
-    const Mapping* mapping = find_mapping(map, reinterpret_cast<std::uintptr_t>(pointer.slot));
-    if (mapping) write_word(pointer.slot, pointer.value, mapping->protection);
+  for (const PatchedFunction& entry : patched) {
+    write_code(entry.entry, entry.original, kPatchLength);
   }
-  cleared.clear();
+  patched.clear();
 }
 
 }  // namespace zpoline::detail

@@ -1,10 +1,9 @@
 // Routing the vDSO's calls through the kernel (Options::route_vdso), so that the hook sees them.
 //
-// glibc (2.31 and later) keeps one pointer per vDSO function in ld.so's data that is read-only
-// after relocation, and makes the real syscall (a rewritten site, so hooked) when the pointer is
-// null. Routing clears those pointers, found by their exact values (the addresses of the
-// __vdso_* symbols), and restoring puts them back. time() and gettimeofday() are bound to the vDSO
-// by IFUNC when libc is loaded and keep using it.
+// The entry of each vDSO function (clock_gettime, gettimeofday, time, getcpu, clock_getres)
+// becomes `mov $number, %eax; call *%rax; ret`: its system call, made through the trampoline like
+// any rewritten site. This reaches every caller, libc's IFUNC-bound time() and gettimeofday()
+// included. Restoring puts the original bytes back.
 //
 // Contract: called with the install lock held.
 #pragma once
@@ -13,8 +12,7 @@
 
 namespace zpoline::detail {
 
-// Returns how many pointers were cleared. Throws zpoline::Error (unsupported) if none was found
-// (not glibc, or a glibc that keeps them mangled).
+// Returns how many functions were routed. Throws zpoline::Error (unsupported) if none could be.
 std::size_t route_vdso_calls_to_kernel();
 void restore_vdso_calls() noexcept;
 
