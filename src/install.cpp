@@ -26,7 +26,9 @@ std::mutex install_lock;
 bool session_alive = false;
 
 constexpr std::string_view kEnvironmentPrefix = "ZPOLINE_";
-constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE"};
+constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE", "ZPOLINE_HOOK"};
+// Reserved for the configuration of hook libraries, which check their own variables.
+constexpr std::string_view kHookLibraryPrefix = "ZPOLINE_HOOK_";
 
 [[noreturn]] void invalid(const std::string& message) {
   throw Error(ErrorCode::invalid_option, "zpoline: " + message);
@@ -36,13 +38,16 @@ constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE
 void check_environment_names() {
   for (char** entry = environ; entry && *entry; ++entry) {
     const std::string_view variable(*entry);
-    if (!variable.starts_with(kEnvironmentPrefix)) continue;
+    if (!variable.starts_with(kEnvironmentPrefix) || variable.starts_with(kHookLibraryPrefix)) {
+      continue;
+    }
     const std::string_view name = variable.substr(0, variable.find('='));
     bool known = false;
     for (std::string_view k : kKnownVariables) known |= (name == k);
     if (!known) {
       invalid("unknown environment variable " + std::string(name) +
-              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE). Unset it or fix its name.");
+              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE, ZPOLINE_HOOK, and ZPOLINE_HOOK_* for hook "
+              "libraries). Unset it or fix its name.");
     }
   }
 }
@@ -121,6 +126,11 @@ std::size_t InstallStats::sites_rewritten() const noexcept {
 
 Session install(Hook hook, Options options) {
   if (!hook) invalid("install() needs a hook; an empty std::function was given.");
+  if (!options.hook_libraries.empty()) {
+    invalid(
+        "Options::hook_libraries is set, but install() was given a hook; use "
+        "zpoline::install_configured_hooks() to install hook libraries.");
+  }
   std::lock_guard lock(install_lock);
   if (session_alive) {
     throw Error(ErrorCode::already_installed,

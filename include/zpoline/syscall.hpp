@@ -11,13 +11,23 @@
 #include <type_traits>
 
 namespace zpoline {
-namespace detail {
-struct SyscallFrame;
+inline namespace ZPOLINE_ABI_NAMESPACE {
+class Syscall;
 }
 
-inline namespace ZPOLINE_ABI_NAMESPACE {
+namespace detail {
+struct SyscallFrame;
+struct ContinuationAccess;
 
-class Syscall;
+// Where Syscall::forward() goes instead of the kernel: the next hook of a zpoline::HookChain
+// (zpoline/hook_chain.hpp). run() may set the call's continuation for the hook it calls, and puts
+// it back before returning.
+struct Continuation {
+  long (*run)(const Continuation& self, Syscall& call) noexcept;
+};
+}  // namespace detail
+
+inline namespace ZPOLINE_ABI_NAMESPACE {
 
 // Typed descriptions of every system call (sys::openat, sys::read, ...) are in
 // zpoline/syscalls.hpp, included at the end of this header.
@@ -43,6 +53,8 @@ class Syscall {
   // Runs the real system call with the current number and arguments and returns the kernel's raw
   // result (a negative errno on failure). clone, clone3 and vfork are forwarded such that a new
   // thread or child starts at the application's return address with the application's registers.
+  // Inside a zpoline::HookChain it passes the call to the next hook instead; the last hook's
+  // forward() reaches the kernel.
   long forward() noexcept;
 
   // A typed view when this call is system call S, otherwise nothing.
@@ -53,7 +65,9 @@ class Syscall {
   }
 
  private:
+  friend struct detail::ContinuationAccess;
   detail::SyscallFrame* frame_;
+  const detail::Continuation* next_ = nullptr;
 };
 
 }  // namespace ZPOLINE_ABI_NAMESPACE

@@ -33,6 +33,7 @@ enum class ErrorCode {
   unsupported,        // kernel or CPU lacks something the library needs
   invalid_option,     // a bad Options value or environment variable
   rewrite_failed,     // a code page could not be made writable or restored
+  hook_library_failed,  // a hook library could not be loaded or refused to start
 };
 
 class Error : public std::runtime_error {
@@ -81,6 +82,10 @@ struct Options {
   std::vector<AddressRange> exclude_ranges;
   // Read ZPOLINE_EXCLUDE. Off, the environment is not consulted.
   bool use_environment = true;
+  // Hook libraries (zpoline/hook_library.hpp) that install_configured_hooks() loads and composes,
+  // first to see each call first. ZPOLINE_HOOK (a ':'-separated list) overrides them when
+  // use_environment is on. install() with a hook rejects a non-empty list.
+  std::vector<std::string> hook_libraries;
   // When the Session ends, put the original `syscall` instructions back. Off (the default), the
   // rewritten sites stay and enter the kernel through the trampoline at no hook cost.
   bool restore_on_detach = false;

@@ -389,6 +389,7 @@ std::uintptr_t Syscall::return_address() const noexcept {
   return frame_->regs->return_address;
 }
 long Syscall::forward() noexcept {
+  if (next_ != nullptr) return next_->run(*next_, *this);
   return detail::forward(*frame_);
 }
 

@@ -63,6 +63,14 @@ std::map<std::uintptr_t, std::uint16_t>& rewritten =
     never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
 // Statistics of code that became executable after install, one entry per image.
 std::vector<ImageStats>& late_images = never_destroyed<std::vector<ImageStats>>();
+// Ranges given to exclude_code(), kept apart from current_options, which each install replaces.
+// Never destroyed: hook libraries may be unloaded by exit handlers.
+std::vector<AddressRange>& excluded_code() {
+  static auto* ranges = new std::vector<AddressRange>;
+  return *ranges;
+}
+// ScopedNewCodeExclusion nesting on this thread.
+__thread unsigned new_code_exclusions = 0;
 
 // The rewriter's own work allocates and changes page protections: those mmap, munmap and
 // mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock is
@@ -87,9 +95,12 @@ void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const Function
   std::vector<Patch> patches;
   for (const SiteDecision& site : scan.sites) {
     if (site.address >= own_begin && site.address < own_end) continue;  // our raw syscalls
-    const bool excluded = std::any_of(
-        current_options.exclude_ranges.begin(), current_options.exclude_ranges.end(),
-        [&](const AddressRange& range) { return overlaps(site.address, site.address + 2, range); });
+    const auto covers_site = [&](const AddressRange& range) {
+      return overlaps(site.address, site.address + 2, range);
+    };
+    const bool excluded = std::any_of(current_options.exclude_ranges.begin(),
+                                      current_options.exclude_ranges.end(), covers_site) ||
+                          std::any_of(excluded_code().begin(), excluded_code().end(), covers_site);
     if (excluded) {
       ++stats.skipped_excluded;
       continue;
@@ -276,7 +287,7 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
 }
 
 void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
-  if (rewriting) return;
+  if (rewriting || new_code_exclusions != 0) return;
   RewritingScope scope;
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard lock(rewrite_lock);
@@ -313,7 +324,7 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
 }
 
 bool rewrite_trapped_site(std::uintptr_t site) {
-  if (rewriting) return false;
+  if (rewriting || new_code_exclusions != 0) return false;
   RewritingScope scope;
   std::unique_lock lock(rewrite_lock, std::try_to_lock);
   if (!lock.owns_lock()) return false;
@@ -361,6 +372,27 @@ void forget_code(std::uintptr_t begin, std::size_t length) {
   RewritingScope scope;
   std::lock_guard lock(rewrite_lock);
   forget_sites(begin, begin + length);
+}
+
+void exclude_code(AddressRange range) {
+  RewritingScope scope;
+  std::lock_guard lock(rewrite_lock);
+  excluded_code().push_back(range);
+}
+
+void include_code_again(AddressRange range) {
+  RewritingScope scope;
+  std::lock_guard lock(rewrite_lock);
+  std::erase_if(excluded_code(), [&](const AddressRange& entry) {
+    return entry.begin == range.begin && entry.end == range.end;
+  });
+}
+
+ScopedNewCodeExclusion::ScopedNewCodeExclusion() noexcept {
+  ++new_code_exclusions;
+}
+ScopedNewCodeExclusion::~ScopedNewCodeExclusion() {
+  --new_code_exclusions;
 }
 
 std::vector<ImageStats> late_code_stats() {

@@ -47,4 +47,22 @@ void restore_rewritten_code();
 // True if `path` (an image's path) is excluded by `entry` (see Options::exclude_paths).
 bool path_matches_exclusion(const std::string& path, const std::string& entry);
 
+// Code that must never be rewritten, whoever runs it: a hook library's link-map namespace, whose
+// private libc makes the hook's own system calls (src/api/hook_library.cpp). Sites in the range
+// are left alone at install, when the code becomes executable again, and at a SUD trap, until
+// include_code_again() with the same range.
+void exclude_code(AddressRange range);
+void include_code_again(AddressRange range);
+
+// While alive, code that the current thread makes executable (the dynamic linker mapping a
+// library in dlmopen) is not rewritten, and its syscalls trapped under SUD are not either: the
+// loader then excludes the new namespace's code by range. Nests.
+class ScopedNewCodeExclusion {
+ public:
+  ScopedNewCodeExclusion() noexcept;
+  ~ScopedNewCodeExclusion();
+  ScopedNewCodeExclusion(const ScopedNewCodeExclusion&) = delete;
+  ScopedNewCodeExclusion& operator=(const ScopedNewCodeExclusion&) = delete;
+};
+
 }  // namespace zpoline::detail

@@ -1,0 +1,47 @@
+// hook-trace: a hook library that prints every system call strace-style (zpoline::format),
+// one line per call, prefixed with the process id.
+//
+//   ZPOLINE_HOOK_TRACE_OUTPUT=FILE  append the trace to FILE (default: standard error)
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "zpoline/format.hpp"
+#include "zpoline/hook_library.hpp"
+
+namespace {
+
+int output = STDERR_FILENO;
+
+void print(const zpoline::Syscall& call, std::optional<long> result) {
+  const std::string line =
+      "[pid " + std::to_string(getpid()) + "] " + zpoline::format(call, result) + "\n";
+  static_cast<void>(write(output, line.data(), line.size()));
+}
+
+}  // namespace
+
+extern "C" const char* zpoline_hook_init() noexcept {
+  if (const char* path = std::getenv("ZPOLINE_HOOK_TRACE_OUTPUT")) {
+    output = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (output < 0) return "cannot open the file named by ZPOLINE_HOOK_TRACE_OUTPUT";
+  }
+  return nullptr;
+}
+
+extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+  const long number = call.number();
+  // These do not return when they succeed: print them first, as strace does (`= ?`).
+  const bool may_not_return = number == SYS_exit || number == SYS_exit_group ||
+                              number == SYS_execve || number == SYS_execveat;
+  if (may_not_return) print(call, std::nullopt);
+  const long result = call.forward();
+  if (!may_not_return || result < 0) print(call, result);
+  return result;
+}

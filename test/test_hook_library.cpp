@@ -1,0 +1,394 @@
+// Hook libraries loaded with dlmopen (zpoline/hook_library.hpp) and composed hooks
+// (zpoline/hook_chain.hpp). Each test case runs in its own process (test/meson.build).
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+#include "zpoline/hook_chain.hpp"
+#include "zpoline/hook_library.hpp"
+
+namespace {
+
+const std::string trace_hook = ZPOLINE_TRACE_HOOK;
+const std::string sandbox_hook = ZPOLINE_SANDBOX_HOOK;
+const std::string fault_hook = ZPOLINE_FAULT_HOOK;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string temporary_file() {
+  char name[] = "/tmp/zpoline-hook-XXXXXX";
+  const int fd = mkstemp(name);
+  REQUIRE(fd >= 0);
+  close(fd);
+  return name;
+}
+
+// The skip of support.hpp, for the hook library entry points.
+zpoline::Session load_or_skip(const std::string& path, zpoline::Options options = {}) {
+  try {
+    return zpoline::load_hook_library(path, std::move(options));
+  } catch (const zpoline::Error& error) {
+    if (error.code() == zpoline::ErrorCode::page_zero_refused) std::_Exit(77);
+    throw;
+  }
+}
+
+// Loading fails with hook_library_failed and a message containing `expected`.
+void expect_load_error(const std::string& path, const std::string& expected) {
+  try {
+    zpoline::HookLibrary library(path);
+    FAIL("loading " << path << " succeeded");
+  } catch (const zpoline::Error& error) {
+    CHECK(error.code() == zpoline::ErrorCode::hook_library_failed);
+    INFO(error.what());
+    CHECK(std::string(error.what()).find(expected) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tracer_in_process") {
+  const std::string output = temporary_file();
+  setenv("ZPOLINE_HOOK_TRACE_OUTPUT", output.c_str(), 1);
+  {
+    auto session = load_or_skip(trace_hook);
+    const int fd = open("/etc/hostname", O_RDONLY);
+    REQUIRE(fd >= 0);
+    char buffer[64];
+    CHECK(read(fd, buffer, sizeof buffer) > 0);
+    close(fd);
+    CHECK(chdir("/nonexistent-directory") == -1);
+  }
+  const std::string trace = read_file(output);
+  INFO(trace);
+  const std::string pid = "[pid " + std::to_string(getpid()) + "] ";
+  CHECK(trace.find(pid + "openat(AT_FDCWD, \"/etc/hostname\", O_RDONLY) = ") != std::string::npos);
+  CHECK(trace.find(pid +
+                   "chdir(\"/nonexistent-directory\") = -1 ENOENT (No such file or directory)") !=
+        std::string::npos);
+  std::remove(output.c_str());
+}
+
+TEST_CASE("sandbox_in_process") {
+  setenv("ZPOLINE_HOOK_SANDBOX_DENY", "/etc/hostname:/root", 1);
+  auto session = load_or_skip(sandbox_hook);
+  errno = 0;
+  CHECK(open("/etc/hostname", O_RDONLY) == -1);
+  CHECK(errno == EACCES);
+  REQUIRE(chdir("/etc") == 0);
+  CHECK(open("./../etc/hostname", O_RDONLY) == -1);
+  CHECK(errno == EACCES);
+  CHECK(access("/root/.profile", F_OK) == -1);
+  CHECK(errno == EACCES);
+  const int allowed = open("/etc/passwd", O_RDONLY);
+  CHECK(allowed >= 0);
+  close(allowed);
+  CHECK(access("/rootless", F_OK) == -1);
+  CHECK(errno == ENOENT);  // a sibling with the same prefix is not denied
+}
+
+TEST_CASE("fault_in_process") {
+  setenv("ZPOLINE_HOOK_FAULT", "chdir:3:EROFS", 1);
+  auto session = load_or_skip(fault_hook);
+  std::vector<int> errors;
+  for (int i = 0; i < 5; ++i) errors.push_back(chdir("/") == 0 ? 0 : errno);
+  CHECK(errors == std::vector<int>{0, 0, EROFS, 0, 0});
+}
+
+TEST_CASE("hook_library_syscalls_bypass_the_hooks_before_it") {
+  // A hook in front of the tracer records the descriptors of all writes it sees: the tracer's
+  // own writes of trace lines (through its private, unrewritten libc) must not be among them,
+  // and the libc of its namespace, mapped while the hook was live, is not rewritten.
+  const std::string output = temporary_file();
+  setenv("ZPOLINE_HOOK_TRACE_OUTPUT", output.c_str(), 1);
+  std::mutex lock;
+  std::vector<long> written_fds;
+  zpoline::HookChain chain;
+  auto front = chain.add(
+      [&](zpoline::Syscall& call) {
+        if (call.number() == SYS_write) {
+          std::lock_guard guard(lock);
+          written_fds.push_back(call.arg(0));
+        }
+        return call.forward();
+      },
+      -1);
+  auto session = zpoline_test::install_or_skip(chain);
+  auto tracer = chain.add(zpoline::HookLibrary(trace_hook).hook());
+  const int null = open("/dev/null", O_WRONLY);
+  for (int i = 0; i < 3; ++i) CHECK(write(null, "x", 1) == 1);
+  close(null);
+  tracer.remove();
+  chain.synchronize();
+  {
+    std::lock_guard guard(lock);
+    CHECK(std::count(written_fds.begin(), written_fds.end(), null) == 3);
+    CHECK(written_fds.size() == 3);
+  }
+  CHECK(read_file(output).find("write(" + std::to_string(null) + ", \"x\", 1) = 1") !=
+        std::string::npos);
+  for (const zpoline::ImageStats& image : session.late_coverage().images) {
+    INFO(image.path);
+    CHECK(image.path.find("libc.so") == std::string::npos);
+    CHECK(image.path.find("libstdc++") == std::string::npos);
+  }
+  std::remove(output.c_str());
+}
+
+TEST_CASE("error_file_missing") {
+  expect_load_error("/nonexistent/hook.so", "no such file");
+}
+
+TEST_CASE("error_not_a_hook_library") {
+  expect_load_error("libm.so.6", "not a hook library: it does not define zpoline_hook");
+}
+
+TEST_CASE("error_not_linked_with_libzpoline_hook") {
+  expect_load_error(ZPOLINE_WITHOUT_CLIENT_HOOK, "link it with libzpoline-hook");
+}
+
+TEST_CASE("error_wrong_abi_version") {
+  expect_load_error(ZPOLINE_WRONG_ABI_HOOK,
+                    "built for hook ABI version 999, but this libzpoline loads version 1");
+}
+
+TEST_CASE("error_dlmopen_failure") {
+  expect_load_error("/etc/passwd", "dlmopen failed: /etc/passwd: invalid ELF header");
+}
+
+TEST_CASE("error_init_refuses") {
+  unsetenv("ZPOLINE_HOOK_FAULT");
+  expect_load_error(fault_hook, "zpoline_hook_init refused to start: set ZPOLINE_HOOK_FAULT");
+}
+
+TEST_CASE("configuration_and_default") {
+  zpoline::Options options;
+  options.hook_libraries = {fault_hook};
+  setenv("ZPOLINE_HOOK", (trace_hook + ":" + sandbox_hook).c_str(), 1);
+  CHECK(zpoline::configured_hook_libraries(options) == std::vector{trace_hook, sandbox_hook});
+  options.use_environment = false;
+  CHECK(zpoline::configured_hook_libraries(options) == std::vector{fault_hook});
+  setenv("ZPOLINE_HOOK", (trace_hook + "::" + sandbox_hook).c_str(), 1);
+  options.use_environment = true;
+  CHECK_THROWS_WITH_AS(zpoline::configured_hook_libraries(options),
+                       doctest::Contains("entry 2 is empty"), zpoline::Error);
+  CHECK_THROWS_WITH_AS(
+      zpoline::install([](zpoline::Syscall& call) { return call.forward(); }, options),
+      doctest::Contains("install_configured_hooks"), zpoline::Error);
+  // Nothing configured: the fallback, and without one the built-in default (the kernel's
+  // results unchanged).
+  unsetenv("ZPOLINE_HOOK");
+  std::atomic<int> fallback_calls{0};
+  {
+    zpoline::Session session;
+    try {
+      session = zpoline::install_configured_hooks({}, [&](zpoline::Syscall& call) {
+        if (call.number() == SYS_getppid) ++fallback_calls;
+        return call.forward();
+      });
+    } catch (const zpoline::Error& error) {
+      if (error.code() == zpoline::ErrorCode::page_zero_refused) std::_Exit(77);
+      throw;
+    }
+    CHECK(getppid() == syscall(SYS_getppid));
+  }
+  CHECK(fallback_calls >= 1);
+  auto session = zpoline::install_configured_hooks();
+  CHECK(getppid() == zpoline::raw_syscall(SYS_getppid));
+  CHECK(chdir("/nonexistent-directory") == -1);
+  CHECK(errno == ENOENT);
+}
+
+TEST_CASE("environment_installs_composed_libraries") {
+  // ZPOLINE_HOOK=trace:fault: the tracer comes first and sees the fault's result.
+  const std::string output = temporary_file();
+  setenv("ZPOLINE_HOOK_TRACE_OUTPUT", output.c_str(), 1);
+  setenv("ZPOLINE_HOOK_FAULT", "chdir:2:EIO", 1);
+  setenv("ZPOLINE_HOOK", (trace_hook + ":" + fault_hook).c_str(), 1);
+  {
+    zpoline::Session session;
+    try {
+      session = zpoline::install_configured_hooks();
+    } catch (const zpoline::Error& error) {
+      if (error.code() == zpoline::ErrorCode::page_zero_refused) std::_Exit(77);
+      throw;
+    }
+    CHECK(chdir("/") == 0);
+    CHECK(chdir("/") == -1);
+    CHECK(errno == EIO);
+    CHECK(chdir("/") == 0);
+  }
+  const std::string trace = read_file(output);
+  INFO(trace);
+  const std::size_t first = trace.find("chdir(\"/\") = 0");
+  const std::size_t failed = trace.find("chdir(\"/\") = -1 EIO (Input/output error)");
+  REQUIRE(first != std::string::npos);
+  REQUIRE(failed != std::string::npos);
+  CHECK(first < failed);
+  CHECK(trace.find("chdir(\"/\") = 0", failed) != std::string::npos);
+  std::remove(output.c_str());
+}
+
+TEST_CASE("chain_runs_hooks_in_order") {
+  std::vector<std::string> log;
+  std::mutex lock;
+  auto record = [&](const std::string& entry) {
+    std::lock_guard guard(lock);
+    log.push_back(entry);
+  };
+  zpoline::HookChain chain;
+  auto session = zpoline_test::install_or_skip(chain);
+  // Added in another order than they run: order, then insertion.
+  auto second = chain.add([&](zpoline::Syscall& call) {
+    if (call.number() != SYS_getppid) return call.forward();
+    record("second sees arg " + std::to_string(call.arg(0)));
+    const long result = call.forward();
+    record("second got " + std::to_string(result));
+    return result;
+  });
+  auto last = chain.add([&](zpoline::Syscall& call) {
+    if (call.number() != SYS_getppid) return call.forward();
+    record("last answers");
+    return 4242L;  // the kernel is never reached
+  });
+  auto first = chain.add(
+      [&](zpoline::Syscall& call) {
+        if (call.number() != SYS_getppid) return call.forward();
+        record("first");
+        call.set_arg(0, 7);
+        const long result = call.forward();
+        record("first got " + std::to_string(result));
+        return result + 1;
+      },
+      -5);
+  CHECK(chain.size() == 3);
+  CHECK(getppid() == 4243);
+  CHECK(log == std::vector<std::string>{"first", "second sees arg 7", "last answers",
+                                        "second got 4242", "first got 4242"});
+  log.clear();
+  last.remove();
+  CHECK(chain.size() == 2);
+  const long parent = zpoline::raw_syscall(SYS_getppid);
+  CHECK(getppid() == parent + 1);
+  CHECK(log == std::vector<std::string>{"first", "second sees arg 7",
+                                        "second got " + std::to_string(parent),
+                                        "first got " + std::to_string(parent)});
+}
+
+TEST_CASE("chain_composes_hook_library_and_in_process_hook") {
+  setenv("ZPOLINE_HOOK_FAULT", "chdir:2:ENOTDIR", 1);
+  std::vector<long> seen;
+  zpoline::HookChain chain;
+  auto observer = chain.add([&](zpoline::Syscall& call) {
+    const long result = call.forward();
+    if (call.number() == SYS_chdir) seen.push_back(result);
+    return result;
+  });
+  auto fault = chain.add(zpoline::HookLibrary(fault_hook).hook());
+  auto session = zpoline_test::install_or_skip(chain);
+  for (int i = 0; i < 3; ++i) static_cast<void>(chdir("/"));
+  CHECK(seen == std::vector<long>{0, -ENOTDIR, 0});
+}
+
+TEST_CASE("chain_add_and_remove_while_threads_are_inside") {
+  // Threads make system calls without pause while hooks come and go. Each hook checks that its
+  // state is intact on every call; every hook made is destroyed in the end, none twice.
+  constexpr std::uint64_t kAlive = 0x600dcafe;
+  struct State {
+    std::uint64_t magic = kAlive;
+    std::atomic<long> calls{0};
+    std::atomic<int>* destroyed;
+    explicit State(std::atomic<int>* counter) : destroyed(counter) {}
+    ~State() {
+      magic = 0xdeadbeef;
+      ++*destroyed;
+    }
+  };
+  std::atomic<int> destroyed{0};
+  std::atomic<bool> corrupt{false};
+  std::atomic<bool> stop{false};
+  zpoline::HookChain chain;
+  auto session = zpoline_test::install_or_skip(chain);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        static_cast<void>(syscall(SYS_getppid));
+        static_cast<void>(syscall(SYS_getpid));
+      }
+    });
+  }
+  constexpr int kRounds = 3000;
+  std::vector<zpoline::HookChain::Handle> handles;
+  for (int round = 0; round < kRounds; ++round) {
+    auto state = std::make_shared<State>(&destroyed);
+    handles.push_back(chain.add(
+        [state, &corrupt, kAlive](zpoline::Syscall& call) {
+          if (state->magic != kAlive) corrupt = true;
+          ++state->calls;
+          const long result = call.forward();
+          if (state->magic != kAlive) corrupt = true;
+          return result;
+        },
+        round % 3));
+    if (handles.size() > 3) handles.erase(handles.begin() + round % 3);
+  }
+  handles.clear();
+  stop = true;
+  for (std::thread& thread : threads) thread.join();
+  chain.synchronize();
+  CHECK(chain.size() == 0);
+  CHECK_FALSE(corrupt.load());
+  CHECK(destroyed.load() == kRounds);
+}
+
+TEST_CASE("chain_remove_while_a_call_is_blocked_inside") {
+  struct Guard {
+    std::atomic<bool>* destroyed;
+    ~Guard() { *destroyed = true; }
+  };
+  std::atomic<bool> destroyed{false};
+  std::atomic<bool> inside{false};
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  zpoline::HookChain chain;
+  auto session = zpoline_test::install_or_skip(chain);
+  auto handle = chain.add([guard = std::shared_ptr<Guard>(new Guard{&destroyed}), &inside,
+                           &pipe_fds](zpoline::Syscall& call) {
+    if (call.number() == SYS_read && call.arg(0) == pipe_fds[0]) inside = true;
+    return call.forward();
+  });
+  std::thread reader([&] {
+    char byte;
+    CHECK(read(pipe_fds[0], &byte, 1) == 1);
+  });
+  while (!inside) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const auto start = std::chrono::steady_clock::now();
+  handle.remove();  // returns at once; the hook stays alive while the read is inside it
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  CHECK_FALSE(destroyed.load());
+  CHECK(write(pipe_fds[1], "x", 1) == 1);
+  reader.join();
+  chain.synchronize();
+  CHECK(destroyed.load());
+  CHECK_THROWS_AS(chain.add({}), zpoline::Error);
+}

@@ -1,0 +1,179 @@
+"""libzpoline-preload.so and the example hook libraries on unmodified Debian programs.
+
+    test_preload.py PRELOAD TRACE_HOOK SANDBOX_HOOK FAULT_HOOK WRONG_ABI_HOOK CASE
+
+Each case runs programs unhooked and hooked (LD_PRELOAD, ZPOLINE_HOOK) and compares what they
+print, then checks the hook's effect. Exit status 77 (skipped) if page 0 cannot be mapped.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+PRELOAD, TRACE, SANDBOX, FAULT, WRONG_ABI, CASE = sys.argv[1:7]
+PYTHON = "/usr/bin/python3"
+
+PYTHON_WORKLOAD = r"""
+import subprocess, threading
+results = [None] * 4
+def work(i):
+    with open("/etc/passwd") as f:
+        results[i] = len(f.read().splitlines())
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("threads", results)
+print("child", subprocess.run(["cat", "/etc/hostname"], capture_output=True, text=True).stdout.strip())
+print("pipeline", subprocess.run("ls /etc | sort | head -3", shell=True, capture_output=True, text=True).stdout.split())
+"""
+
+
+def run(argv, hooks=None, extra_env=None, cwd="/"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZPOLINE")}
+    env.pop("LD_PRELOAD", None)
+    env["LC_ALL"] = "C"
+    if hooks is not None:
+        env["LD_PRELOAD"] = PRELOAD
+        if hooks:
+            env["ZPOLINE_HOOK"] = ":".join(hooks)
+    env.update(extra_env or {})
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    if "page 0" in result.stderr and result.returncode == 127:
+        print("SKIP: page 0 refused:", result.stderr)
+        sys.exit(77)
+    return result
+
+
+def check(condition, message, *details):
+    if not condition:
+        print("FAIL:", message)
+        for detail in details:
+            print("----\n" + str(detail)[:4000])
+        sys.exit(1)
+    print("ok:", message)
+
+
+def same_as_unhooked(argv, hooks, extra_env=None):
+    plain = run(argv)
+    hooked = run(argv, hooks, extra_env)
+    check(hooked.returncode == plain.returncode and hooked.stdout == plain.stdout,
+          f"{' '.join(argv)} prints the same hooked and unhooked",
+          plain.stdout, plain.stderr, hooked.stdout, hooked.stderr)
+    return hooked
+
+
+def traced(argv, extra_hooks=(), extra_env=None):
+    with tempfile.NamedTemporaryFile("r", prefix="zpoline-trace-") as output:
+        env = {"ZPOLINE_HOOK_TRACE_OUTPUT": output.name}
+        env.update(extra_env or {})
+        hooked = same_as_unhooked(argv, [TRACE, *extra_hooks], env)
+        return hooked, output.read()
+
+
+def pids(trace):
+    return set(re.findall(r"^\[pid (\d+)\] ", trace, re.M))
+
+
+def default_counting_hook_on_ls():
+    hooked = same_as_unhooked(["ls", "-l", "/etc"], [])
+    match = re.search(r"zpoline: pid \d+: (\d+) system calls:.* getdents64=\d+", hooked.stderr)
+    check(match and int(match.group(1)) > 20, "the default hook counts ls's system calls",
+          hooked.stderr)
+
+
+def trace_ls():
+    _, trace = traced(["ls", "-l", "/etc"])
+    check('openat(AT_FDCWD, "/etc", O_RDONLY|O_NONBLOCK|O_CLOEXEC|O_DIRECTORY) = ' in trace,
+          "the trace shows ls opening /etc", trace)
+    check(re.search(r"getdents64\(\d+, .*\) = \d+", trace), "and reading it", trace)
+    check(re.search(r"exit_group\(0\) = \?", trace), "and exiting", trace)
+
+
+def trace_sh_pipeline():
+    _, trace = traced(["sh", "-c", "cat /etc/passwd | sort | head -3; echo done"])
+    check(len(pids(trace)) >= 4, "every process of the pipeline is traced (exec keeps it)", trace)
+    check('execve("/usr/bin/sort", ["sort"]' in trace, "the exec of sort is traced", trace)
+    check(re.search(r'openat\(AT_FDCWD, "/etc/passwd", O_RDONLY\) = \d+', trace),
+          "cat opening /etc/passwd is traced", trace)
+
+
+def trace_python_threads_and_subprocess():
+    hooked, trace = traced([PYTHON, "-c", PYTHON_WORKLOAD])
+    check("threads [" in hooked.stdout and "child " in hooked.stdout, "python ran", hooked.stdout)
+    check(len(pids(trace)) >= 4, "python, cat and the shell pipeline are traced", trace)
+    python_pid = sorted(pids(trace), key=int)[0]
+    opens = re.findall(rf'^\[pid {python_pid}\] openat\(AT_FDCWD, "/etc/passwd".*\) = \d+', trace,
+                       re.M)
+    check(len(opens) == 4, "the four threads' opens are traced", "\n".join(opens))
+    check(re.search(r'^\[pid \d+\] openat\(AT_FDCWD, "/etc/hostname", O_RDONLY\) = \d+', trace, re.M),
+          "the child's open is traced", trace)
+
+
+def sandbox_cat_ls_python():
+    env = {"ZPOLINE_HOOK_SANDBOX_DENY": "/etc/hostname:/root"}
+    cat = run(["cat", "/etc/hostname"], [SANDBOX], env)
+    check(cat.returncode == 1 and "cat: /etc/hostname: Permission denied" in cat.stderr,
+          "cat of a denied file gets EACCES", cat.stderr)
+    relative = run(["cat", "./hostname"], [SANDBOX], env, cwd="/etc")
+    check(relative.returncode == 1 and "Permission denied" in relative.stderr,
+          "a relative path to it too", relative.stderr)
+    same_as_unhooked(["ls", "/etc"], [SANDBOX], env)
+    same_as_unhooked(["sh", "-c", "cat /etc/passwd | wc -l"], [SANDBOX], env)
+    script = ("import os, errno\n"
+              "try: open('/root/.profile')\n"
+              "except OSError as e: print('denied', e.errno == errno.EACCES)\n"
+              "print(len(open('/etc/passwd').read()) > 0)\n"
+              "import subprocess\n"
+              "print(subprocess.run(['cat', '/etc/hostname'], capture_output=True).returncode)\n")
+    python = run([PYTHON, "-c", script], [SANDBOX], env)
+    check(python.stdout.split() == ["denied", "True", "True", "1"],
+          "python is denied /root, allowed /etc/passwd, and its child is denied too",
+          python.stdout, python.stderr)
+
+
+def fault_sh_and_python():
+    env = {"ZPOLINE_HOOK_FAULT": "chdir:3:EACCES"}
+    sh = run(["sh", "-c", "for i in 1 2 3 4 5; do cd / && echo $i; done"], [FAULT], env)
+    check(sh.stdout.split() == ["1", "2", "4", "5"] and "can't cd" in sh.stderr,
+          "the third cd of sh fails, the others do not", sh.stdout, sh.stderr)
+    script = ("import os\n"
+              "for i in range(5):\n"
+              "    try: os.chdir('/'); print(i, 'ok')\n"
+              "    except OSError as e: print(i, os.strerror(e.errno))\n")
+    python = run([PYTHON, "-c", script], [FAULT], {"ZPOLINE_HOOK_FAULT": "chdir:2:EIO"})
+    check(python.stdout.splitlines() == ["0 ok", "1 Input/output error", "2 ok", "3 ok", "4 ok"],
+          "python's second chdir fails with EIO, only that one", python.stdout, python.stderr)
+
+
+def composed_trace_and_fault():
+    argv = ["sh", "-c", "cd /; cd /; cd /; echo end"]
+    with tempfile.NamedTemporaryFile("r", prefix="zpoline-trace-") as output:
+        env = {"ZPOLINE_HOOK_TRACE_OUTPUT": output.name, "ZPOLINE_HOOK_FAULT": "chdir:2:ENOENT"}
+        hooked = run(argv, [TRACE, FAULT], env)
+        trace = output.read()
+    check(hooked.stdout == "end\n", "sh ran", hooked.stdout, hooked.stderr)
+    chdirs = re.findall(r'chdir\("/"\) = .*', trace)
+    check(chdirs == ['chdir("/") = 0', 'chdir("/") = -1 ENOENT (No such file or directory)',
+                     'chdir("/") = 0'],
+          "the tracer (first) sees the fault injector's (second) result on the second call only",
+          trace)
+
+
+def errors_stop_the_program():
+    cases = [
+        ([TRACE.replace("trace", "missing")], {}, "no such file"),
+        (["/lib/x86_64-linux-gnu/libm.so.6"], {}, "not a hook library"),
+        ([WRONG_ABI], {}, "built for hook ABI version 999"),
+        (["/etc/passwd"], {}, "dlmopen failed: /etc/passwd: invalid ELF header"),
+        ([FAULT], {}, "refused to start: set ZPOLINE_HOOK_FAULT"),
+        ([TRACE, ""], {}, "is empty"),
+    ]
+    for hooks, env, message in cases:
+        result = run(["cat", "/etc/hostname"], hooks, env)
+        check(result.returncode == 127 and result.stdout == "" and
+              result.stderr.startswith("libzpoline-preload: zpoline: ") and message in result.stderr,
+              f"ZPOLINE_HOOK={':'.join(hooks)}: {message}", result.stderr)
+
+
+globals()[CASE]()
