@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
 #include "zpoline/version.hpp"
-#include <type_traits>
 
 namespace zpoline {
 inline namespace ZPOLINE_ABI_NAMESPACE {

@@ -42,7 +42,10 @@ struct HookActivity {
   pid_t tid = 0;
 };
 // Never destroyed: hooked syscalls keep arriving while exit handlers run.
-std::mutex& activities_lock = *new std::mutex;
+std::mutex& activities_lock() {
+  static auto* lock = new std::mutex;  // a function: usable from static constructors too
+  return *lock;
+}
 std::vector<HookActivity*>& activities() {
   static auto* records = new std::vector<HookActivity*>;
   return *records;
@@ -57,7 +60,7 @@ bool thread_exists(pid_t tid) {
 
 HookActivity* register_thread() {
   const pid_t tid = static_cast<pid_t>(raw(SYS_gettid));
-  std::lock_guard lock(activities_lock);
+  std::lock_guard lock(activities_lock());
   for (HookActivity* record : activities()) {
     if (!thread_exists(record->tid)) {
       record->tid = tid;
@@ -254,7 +257,7 @@ void retract_hook() noexcept {
   }
   bool busy = false;
   {
-    std::lock_guard lock(activities_lock);
+    std::lock_guard lock(activities_lock());
     for (HookActivity* record : activities()) {
       busy |=
           __atomic_load_n(&record->in_hook, __ATOMIC_ACQUIRE) != 0 && thread_exists(record->tid);

@@ -37,7 +37,10 @@ struct PatchedFunction {
   std::uintptr_t entry;
   std::uint8_t original[kPatchLength];
 };
-std::vector<PatchedFunction>& patched = *new std::vector<PatchedFunction>;
+std::vector<PatchedFunction>& patched() {
+  static auto* functions = new std::vector<PatchedFunction>;
+  return *functions;
+}
 
 // The vDSO cannot be made writable with mprotect; /proc/self/mem writes through it as a debugger
 // does (the kernel gives this process a private copy of the page, switched in whole).
@@ -53,7 +56,7 @@ bool write_code(std::uintptr_t address, const void* bytes, std::size_t length) {
 }  // namespace
 
 std::size_t route_vdso_calls_to_kernel() {
-  if (!patched.empty()) return patched.size();
+  if (!patched().empty()) return patched().size();
   void* vdso = dlopen("linux-vdso.so.1", RTLD_NOLOAD | RTLD_NOW);
   if (vdso == nullptr) {
     throw Error(ErrorCode::unsupported,
@@ -73,22 +76,22 @@ std::size_t route_vdso_calls_to_kernel() {
                                              0xd0,
                                              0xc3};
     site_registry().add(entry.entry + kCallOffset);
-    if (write_code(entry.entry, code, sizeof code)) patched.push_back(entry);
+    if (write_code(entry.entry, code, sizeof code)) patched().push_back(entry);
   }
   dlclose(vdso);
-  if (patched.empty()) {
+  if (patched().empty()) {
     throw Error(ErrorCode::unsupported,
                 "zpoline: Options::route_vdso: the vDSO's functions could not be rewritten "
                 "(/proc/self/mem is not writable here).");
   }
-  return patched.size();
+  return patched().size();
 }
 
 void restore_vdso_calls() noexcept {
-  for (const PatchedFunction& entry : patched) {
+  for (const PatchedFunction& entry : patched()) {
     write_code(entry.entry, entry.original, kPatchLength);
   }
-  patched.clear();
+  patched().clear();
 }
 
 }  // namespace zpoline::detail

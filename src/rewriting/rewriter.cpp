@@ -55,15 +55,24 @@ T& never_destroyed() {
 
 // Guards everything below: rewriting at install and rewriting of late code may run on
 // different threads.
-std::mutex& rewrite_lock = never_destroyed<std::mutex>();
-RewriteOptions& current_options = never_destroyed<RewriteOptions>();
+// (Functions rather than references initialised at start-up: install() may run from another
+// object's static constructor, before this file's globals are initialised.)
+std::mutex& rewrite_lock() {
+  return never_destroyed<std::mutex>();
+}
+RewriteOptions& current_options() {
+  return never_destroyed<RewriteOptions>();
+}
 // Every site rewritten in this process and its original bytes (for restore_rewritten_code()
 // and for forgetting the sites of unmapped code).
-std::map<std::uintptr_t, std::uint16_t>& rewritten =
-    never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
+std::map<std::uintptr_t, std::uint16_t>& rewritten() {
+  return never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
+}
 // Statistics of code that became executable after install, one entry per image.
-std::vector<ImageStats>& late_images = never_destroyed<std::vector<ImageStats>>();
-// Ranges given to exclude_code(), kept apart from current_options, which each install replaces.
+std::vector<ImageStats>& late_images() {
+  return never_destroyed<std::vector<ImageStats>>();
+}
+// Ranges given to exclude_code(), kept apart from current_options(), which each install replaces.
 // Never destroyed: hook libraries may be unloaded by exit handlers.
 std::vector<AddressRange>& excluded_code() {
   static auto* ranges = new std::vector<AddressRange>;
@@ -73,7 +82,7 @@ std::vector<AddressRange>& excluded_code() {
 __thread unsigned new_code_exclusions = 0;
 
 // The rewriter's own work allocates and changes page protections: those mmap, munmap and
-// mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock is
+// mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock() is
 // not recursive, and they bring no new code).
 __thread bool rewriting = false;
 struct RewritingScope {
@@ -98,8 +107,8 @@ void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const Function
     const auto covers_site = [&](const AddressRange& range) {
       return overlaps(site.address, site.address + 2, range);
     };
-    const bool excluded = std::any_of(current_options.exclude_ranges.begin(),
-                                      current_options.exclude_ranges.end(), covers_site) ||
+    const bool excluded = std::any_of(current_options().exclude_ranges.begin(),
+                                      current_options().exclude_ranges.end(), covers_site) ||
                           std::any_of(excluded_code().begin(), excluded_code().end(), covers_site);
     if (excluded) {
       ++stats.skipped_excluded;
@@ -127,7 +136,7 @@ void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const Function
   const PatchOutcome outcome = apply_patches(patches, map);
   stats.sites_rewritten += outcome.written;
   stats.skipped_undecodable += outcome.mismatched;
-  for (const Patch& patch : patches) rewritten.emplace(patch.address, patch.expected);
+  for (const Patch& patch : patches) rewritten().emplace(patch.address, patch.expected);
 }
 
 void rewrite_image(const Image& image, const std::vector<Mapping>& map, ImageStats& stats) {
@@ -157,7 +166,7 @@ bool is_special_image(const Image& image, const std::vector<Mapping>& map) {
 }
 
 bool is_excluded(const std::string& path) {
-  return std::any_of(current_options.exclude_paths.begin(), current_options.exclude_paths.end(),
+  return std::any_of(current_options().exclude_paths.begin(), current_options().exclude_paths.end(),
                      [&](const std::string& entry) { return path_matches_exclusion(path, entry); });
 }
 
@@ -236,20 +245,20 @@ const FunctionTable& cached_functions(const FileImage& image) {
 }
 
 ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
-  for (ImageStats& stats : late_images) {
+  for (ImageStats& stats : late_images()) {
     if (stats.path == path && stats.base == base) return stats;
   }
-  ImageStats& stats = late_images.emplace_back();
+  ImageStats& stats = late_images().emplace_back();
   stats.path = path;
   stats.base = base;
   return stats;
 }
 
 void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
-  auto first = rewritten.lower_bound(begin > 1 ? begin - 1 : 0);
-  auto last = rewritten.lower_bound(end);
+  auto first = rewritten().lower_bound(begin > 1 ? begin - 1 : 0);
+  auto last = rewritten().lower_bound(end);
   for (auto it = first; it != last; ++it) site_registry().remove(it->first);
-  rewritten.erase(first, last);
+  rewritten().erase(first, last);
 }
 
 }  // namespace
@@ -263,8 +272,8 @@ bool path_matches_exclusion(const std::string& path, const std::string& entry) {
 InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
   const auto start = std::chrono::steady_clock::now();
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock);
-  current_options = options;
+  std::lock_guard lock(rewrite_lock());
+  current_options() = options;
   InstallStats stats;
   std::vector<Image> images;
   dl_iterate_phdr(collect_image, &images);
@@ -290,7 +299,7 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
   if (rewriting || new_code_exclusions != 0) return;
   RewritingScope scope;
   const auto start = std::chrono::steady_clock::now();
-  std::lock_guard lock(rewrite_lock);
+  std::lock_guard lock(rewrite_lock());
   const std::vector<Mapping> map = read_memory_map();
   const std::uintptr_t end = begin + length;
   for (std::uintptr_t at = begin & ~(kPageSize - 1); at < end;) {
@@ -326,16 +335,17 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
 bool rewrite_trapped_site(std::uintptr_t site) {
   if (rewriting || new_code_exclusions != 0) return false;
   RewritingScope scope;
-  std::unique_lock lock(rewrite_lock, std::try_to_lock);
+  std::unique_lock lock(rewrite_lock(), std::try_to_lock);
   if (!lock.owns_lock()) return false;
   const std::vector<Mapping> map = read_memory_map();
   const Mapping* mapping = find_mapping(map, site);
-  if (mapping == nullptr || !(mapping->protection & PROT_EXEC) || !(mapping->protection & PROT_READ)) {
+  if (mapping == nullptr || !(mapping->protection & PROT_EXEC) ||
+      !(mapping->protection & PROT_READ)) {
     return false;
   }
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(site);
   if (bytes[0] != 0x0f || (bytes[1] != 0x05 && bytes[1] != 0x34)) return false;
-  const std::size_t before = rewritten.size();
+  const std::size_t before = rewritten().size();
   if (!mapping->path.empty() && mapping->path.front() == '/') {
     FileImage image;
     if (!describe_file_image(*mapping, map, image) || is_excluded(image.path)) return false;
@@ -345,8 +355,8 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     const std::uintptr_t begin = function ? function->begin : site;
     const std::uintptr_t end = function ? function->end : site + 2;
     if (function == nullptr) return false;
-    rewrite_code_range(std::max(begin, mapping->begin), std::min(end, mapping->end), functions,
-                       map, stats);
+    rewrite_code_range(std::max(begin, mapping->begin), std::min(end, mapping->end), functions, map,
+                       stats);
   } else {
     // Anonymous code (a JIT) has no function boundaries. The trap proves an instruction ending
     // after these two bytes is a syscall; a prefix byte before them would make it longer.
@@ -362,27 +372,27 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     site_registry().add(site);
     const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map);
     stats.sites_rewritten += outcome.written;
-    if (outcome.written) rewritten.emplace(site, original);
+    if (outcome.written) rewritten().emplace(site, original);
   }
-  return rewritten.count(site) != 0 && rewritten.size() > before;
+  return rewritten().count(site) != 0 && rewritten().size() > before;
 }
 
 void forget_code(std::uintptr_t begin, std::size_t length) {
   if (rewriting) return;
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock);
+  std::lock_guard lock(rewrite_lock());
   forget_sites(begin, begin + length);
 }
 
 void exclude_code(AddressRange range) {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock);
+  std::lock_guard lock(rewrite_lock());
   excluded_code().push_back(range);
 }
 
 void include_code_again(AddressRange range) {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock);
+  std::lock_guard lock(rewrite_lock());
   std::erase_if(excluded_code(), [&](const AddressRange& entry) {
     return entry.begin == range.begin && entry.end == range.end;
   });
@@ -396,24 +406,24 @@ ScopedNewCodeExclusion::~ScopedNewCodeExclusion() {
 }
 
 std::vector<ImageStats> late_code_stats() {
-  std::lock_guard lock(rewrite_lock);
-  return late_images;
+  std::lock_guard lock(rewrite_lock());
+  return late_images();
 }
 
 void restore_rewritten_code() {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock);
+  std::lock_guard lock(rewrite_lock());
   std::vector<Patch> restores;
-  restores.reserve(rewritten.size());
+  restores.reserve(rewritten().size());
   const std::vector<Mapping> map = read_memory_map();
-  for (const auto& [address, original] : rewritten) {
+  for (const auto& [address, original] : rewritten()) {
     // Skip sites whose library has been unloaded since.
     const Mapping* mapping = find_mapping(map, address);
     if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
     restores.push_back({address, kCallRaxBytes, original});
   }
   apply_patches(restores, map);
-  rewritten.clear();
+  rewritten().clear();
 }
 
 }  // namespace zpoline::detail
