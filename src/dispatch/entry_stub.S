@@ -148,13 +148,11 @@ zpoline_detail_entry:
         shr $20, %rax
         mov SITE_TABLE_CAPACITY(%r11), %rdx
         dec %rdx                                /* rdx: index mask */
-2:      and %rdx, %rax
-        mov SITE_TABLE_SLOTS(%r11,%rax,8), %r11
-        cmp %rcx, %r11
+2:      and %rdx, %rax                          /* the same table for the whole probe: */
+        cmp %rcx, SITE_TABLE_SLOTS(%r11,%rax,8) /* a grown table hashes differently */
         je 3f
-        test %r11, %r11
-        jz .Lnot_registered
-        mov zpoline_detail_site_table(%rip), %r11
+        cmpq $0, SITE_TABLE_SLOTS(%r11,%rax,8)
+        je .Lnot_registered
         inc %rax
         jmp 2b
 3:      pop %rax
