@@ -149,9 +149,9 @@ bench::Reply measure(const Configuration& configuration) {
     reply.value[kCodeKib] += static_cast<double>(image.code_bytes) / 1024;
     reply.value[kDecodedKib] += static_cast<double>(image.bytes_decoded) / 1024;
     reply.value[kSites] += static_cast<double>(image.sites_rewritten);
-    reply.value[kSkipped] += static_cast<double>(image.skipped_prefixed + image.skipped_red_zone +
-                                                 image.skipped_undecodable +
-                                                 image.skipped_excluded);
+    reply.value[kSkipped] +=
+        static_cast<double>(image.skipped_prefixed + image.skipped_red_zone +
+                            image.skipped_undecodable + image.skipped_excluded);
   }
   reply.value[kCodePrivateKib] = after.code_private_kib - before.code_private_kib;
   reply.value[kRssKib] = after.rss_kib - before.rss_kib;
@@ -225,8 +225,9 @@ int main(int argc, char** argv) {
     const double kib = median(field(c, kCodeKib));
     std::printf("  %-32s %9.2f  %s %7.0f %9.0f %9.1f %6.0f %8.0f\n", kConfigurations[c].label,
                 median(field(c, kInstallMs)), c == 0 ? "    (baseline)   " : spread(ratio).c_str(),
-                kib > 0 ? median(per_kib) : 0.0, median(field(c, kCodeKib)), median(field(c, kDecodedKib)),
-                median(field(c, kSites)), median(field(c, kSkipped)));
+                kib > 0 ? median(per_kib) : 0.0, median(field(c, kCodeKib)),
+                median(field(c, kDecodedKib)), median(field(c, kSites)),
+                median(field(c, kSkipped)));
   }
   std::printf("  (ms: median [p25..p75] of the ratio; min..max ms:");
   for (int c = 0; c < kConfigurationCount; ++c) {
@@ -235,8 +236,7 @@ int main(int argc, char** argv) {
                 *std::max_element(ms.begin(), ms.end()));
   }
   std::printf("; images: %.0f and %.0f with python; dlopen of libpython took %.1f ms)\n",
-              median(field(0, kImages)), median(field(3, kImages)),
-              median(field(3, kDlopenMs)));
+              median(field(0, kImages)), median(field(3, kImages)), median(field(3, kDlopenMs)));
 
   std::printf("\nMemory, growth across install() (KiB; median)\n");
   std::printf("  %-32s %14s %10s %10s %10s %10s\n", "", "code private", "anonymous", "RSS",
@@ -255,9 +255,10 @@ int main(int argc, char** argv) {
       "  shared file pages of code that the scan read; mapped: address space (Size); heap: malloc "
       "in use\n");
 
-  std::printf("\nTargets (issue 8): install < 5 ms for this process, measured %.2f ms; < 15 ms "
-              "with libpython3, measured %.2f ms (eager)\n",
-              median(field(0, kInstallMs)), median(field(3, kInstallMs)));
+  std::printf(
+      "\nTargets (issue 8): install < 5 ms for this process, measured %.2f ms; < 15 ms "
+      "with libpython3, measured %.2f ms (eager)\n",
+      median(field(0, kInstallMs)), median(field(3, kInstallMs)));
   std::printf("\ntotal run time %.1f s\n", bench::seconds_since(started));
   return 0;
 }

@@ -46,7 +46,7 @@ using bench::spread;
 
 struct Config {
   int rounds = 11;
-  long calls = 30'000;   // per request on the fast paths; the SUD trap path makes a tenth
+  long calls = 30'000;    // per request on the fast paths; the SUD trap path makes a tenth
   int strace_rounds = 5;  // the traced cost is sometimes 5-8x higher for a whole run: a median
   long strace_calls = 5'000;
 };
@@ -168,23 +168,34 @@ const bool have_avx2 = __builtin_cpu_supports("avx2");
 long run_path(Path path, int number, long n) {
   const Number& k = kNumbers[number];
   switch (path) {
-    case kNative: return loop_native(k, n);
-    case kRewritten: return loop_rewritten(k, n);
-    case kTrap: return loop_trap(reinterpret_cast<JitFunction>(jit + 32 * number), k, n);
-    case kRewrittenDirtyAvx: return loop_rewritten_dirty_avx(k, n);
-    case kPaths: break;
+    case kNative:
+      return loop_native(k, n);
+    case kRewritten:
+      return loop_rewritten(k, n);
+    case kTrap:
+      return loop_trap(reinterpret_cast<JitFunction>(jit + 32 * number), k, n);
+    case kRewrittenDirtyAvx:
+      return loop_rewritten_dirty_avx(k, n);
+    case kPaths:
+      break;
   }
   return 0;
 }
 
 bench::Reply setup_worker(Kind kind) {
-  jit = static_cast<unsigned char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
-                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  jit = static_cast<unsigned char*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (jit == MAP_FAILED) return bench::failure("mmap of the JIT page failed");
   for (int i = 0; i < kNumberCount; ++i) {
     const auto nr = static_cast<std::uint32_t>(kNumbers[i].nr);
-    const unsigned char code[] = {0xb8, static_cast<unsigned char>(nr),
-                                  static_cast<unsigned char>(nr >> 8), 0, 0, 0x66, 0x0f, 0x05,
+    const unsigned char code[] = {0xb8,
+                                  static_cast<unsigned char>(nr),
+                                  static_cast<unsigned char>(nr >> 8),
+                                  0,
+                                  0,
+                                  0x66,
+                                  0x0f,
+                                  0x05,
                                   0xc3};
     std::memcpy(jit + 32 * i, code, sizeof code);
   }
@@ -230,9 +241,8 @@ bench::Reply serve_worker(Kind kind, const bench::Request& request) {
   const auto path = static_cast<Path>(request.job % kPaths);
   const bool hooked = kind != kNone && path != kNative;
   const long n = request.count;
-  const long expected =
-      kNumbers[number].expected == kExpectPid ? zpoline::raw_syscall(SYS_getpid)
-                                              : kNumbers[number].expected;
+  const long expected = kNumbers[number].expected == kExpectPid ? zpoline::raw_syscall(SYS_getpid)
+                                                                : kNumbers[number].expected;
   struct Result {
     double ns = 0;
     double wall_ns = 0;
@@ -261,8 +271,8 @@ bench::Reply serve_worker(Kind kind, const bench::Request& request) {
       const auto end = std::chrono::steady_clock::now();
       Result& r = results[static_cast<std::size_t>(t)];
       r.ns = (cpu_end - cpu_start) / static_cast<double>(n);
-      r.wall_ns = std::chrono::duration<double, std::nano>(end - start).count() /
-                  static_cast<double>(n);
+      r.wall_ns =
+          std::chrono::duration<double, std::nano>(end - start).count() / static_cast<double>(n);
       r.hook_calls = tls_hook_calls - before;
       r.value = value;
       std::memcpy(r.others, tls_other_numbers, sizeof r.others);
@@ -345,8 +355,8 @@ double run_under_strace(long n, long* counted) {
     const std::string count = std::to_string(n), fd = std::to_string(fds[1]);
     const int null = open("/dev/null", O_WRONLY);
     if (null >= 0) dup2(null, 2);
-    execlp("strace", "strace", "-f", "-c", "-o", summary, self, "--loop", count.c_str(),
-           fd.c_str(), static_cast<char*>(nullptr));
+    execlp("strace", "strace", "-f", "-c", "-o", summary, self, "--loop", count.c_str(), fd.c_str(),
+           static_cast<char*>(nullptr));
     std::_Exit(127);
   }
   close(fds[1]);
@@ -461,7 +471,8 @@ int main(int argc, char** argv) {
           "install\n");
     } else {
       std::printf(
-          "\n2 threads at once: ns per call per thread (CPU time; then wall); ratio = variant / native without install "
+          "\n2 threads at once: ns per call per thread (CPU time; then wall); ratio = variant / "
+          "native without install "
           "on 2 threads; 2T/1T = the same variant on 2 threads / on 1 thread\n");
     }
     for (int number = 0; number < kNumberCount; ++number) {
@@ -489,15 +500,17 @@ int main(int argc, char** argv) {
 
   for (const Slot& s : slots) {
     if (median(s.wall) > 1.5 * median(s.ns)) {
-      std::printf("  note: %s, %s, %d thread(s): wall %.0f ns > 1.5 x CPU %.0f ns per call: the call "
-                  "makes another thread run (or the machine was busy)\n",
-                  kNumbers[s.number].name, kVariants[s.variant].label, s.threads, median(s.wall),
-                  median(s.ns));
+      std::printf(
+          "  note: %s, %s, %d thread(s): wall %.0f ns > 1.5 x CPU %.0f ns per call: the call "
+          "makes another thread run (or the machine was busy)\n",
+          kNumbers[s.number].name, kVariants[s.variant].label, s.threads, median(s.wall),
+          median(s.ns));
     }
   }
 
-  std::printf("\nSUD tax, 1 thread: the same path with SUD armed (exhaustive) / without (eager or no"
-              " install); median of per-round ratios, and the difference of the medians\n");
+  std::printf(
+      "\nSUD tax, 1 thread: the same path with SUD armed (exhaustive) / without (eager or no"
+      " install); median of per-round ratios, and the difference of the medians\n");
   for (int number = 0; number < kNumberCount; ++number) {
     const Slot& none = slots[slot_index(number, 0, 1)];
     const Slot& eager = slots[slot_index(number, 2, 1)];
@@ -523,10 +536,12 @@ int main(int argc, char** argv) {
         ns[kind].push_back(reply.value[0]);
         hooked_share[kind].push_back(reply.value[1]);
       }
-      for (int kind = 0; kind < kKinds; ++kind) ratio[kind].push_back(this_round[kind] / this_round[0]);
+      for (int kind = 0; kind < kKinds; ++kind)
+        ratio[kind].push_back(this_round[kind] / this_round[0]);
     }
-    std::printf("\nvDSO fallback: libc clock_gettime(CLOCK_THREAD_CPUTIME_ID), whose syscall is in the "
-                "vDSO (never rewritten), 1 thread\n");
+    std::printf(
+        "\nvDSO fallback: libc clock_gettime(CLOCK_THREAD_CPUTIME_ID), whose syscall is in the "
+        "vDSO (never rewritten), 1 thread\n");
     for (int kind = 0; kind < kKinds; ++kind) {
       std::printf("    %-36s %8.1f ns", kKindNames[kind], median(ns[kind]));
       if (kind == 0) {
@@ -549,8 +564,9 @@ int main(int argc, char** argv) {
       traced.push_back(run_under_strace(config.strace_calls, &counted));
       ratio.push_back(traced.back() / native.back());
     }
-    std::printf("\nReference: strace -f -c on the native getpid loop (%d rounds, %ld calls traced)\n",
-                config.strace_rounds, config.strace_calls);
+    std::printf(
+        "\nReference: strace -f -c on the native getpid loop (%d rounds, %ld calls traced)\n",
+        config.strace_rounds, config.strace_calls);
     std::printf("  %-38s %8.1f ns   (baseline)\n", "getpid native, no install", median(native));
     std::printf("  %-38s %8.1f ns   ratio %s\n", "getpid under strace -f -c", median(traced),
                 spread(ratio).c_str());
@@ -563,9 +579,10 @@ int main(int argc, char** argv) {
     std::printf("\nReference: strace not found, skipped\n");
   }
 
-  std::printf("\nTarget (issue 8): pass-through getpid through a rewritten site <= 1.15x native; "
-              "measured %.2fx (eager, 1 thread)\n",
-              median(ratios(slots[slot_index(1, 2, 1)], slots[slot_index(1, 0, 1)])));
+  std::printf(
+      "\nTarget (issue 8): pass-through getpid through a rewritten site <= 1.15x native; "
+      "measured %.2fx (eager, 1 thread)\n",
+      median(ratios(slots[slot_index(1, 2, 1)], slots[slot_index(1, 0, 1)])));
   std::printf("\ntotal run time %.1f s\n", bench::seconds_since(started));
   return 0;
 }

@@ -196,18 +196,24 @@ bench::Reply serve_worker(const bench::Request& request) {
   const double cpu_start = bench::process_cpu_ns();
   bool ok = false;
   switch (request.job) {
-    case kInsert: ok = run_inserts(n); break;
-    case kQuery: ok = run_queries(n); break;
-    case kEcho: ok = run_echo(n); break;
+    case kInsert:
+      ok = run_inserts(n);
+      break;
+    case kQuery:
+      ok = run_queries(n);
+      break;
+    case kEcho:
+      ok = run_echo(n);
+      break;
   }
   const double seconds = bench::seconds_since(start);
   const double cpu_ns = bench::process_cpu_ns() - cpu_start;
   if (!ok) return bench::failure("%s failed: %s", kJobNames[request.job], sqlite3_errmsg(db));
   bench::Reply reply;
   reply.value[0] = static_cast<double>(n) / seconds;  // operations per second
-  reply.value[2] = cpu_ns / static_cast<double>(n);    // CPU time (all threads) per operation
-  reply.value[1] =
-      static_cast<double>(tls_hook_calls + server_hook_calls.load() - before) / static_cast<double>(n);
+  reply.value[2] = cpu_ns / static_cast<double>(n);   // CPU time (all threads) per operation
+  reply.value[1] = static_cast<double>(tls_hook_calls + server_hook_calls.load() - before) /
+                   static_cast<double>(n);
   return reply;
 }
 
@@ -236,10 +242,10 @@ int main(int argc, char** argv) {
   bench::print_header("bench_workload: sqlite3 and loopback TCP with a pass-through hook", method);
   std::printf("sqlite  %s\n", sqlite3_libversion());
 
-  auto native = std::make_unique<bench::Worker>("native", [] { return setup_worker(false); },
-                                                serve_worker);
-  auto hooked = std::make_unique<bench::Worker>("hooked", [] { return setup_worker(true); },
-                                                serve_worker);
+  auto native = std::make_unique<bench::Worker>(
+      "native", [] { return setup_worker(false); }, serve_worker);
+  auto hooked = std::make_unique<bench::Worker>(
+      "hooked", [] { return setup_worker(true); }, serve_worker);
   const std::string directories[] = {native->ready().message, hooked->ready().message};
   const long counts[kJobs] = {config.inserts, config.queries, config.messages};
 
@@ -283,8 +289,9 @@ int main(int argc, char** argv) {
     std::printf("  %-30s %12.0f %12.0f   %s %12.1f %+14.1f\n", kJobNames[job], native_rate,
                 hooked_rate, spread(ratio[job]).c_str(), calls, added);
   }
-  std::printf("\nCPU time per operation (all threads of the worker; leaves out time preempted by "
-              "other processes)\n");
+  std::printf(
+      "\nCPU time per operation (all threads of the worker; leaves out time preempted by "
+      "other processes)\n");
   std::printf("  %-30s %12s %12s %22s %12s %14s\n", "", "native us", "hooked us",
               "ratio native/hooked", "", "ns added/call");
   for (int job = 0; job < kJobs; ++job) {
@@ -295,8 +302,9 @@ int main(int argc, char** argv) {
     std::printf("  %-30s %12.2f %12.2f   %s %12s %+14.1f\n", kJobNames[job], native_ns / 1e3,
                 hooked_ns / 1e3, spread(cpu_ratio[job]).c_str(), "", added);
   }
-  std::printf("  (ratio native/hooked of CPU time = throughput ratio if CPU-bound; ns added/call: "
-              "the time added per operation / syscalls per operation)\n");
+  std::printf(
+      "  (ratio native/hooked of CPU time = throughput ratio if CPU-bound; ns added/call: "
+      "the time added per operation / syscalls per operation)\n");
   native.reset();
   hooked.reset();
   for (const std::string& d : directories) {

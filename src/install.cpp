@@ -183,7 +183,9 @@ Session& Session::operator=(Session&& other) noexcept {
   return *this;
 }
 
-Session::~Session() { detach(); }
+Session::~Session() {
+  detach();
+}
 
 Session::LateCoverage Session::late_coverage() const {
   LateCoverage coverage;

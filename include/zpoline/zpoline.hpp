@@ -27,12 +27,12 @@ inline namespace ZPOLINE_ABI_NAMESPACE {
 // Every failure of this library is reported by throwing zpoline::Error. code() says which kind of
 // failure; what() says what happened and what to do about it.
 enum class ErrorCode {
-  page_zero_refused,  // the kernel would not map the trampoline at address 0
-  page_zero_in_use,   // something else is already mapped at address 0
-  already_installed,  // a Session is alive in this process
-  unsupported,        // kernel or CPU lacks something the library needs
-  invalid_option,     // a bad Options value or environment variable
-  rewrite_failed,     // a code page could not be made writable or restored
+  page_zero_refused,    // the kernel would not map the trampoline at address 0
+  page_zero_in_use,     // something else is already mapped at address 0
+  already_installed,    // a Session is alive in this process
+  unsupported,          // kernel or CPU lacks something the library needs
+  invalid_option,       // a bad Options value or environment variable
+  rewrite_failed,       // a code page could not be made writable or restored
   hook_library_failed,  // a hook library could not be loaded or refused to start
 };
 

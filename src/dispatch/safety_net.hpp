@@ -41,7 +41,7 @@ void arm_safety_net_after_fork() noexcept;
 long forward_signal_call(const RegisterFrame& regs) noexcept;
 
 struct SafetyNetCounters {
-  std::size_t traps = 0;           // SIGSYS from SUD
+  std::size_t traps = 0;            // SIGSYS from SUD
   std::size_t sites_rewritten = 0;  // sites rewritten at their first trap
   std::size_t emulated = 0;         // calls run from the signal handler
 };

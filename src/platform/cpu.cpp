@@ -37,8 +37,8 @@ VectorSaveLayout detect_vector_save_layout() {
   }
   layout.mask = read_xcr0() & ~kAmxTileData;
   if ((layout.mask & ~kX87SseAvx) == 0) {
-    layout.mode = (layout.mask & kAvx) ? VectorSaveMode::ymm_registers
-                                       : VectorSaveMode::xmm_registers;
+    layout.mode =
+        (layout.mask & kAvx) ? VectorSaveMode::ymm_registers : VectorSaveMode::xmm_registers;
     layout.size = kLegacyAreaAndHeader;
     return layout;
   }

@@ -90,8 +90,8 @@ void map_trampoline() {
   // The sled is built in an ordinary page and then moved to address 0 (writing through a null
   // pointer would be undefined behaviour, even where the page is mapped). The reservation at 0
   // above told whether the kernel allows it; mremap replaces it.
-  void* staging = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+  void* staging =
+      mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (staging == MAP_FAILED) {
     const int error = errno;
     munmap(page, kSledSize);
@@ -104,8 +104,8 @@ void map_trampoline() {
               reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
   // PROT_EXEC alone is execute-only on CPUs with protection keys (the kernel assigns its
   // execute-only key), read+execute elsewhere. The sled and relay read no data, so both work.
-  const bool executable = mprotect(staging, kSledSize, PROT_EXEC) == 0 &&
-                          mprotect(relay, kRelaySize, PROT_EXEC) == 0;
+  const bool executable =
+      mprotect(staging, kSledSize, PROT_EXEC) == 0 && mprotect(relay, kRelaySize, PROT_EXEC) == 0;
   const bool moved = executable && mremap(staging, kSledSize, kSledSize,
                                           MREMAP_MAYMOVE | MREMAP_FIXED, page) == page;
   if (!moved) {
