@@ -194,7 +194,16 @@ Session::LateCoverage Session::late_coverage() const {
   coverage.traps = counters.traps;
   coverage.sites_rewritten_on_trap = counters.sites_rewritten;
   coverage.emulated = counters.emulated;
+  for (detail::LazilyRewrittenSite& site : detail::lazily_rewritten_sites()) {
+    coverage.lazily_rewritten.push_back({site.address, std::move(site.image)});
+  }
+  coverage.calls = calls();
   return coverage;
+}
+
+Session::CallCounts Session::calls() const noexcept {
+  const detail::HookedCallCounts counts = detail::hooked_call_counts();
+  return {counts.through_sites, counts.through_net};
 }
 
 void Session::detach() noexcept {

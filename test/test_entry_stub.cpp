@@ -71,7 +71,8 @@ extern const unsigned char zt_register_probe_site[];
 long zt_red_zone_probe(std::uint64_t* out);
 extern const unsigned char zt_red_zone_probe_site[];
 
-// Stores to -16(%rsp) around a getpid syscall: the rewriter must leave this site alone.
+// Keeps data in the 8 bytes below rsp across a getpid syscall, where `call *%rax` would put its
+// return address: the rewriter must leave this site alone.
 long zt_red_zone_skip_probe();
 extern const unsigned char zt_red_zone_skip_site[];
 
@@ -248,9 +249,9 @@ asm(".text\n"
     // ---- zt_red_zone_skip_probe() ----
     ZT_FUNCTION(zt_red_zone_skip_probe)
     "  mov $39, %eax\n"
-    "  movq $0x1234, -16(%rsp)\n" ZT_LABEL(zt_red_zone_skip_site)
+    "  movq $0x1234, -8(%rsp)\n" ZT_LABEL(zt_red_zone_skip_site)
     "  syscall\n"
-    "  mov -16(%rsp), %rdx\n"
+    "  mov -8(%rsp), %rdx\n"
     "  ret\n" ZT_END(zt_red_zone_skip_probe)
 
     // ---- zt_call_null_rax() ----
@@ -535,7 +536,7 @@ TEST_CASE("red_zone_site_skipped") {
     tally.count(call.number());
     return call.forward();
   });
-  // Left alone: a call would write its return address over -8(%rsp), next to the stored data.
+  // Left alone: a call would write its return address over -8(%rsp), where the data is.
   CHECK(is_syscall(zt_red_zone_skip_site));
   const zpoline::ImageStats* exe = find_executable(session.stats());
   REQUIRE(exe != nullptr);

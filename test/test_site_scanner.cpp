@@ -117,6 +117,55 @@ TEST_CASE("functions that keep data in the red zone are skipped") {
   }
 }
 
+// `call *%rax` writes only the 8 bytes below rsp (the stub steps over the rest of the red zone), so
+// a red-zone function's site is rewritable when those 8 bytes are provably dead at the call.
+TEST_CASE("red-zone functions whose return-address slot is dead are rewritable") {
+  const Bytes store_va_list = {0x48, 0x89, 0x4c, 0x24, 0xe8};   // mov %rcx,-0x18(%rsp)
+  const Bytes mov_eax_openat = {0xb8, 0x01, 0x01, 0x00, 0x00};  // mov $0x101,%eax
+  SUBCASE("glibc's variadic open: the red zone is done with before the call") {
+    const Bytes code = concat({store_va_list, mov_eax_openat, kSyscall, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{10, SiteKind::rewritable}});
+  }
+  SUBCASE("data below the slot, read after the call") {
+    // mov %rdi,-0x10(%rsp) ; syscall ; mov -0x10(%rsp),%rdi ; ret
+    const Bytes code =
+        concat({{0x48, 0x89, 0x7c, 0x24, 0xf0}, kSyscall, {0x48, 0x8b, 0x7c, 0x24, 0xf0}, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{5, SiteKind::rewritable}});
+  }
+  SUBCASE("the slot read on one branch after the call") {
+    // mov %rcx,-0x18(%rsp) ; syscall ; test %rax,%rax ; jne +1 ; ret ; mov -0x8(%rsp),%eax ; ret
+    const Bytes code = concat({store_va_list,
+                               kSyscall,
+                               {0x48, 0x85, 0xc0, 0x75, 0x01},
+                               kRet,
+                               {0x8b, 0x44, 0x24, 0xf8},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{5, SiteKind::red_zone}});
+  }
+  SUBCASE("a pointer into the red zone passed to the kernel") {
+    // lea -0x50(%rsp),%rdx ; mov %rcx,-0x18(%rsp) ; syscall ; ret  (fcntl F_GETOWN_EX style)
+    const Bytes code = concat({{0x48, 0x8d, 0x54, 0x24, 0xb0}, store_va_list, kSyscall, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{10, SiteKind::red_zone}});
+  }
+  SUBCASE("a pointer into the red zone copied into an argument register") {
+    // lea -0x30(%rsp),%rbx ; mov %rbx,%rsi ; mov %rcx,-0x18(%rsp) ; syscall ; ret
+    const Bytes code =
+        concat({{0x48, 0x8d, 0x5c, 0x24, 0xd0, 0x48, 0x89, 0xde}, store_va_list, kSyscall, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{13, SiteKind::red_zone}});
+  }
+  SUBCASE("a pointer into the red zone dereferenced after the call") {
+    // lea -0x30(%rsp),%rbx ; mov %rcx,-0x18(%rsp) ; syscall ; mov (%rbx),%rdx ; ret
+    const Bytes code =
+        concat({{0x48, 0x8d, 0x5c, 0x24, 0xd0}, store_va_list, kSyscall, {0x48, 0x8b, 0x13}, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{10, SiteKind::red_zone}});
+  }
+  SUBCASE("rsp moves in the function: outside what the proof models") {
+    // push %rbx ; mov %rcx,-0x18(%rsp) ; syscall ; pop %rbx ; ret
+    const Bytes code = concat({{0x53}, store_va_list, kSyscall, {0x5b}, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{6, SiteKind::red_zone}});
+  }
+}
+
 TEST_CASE("a syscall just after the end of a function's unwind information continues it") {
   // glibc's clone3: `mov $435,%eax` ends the FDE (cfi_endproc), then `syscall`.
   const Bytes code = concat({{0xb8, 0xb3, 0x01, 0x00, 0x00}, kSyscall, kRet});

@@ -131,13 +131,31 @@ class [[nodiscard]] Session {
   bool active() const noexcept { return active_; }
   // What install did.
   const InstallStats& stats() const noexcept { return stats_; }
+  // How many calls have reached the hook since install, and by which way: through a rewritten
+  // site, or through the SUD safety net (a trapped `syscall` run from the library's SIGSYS
+  // handler). Counts every thread the process has had; a fork child starts from its parent's
+  // counts. Makes no system call and does not allocate, so it can be read around the code it
+  // measures.
+  struct CallCounts {
+    std::uint64_t through_sites = 0;
+    std::uint64_t through_net = 0;
+  };
+  CallCounts calls() const noexcept;
+  // A `syscall` instruction that the safety net trapped and that was then rewritten.
+  struct LazySite {
+    std::uintptr_t address = 0;  // of the two-byte instruction
+    std::string image;           // the loaded object it was in, as dladdr names it when the
+                                 // site was rewritten; "" for anonymous memory (JIT code)
+  };
   // Code that became executable after install and what was done with it, one entry per image;
-  // and what the SUD safety net has done (exhaustive and lazy modes).
+  // what the SUD safety net has done (exhaustive and lazy modes); and the call counts above.
   struct LateCoverage {
     std::vector<ImageStats> images;
     std::size_t traps = 0;                    // syscalls that trapped under SUD
-    std::size_t sites_rewritten_on_trap = 0;  // ... and were rewritten then
+    std::size_t sites_rewritten_on_trap = 0;  // ... whose site was rewritten then
     std::size_t emulated = 0;                 // ... and ran from the signal handler instead
+    std::vector<LazySite> lazily_rewritten;   // those sites, in the order they were rewritten
+    CallCounts calls;
   };
   LateCoverage late_coverage() const;
   Mode mode() const noexcept { return mode_; }

@@ -40,6 +40,10 @@ std::atomic<Hook*> current_hook{nullptr};
 struct HookActivity {
   std::uint32_t in_hook = 0;
   pid_t tid = 0;
+  // Calls that reached the hook on this thread (and on the threads that used the record before),
+  // for the coverage report. Written only by the owning thread, read under activities_lock().
+  std::uint64_t calls_through_sites = 0;
+  std::uint64_t calls_through_net = 0;
 };
 // Never destroyed: hooked syscalls keep arriving while exit handlers run.
 std::mutex& activities_lock() {
@@ -51,6 +55,7 @@ std::vector<HookActivity*>& activities() {
   return *records;
 }
 __thread HookActivity* thread_activity = nullptr;
+__thread bool dispatching_for_net = false;
 
 long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0);
 
@@ -68,7 +73,7 @@ HookActivity* register_thread() {
       return record;
     }
   }
-  auto* record = new HookActivity{0, tid};
+  auto* record = new HookActivity{0, tid, 0, 0};
   activities().push_back(record);
   return record;
 }
@@ -267,6 +272,23 @@ void retract_hook() noexcept {
   if (!busy) delete hook;
 }
 
+HookedCallCounts hooked_call_counts() noexcept {
+  HookedCallCounts counts;
+  std::lock_guard lock(activities_lock());
+  for (const HookActivity* record : activities()) {
+    counts.through_sites += __atomic_load_n(&record->calls_through_sites, __ATOMIC_RELAXED);
+    counts.through_net += __atomic_load_n(&record->calls_through_net, __ATOMIC_RELAXED);
+  }
+  return counts;
+}
+
+NetDispatchScope::NetDispatchScope() noexcept : outer_(dispatching_for_net) {
+  dispatching_for_net = true;
+}
+NetDispatchScope::~NetDispatchScope() {
+  dispatching_for_net = outer_;
+}
+
 [[noreturn]] void report_exception_from_hook(std::string_view call) {
   ++zpoline_detail_thread_state.bypass_depth;
   std::fprintf(stderr,
@@ -319,6 +341,10 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   self.hook_canary_address = reinterpret_cast<std::uintptr_t>(&canary);
   self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   __atomic_store_n(&thread_activity->in_hook, 1, __ATOMIC_RELAXED);
+  // Only this thread writes its counters; relaxed atomic stores keep the reader's loads defined.
+  std::uint64_t& tally = dispatching_for_net ? thread_activity->calls_through_net
+                                             : thread_activity->calls_through_sites;
+  __atomic_store_n(&tally, tally + 1, __ATOMIC_RELAXED);
   reader_barrier();
   long result;
   zpoline::Hook* hook = current_hook.load(std::memory_order_acquire);

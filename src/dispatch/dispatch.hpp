@@ -27,6 +27,28 @@ long forward(const SyscallFrame& frame) noexcept;
 // The kernel's name of a syscall number, or "unknown".
 const char* syscall_name(long number) noexcept;
 
+// How many calls have reached the hook, summed over every thread the process has had (fork
+// children start from their parent's counts): through a rewritten site, or run by the safety net
+// from its SIGSYS handler. Takes a lock, makes no system call and does not allocate.
+struct HookedCallCounts {
+  std::uint64_t through_sites = 0;
+  std::uint64_t through_net = 0;
+};
+HookedCallCounts hooked_call_counts() noexcept;
+
+// While alive, calls dispatched on this thread are counted as the safety net's (the SIGSYS
+// handler runs them). Nests: a trap inside a hook inside a trapped call restores the outer value.
+class NetDispatchScope {
+ public:
+  NetDispatchScope() noexcept;
+  ~NetDispatchScope();
+  NetDispatchScope(const NetDispatchScope&) = delete;
+  NetDispatchScope& operator=(const NetDispatchScope&) = delete;
+
+ private:
+  bool outer_;
+};
+
 }  // namespace zpoline::detail
 
 extern "C" {

@@ -3,6 +3,7 @@
 #include "dispatch/dispatch.hpp"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
@@ -11,7 +12,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <linux/futex.h>
 
@@ -113,6 +117,24 @@ void queue_for_rewriting(std::uintptr_t site) {
   // Full: the site traps again later and is queued then.
 }
 
+// Sites rewritten after trapping, in order, for the coverage report. Never destroyed: the
+// rewriter thread may still append while exit handlers run.
+std::mutex& lazy_sites_lock() {
+  static auto* lock = new std::mutex;
+  return *lock;
+}
+std::vector<LazilyRewrittenSite>& lazy_sites() {
+  static auto* sites = new std::vector<LazilyRewrittenSite>;
+  return *sites;
+}
+
+// The object the site belongs to, named now: by the time the report is read it may be unloaded.
+std::string image_of(std::uintptr_t site) {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(site), &info) == 0 || info.dli_fname == nullptr) return {};
+  return info.dli_fname;
+}
+
 void rewrite_queued_sites() {
   zpoline::ScopedBypass bypass;  // this thread's syscalls are the library's own
   while (!rewriter_stop.load()) {
@@ -121,7 +143,12 @@ void rewrite_queued_sites() {
       const std::uintptr_t site = slot.load(std::memory_order_acquire);
       if (site == 0) continue;
       try {
-        if (rewrite_trapped_site(site)) ++sites_rewritten_on_trap;
+        if (rewrite_trapped_site(site)) {
+          ++sites_rewritten_on_trap;
+          std::string image = image_of(site);
+          std::lock_guard lock(lazy_sites_lock());
+          lazy_sites().push_back({site, std::move(image)});
+        }
       } catch (...) {
         // A page that cannot be made writable: the site stays emulated.
       }
@@ -190,7 +217,11 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   frame.rax = static_cast<std::uint64_t>(number);
   frame.rflags = g[REG_EFL];
   frame.return_address = return_address;
-  const long result = zpoline_detail_dispatch(&frame, vector_area(context));
+  long result;
+  {
+    NetDispatchScope net;
+    result = zpoline_detail_dispatch(&frame, vector_area(context));
+  }
   g[REG_RDI] = frame.rdi;
   g[REG_RSI] = frame.rsi;
   g[REG_RDX] = frame.rdx;
@@ -366,6 +397,11 @@ long forward_signal_call(const RegisterFrame& r) noexcept {
   if (requested == nullptr) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
   action.mask &= ~kSigsysBit;  // no handler may block SIGSYS while it runs
   return raw(number, r.rdi, reinterpret_cast<long>(&action), r.rdx, r.r10);
+}
+
+std::vector<LazilyRewrittenSite> lazily_rewritten_sites() {
+  std::lock_guard lock(lazy_sites_lock());
+  return lazy_sites();
 }
 
 SafetyNetCounters safety_net_counters() noexcept {

@@ -18,6 +18,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "dispatch/frame.hpp"
 
@@ -46,6 +48,14 @@ struct SafetyNetCounters {
   std::size_t emulated = 0;         // calls run from the signal handler
 };
 SafetyNetCounters safety_net_counters() noexcept;
+
+// The sites rewritten after their first trap, in the order they were rewritten, with the path of
+// the loaded object each was in (dladdr's; empty for anonymous memory such as JIT code).
+struct LazilyRewrittenSite {
+  std::uintptr_t address = 0;
+  std::string image;
+};
+std::vector<LazilyRewrittenSite> lazily_rewritten_sites();
 
 }  // namespace zpoline::detail
 
