@@ -102,10 +102,13 @@ TEST_CASE("functions that keep data in the red zone are skipped") {
         concat({{0x48, 0x89, 0x7c, 0x24, 0xf8}, kSyscall, {0x48, 0x8b, 0x7c, 0x24, 0xf8}, kRet});
     CHECK(decisions(code, scan_function(code)) == Decisions{{5, SiteKind::red_zone}});
   }
-  SUBCASE("leaf with a frame pointer, addressing its locals through rbp") {
-    // push %rbp ; mov %rsp,%rbp ; mov %edi,-4(%rbp) ; syscall ; pop %rbp ; ret
-    const Bytes code = concat({{0x55, 0x48, 0x89, 0xe5, 0x89, 0x7d, 0xfc}, kSyscall, {0x5d}, kRet});
-    CHECK(decisions(code, scan_function(code)) == Decisions{{7, SiteKind::red_zone}});
+  SUBCASE("leaf with a frame pointer, reading a local back through rbp after the call") {
+    // push %rbp ; mov %rsp,%rbp ; mov %rdi,-8(%rbp) ; syscall ; mov -8(%rbp),%rdi ; pop %rbp ; ret
+    const Bytes code = concat({{0x55, 0x48, 0x89, 0xe5, 0x48, 0x89, 0x7d, 0xf8},
+                               kSyscall,
+                               {0x48, 0x8b, 0x7d, 0xf8, 0x5d},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{8, SiteKind::red_zone}});
   }
   SUBCASE("a frame that moved rsp down first is fine") {
     // push %rbp ; mov %rsp,%rbp ; sub $16,%rsp ; mov %edi,-4(%rbp) ; syscall ; leave ; ret
@@ -159,10 +162,25 @@ TEST_CASE("red-zone functions whose return-address slot is dead are rewritable")
         concat({{0x48, 0x8d, 0x5c, 0x24, 0xd0}, store_va_list, kSyscall, {0x48, 0x8b, 0x13}, kRet});
     CHECK(decisions(code, scan_function(code)) == Decisions{{10, SiteKind::red_zone}});
   }
-  SUBCASE("rsp moves in the function: outside what the proof models") {
+  SUBCASE("rsp moved by push and pop is followed") {
     // push %rbx ; mov %rcx,-0x18(%rsp) ; syscall ; pop %rbx ; ret
     const Bytes code = concat({{0x53}, store_va_list, kSyscall, {0x5b}, kRet});
-    CHECK(decisions(code, scan_function(code)) == Decisions{{6, SiteKind::red_zone}});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{6, SiteKind::rewritable}});
+  }
+  SUBCASE("unoptimised code: a leaf that stores the result in the slot after the call") {
+    // push %rbp ; mov %rsp,%rbp ; mov $39,%eax ; syscall ; mov %rax,-8(%rbp) ;
+    // mov -8(%rbp),%rax ; pop %rbp ; ret   (what gcc -O0 makes of an inline-asm getpid)
+    const Bytes code = concat({{0x55, 0x48, 0x89, 0xe5},
+                               kMovEaxImm39,
+                               kSyscall,
+                               {0x48, 0x89, 0x45, 0xf8, 0x48, 0x8b, 0x45, 0xf8, 0x5d},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{9, SiteKind::rewritable}});
+  }
+  SUBCASE("rsp aligned to an unknown boundary: outside what the proof models") {
+    // mov %rcx,-0x18(%rsp) ; and $-16,%rsp ; syscall ; ret
+    const Bytes code = concat({store_va_list, {0x48, 0x83, 0xe4, 0xf0}, kSyscall, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{9, SiteKind::red_zone}});
   }
 }
 
