@@ -2,6 +2,7 @@
 // (zpoline/hook_chain.hpp). Each test case runs in its own process (test/meson.build).
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -152,6 +153,20 @@ TEST_CASE("hook_library_syscalls_bypass_the_hooks_before_it") {
     CHECK(image.path.find("libstdc++") == std::string::npos);
   }
   std::remove(output.c_str());
+}
+
+TEST_CASE("hook_library_reads_memory_over_a_dirty_stack") {
+  // The hook answers chdir with the length of the path it read (read_string and read_memory), or
+  // -EFAULT, each read made with the stack below it filled with 0xff bytes.
+  auto session = load_or_skip(ZPOLINE_MEMORY_READS_HOOK);
+  const std::string path = "/a/path/the/hook/reads/and/never/changes/into";
+  CHECK(syscall(SYS_chdir, path.c_str()) == static_cast<long>(path.size()));
+  void* page = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(page != MAP_FAILED);
+  munmap(page, 4096);
+  errno = 0;
+  CHECK(syscall(SYS_chdir, page) == -1);
+  CHECK(errno == EFAULT);
 }
 
 TEST_CASE("error_file_missing") {

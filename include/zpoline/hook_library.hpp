@@ -10,8 +10,8 @@
 //     return call.forward();
 //   }
 //
-// built as a shared object linked with libzpoline-hook (Meson: zpoline_hook_dep), never with
-// libzpoline itself. Loading it:
+// built as a shared object linked with libzpoline-hook (CMake: zpoline::hook, pkg-config:
+// zpoline-hook, Meson: dependency('zpoline-hook')), never with libzpoline itself. Loading it:
 //
 //   auto session = zpoline::load_hook_library("./libmyhook.so");      // from a program, or
 //   LD_PRELOAD=libzpoline-preload.so ZPOLINE_HOOK=./libmyhook.so ls   // any program

@@ -2,7 +2,6 @@
 // Syscall's member functions reach the host's call through the table the host passes to
 // zpoline_hook_connect(); fault-safe memory reads use this namespace's own (never rewritten)
 // libc. Built with hidden visibility: only the ABI symbols declared in the header are exported.
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -13,10 +12,17 @@
 namespace {
 const zpoline_hook_host* host = nullptr;
 
-bool transfer(long number, void* local, const void* remote, std::size_t size) {
-  iovec local_iov{local, size};
-  iovec remote_iov{const_cast<void*>(remote), size};
-  return syscall(number, getpid(), &local_iov, 1, &remote_iov, 1, 0) == static_cast<long>(size);
+// libc's typed wrappers, not the variadic syscall(): that reads every argument as a long, and an
+// int passed to it leaves the upper half of its slot undefined. clang stored the flags argument
+// (passed on the stack) as a 4-byte 0; the upper half held stack leftovers, and the kernel
+// refused the read with EINVAL.
+using Transfer = ssize_t (*)(pid_t, const iovec*, unsigned long, const iovec*, unsigned long,
+                             unsigned long);
+
+bool transfer(Transfer call, void* local, const void* remote, std::size_t size) {
+  const iovec local_iov{local, size};
+  const iovec remote_iov{const_cast<void*>(remote), size};
+  return call(getpid(), &local_iov, 1, &remote_iov, 1, 0) == static_cast<ssize_t>(size);
 }
 }  // namespace
 
@@ -55,11 +61,11 @@ long Syscall::forward() noexcept {
 namespace detail {
 
 bool safe_read(void* destination, const void* source, std::size_t size) noexcept {
-  return size == 0 || transfer(SYS_process_vm_readv, destination, source, size);
+  return size == 0 || transfer(process_vm_readv, destination, source, size);
 }
 
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept {
-  return size == 0 || transfer(SYS_process_vm_writev, const_cast<void*>(source), destination, size);
+  return size == 0 || transfer(process_vm_writev, const_cast<void*>(source), destination, size);
 }
 
 }  // namespace detail

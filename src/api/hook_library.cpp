@@ -126,7 +126,8 @@ struct LoadedHookLibrary {
     if (version == nullptr || connect == nullptr) {
       fail(path,
            "defines zpoline_hook but not zpoline_hook_abi_version and zpoline_hook_connect: link "
-           "it with libzpoline-hook (Meson: zpoline_hook_dep), not with libzpoline.");
+           "it with libzpoline-hook (CMake: zpoline::hook, pkg-config: zpoline-hook, Meson: "
+           "dependency('zpoline-hook')), not with libzpoline.");
     }
     if (*version != hook_abi_version) {
       fail(path, "built for hook ABI version " + std::to_string(*version) +

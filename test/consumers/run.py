@@ -12,10 +12,12 @@ cmake, pkg-config: builds libzpoline from the source root (release, library only
 meson: copies test/consumers/meson, and the source tree into its subprojects/zpoline where its
   wrap expects it, and builds that with Meson, without network.
 
-Each built program must exit 0 (its hook saw its getpid); 77 (page 0 refused) makes this exit 77,
-which Meson reports as skipped. Everything is written under a new directory in --work (removed
-after success, left for inspection after a failure; concurrent runs do not meet) and in
---library-build; the source tree is only read.
+Each consumer builds app.cpp (its hook must see its own getpid), and the hook library hook.cpp
+against libzpoline-hook with hook_host.cpp, the program that loads it and checks its answers.
+Each built program must exit 0; 77 (page 0 refused) makes this exit 77, which Meson reports as
+skipped. Everything is written under a new directory in --work (removed after success, left for
+inspection after a failure; concurrent runs do not meet) and in --library-build; the source tree
+is only read.
 """
 
 import argparse
@@ -69,14 +71,15 @@ def clean_environment(args):
     return env
 
 
-def run_programs(programs, env):
-    """Runs each consumer program; returns SKIP if page 0 was refused, raises on failure."""
+def run_programs(commands, env):
+    """Runs each consumer program (a list: the program and its arguments); returns SKIP if page 0
+    was refused, raises on failure."""
     statuses = []
-    for program in programs:
-        print("$", program, flush=True)
-        status = subprocess.run([str(program)], env=env).returncode
+    for command in commands:
+        print("$", shlex.join(str(c) for c in command), flush=True)
+        status = subprocess.run([str(c) for c in command], env=env).returncode
         if status not in (0, SKIP):
-            raise Failure(f"{program.name} exited with status {status}")
+            raise Failure(f"{Path(command[0]).name} exited with status {status}")
         statuses.append(status)
     if SKIP in statuses:
         print("SKIP: the kernel refuses to map page 0 here (see docs/GUIDE.md)", flush=True)
@@ -113,7 +116,9 @@ def check_installed_files(source_root, prefix, includedir, libdir):
     headers = sorted(p.name for p in (Path(source_root) / "include" / "zpoline").glob("*.hpp"))
     expected = {includedir / "zpoline" / name for name in headers + ["version.hpp"]} | {
         libdir / "libzpoline.a",
+        libdir / "libzpoline-hook.a",
         libdir / "pkgconfig" / "zpoline.pc",
+        libdir / "pkgconfig" / "zpoline-hook.pc",
         libdir / "cmake" / "zpoline" / "zpolineConfig.cmake",
         libdir / "cmake" / "zpoline" / "zpolineConfigVersion.cmake",
     }
@@ -130,11 +135,12 @@ def check_installed_files(source_root, prefix, includedir, libdir):
 
 
 def copy_consumer(args, name, work):
-    """Copies test/consumers/<name> and the program it builds to work/consumer."""
+    """Copies test/consumers/<name> and the sources it builds to work/consumer."""
     consumers = Path(args.source_root) / "test" / "consumers"
     destination = work / "consumer"
     destination.mkdir()
-    shutil.copy2(consumers / "app.cpp", destination)
+    for source in ("app.cpp", "hook.cpp", "hook_host.cpp"):
+        shutil.copy2(consumers / source, destination)
     shutil.copytree(consumers / name, destination / name)
     return destination / name
 
@@ -150,7 +156,7 @@ def consumer_cmake(args, work, env):
             configure.append(f"-DCMAKE_CXX_COMPILER={shlex.split(args.cxx)[-1]}")
         run(configure, env=env)
         run(["cmake", "--build", build, "--verbose"], env=env)
-    return run_programs([build / "app"], env)
+    return run_programs([[build / "app"], [build / "hook_host", build / "libhook.so"]], env)
 
 
 def consumer_pkg_config(args, work, env):
@@ -158,12 +164,14 @@ def consumer_pkg_config(args, work, env):
     project = copy_consumer(args, "make", work)
     with installed_library(args, env) as (_, libdir):
         env["PKG_CONFIG_PATH"] = str(libdir / "pkgconfig")
-        print("zpoline.pc:\n" + (libdir / "pkgconfig" / "zpoline.pc").read_text(), flush=True)
+        for pc in ("zpoline.pc", "zpoline-hook.pc"):
+            print(f"{pc}:\n" + (libdir / "pkgconfig" / pc).read_text(), flush=True)
         make = ["make", "-C", project]
         if args.cxx:
             make.append(f"CXX={args.cxx}")
         run(make, env=env)
-    return run_programs([project / "app"], env)
+    return run_programs([[project / "app"], [project / "hook_host", project / "libhook.so"]],
+                        env)
 
 
 def source_tree_filter(source_root):
@@ -194,21 +202,23 @@ def consumer_meson(args, work, env):
     build = project / "build"
     # --force-fallback-for: use the subproject even if a zpoline is installed on this machine.
     run(["meson", "setup", build, project, "--wrap-mode=nodownload",
-         "--force-fallback-for=zpoline"], env=env)
+         "--force-fallback-for=zpoline,zpoline-hook"], env=env)
 
     targets = json.loads(run(["meson", "introspect", "--targets", build], capture=True))
     own = sorted(t["name"] for t in targets if not t["subproject"])
     extra = sorted(t["name"] for t in targets
                    if t["subproject"] and not t["type"].endswith("library"))
-    if own != ["app", "app_from_variable"] or extra:
-        raise Failure("expected the consumer's app and app_from_variable and libzpoline's "
-                      f"libraries only; the consumer has {own}, libzpoline builds also {extra}")
+    if own != ["app", "app_from_variable", "hook", "hook_host"] or extra:
+        raise Failure("expected the consumer's app, app_from_variable, hook and hook_host and "
+                      f"libzpoline's libraries only; the consumer has {own}, libzpoline builds "
+                      f"also {extra}")
     installed = json.loads(run(["meson", "introspect", "--installed", build], capture=True))
     if installed:
         raise Failure(f"a subproject libzpoline must install nothing, but installs {installed}")
 
     run(["meson", "compile", "-C", build], env=env)
-    return run_programs([build / "app", build / "app_from_variable"], env)
+    return run_programs([[build / "app"], [build / "app_from_variable"],
+                         [build / "hook_host", build / "libhook.so"]], env)
 
 
 CONSUMERS = {"cmake": consumer_cmake, "pkg-config": consumer_pkg_config, "meson": consumer_meson}
