@@ -3,12 +3,13 @@
 //
 //   ground_truth_workload CASE MODE REPORT
 //
-// CASE is dlopen, jit, prefixed, thread or fork; MODE is eager, exhaustive, lazy, or none (no
-// install: the reference run that strace counts). With a mode, a counting hook tallies every call
-// that reaches it between the markers, per syscall number, in memory shared with fork children;
-// REPORT then gets one line "calls NUMBER COUNT" per number, plus "check NAME VALUE" lines with
-// what the coverage report said. The markers are close(-1001) and close(-1002), which strace -f
-// shows as such; the driver compares its counts between them with the hook's.
+// CASE is dlopen, jit, prefixed, thread, fork or python (when built with CPython); MODE is eager,
+// exhaustive, lazy, or none (no install: the reference run that strace counts). With a mode, a
+// counting hook tallies every call that reaches it between the markers, per syscall number, in
+// memory shared with fork children; REPORT then gets one line "calls NUMBER COUNT" per number, plus
+// "check NAME VALUE" lines with what the coverage report said. The markers are close(-1001) and
+// close(-1002), which strace -f shows as such; the driver compares its counts between them with the
+// hook's.
 //
 // Nothing between the markers depends on the mode: no output, no allocation that could move the
 // heap's end (the heap is padded beforehand in every mode), waits that spin instead of blocking.
@@ -31,6 +32,10 @@
 #include <string_view>
 
 #include "zpoline/zpoline.hpp"
+
+#ifdef ZPOLINE_GROUND_TRUTH_PYTHON
+#include <Python.h>
+#endif
 
 namespace {
 
@@ -175,6 +180,20 @@ void run_fork() {
   if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) fail("fork child failed");
 }
 
+#ifdef ZPOLINE_GROUND_TRUTH_PYTHON
+// Real code loaded after install: CPython (Debian's libpython3) imports extension modules, which
+// dlopen them and the libraries they need (libsqlite3, libbz2), and runs them.
+constexpr const char* kPythonScript = R"py(
+import _bz2, _json, _sqlite3
+data = _bz2.BZ2Compressor().compress(b"zpoline" * 1000)
+connection = _sqlite3.connect(":memory:")
+connection.execute("create table t (x)")
+connection.executemany("insert into t values (?)", [(i,) for i in range(100)])
+total = connection.execute("select sum(x) from t").fetchone()[0]
+assert total == 4950, total
+)py";
+#endif
+
 std::optional<zpoline::Mode> parse_mode(std::string_view name) {
   if (name == "eager") return zpoline::Mode::eager;
   if (name == "exhaustive") return zpoline::Mode::exhaustive;
@@ -225,6 +244,12 @@ int main(int argc, char** argv) {
     pthread_join(second, nullptr);
   }
 
+#ifdef ZPOLINE_GROUND_TRUTH_PYTHON
+  if (scenario == "python") {
+    Py_InitializeEx(0);  // before install in every mode: the window holds the imports only
+  }
+#endif
+
   zpoline::Session session;
   if (mode) {
     zpoline::Options options;
@@ -256,6 +281,10 @@ int main(int argc, char** argv) {
     run_thread();
   } else if (scenario == "fork") {
     run_fork();
+#ifdef ZPOLINE_GROUND_TRUTH_PYTHON
+  } else if (scenario == "python") {
+    if (PyRun_SimpleString(kPythonScript) != 0) fail("the Python script failed");
+#endif
   } else {
     fail("unknown CASE");
   }
