@@ -461,10 +461,18 @@ bool read_eh_frame_header(const ImageLayout& layout, EhFrameHeader& out) {
   return true;
 }
 
-void sort_ranges(std::vector<FunctionRange>& ranges) {
-  std::sort(ranges.begin(), ranges.end(), [](const FunctionRange& a, const FunctionRange& b) {
+// A function object rather than a function, so that std::sort inlines it.
+struct RangeOrder {
+  bool operator()(const FunctionRange& a, const FunctionRange& b) const {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  }
+};
+
+// The .eh_frame_hdr search table lists FDEs sorted already: checking is much cheaper than sorting.
+void sort_ranges(std::vector<FunctionRange>& ranges) {
+  if (!std::is_sorted(ranges.begin(), ranges.end(), RangeOrder())) {
+    std::sort(ranges.begin(), ranges.end(), RangeOrder());
+  }
 }
 
 // Returns false if the table is missing or unusable, so the caller can fall back to a walk.
@@ -729,12 +737,13 @@ FunctionTable collect_functions(const dl_phdr_info& info, const std::string& pat
   remove_duplicates(symbol_ranges);  // .symtab and .dynsym list most functions twice
 
   const std::vector<FunctionRange> merged_eh_frame = merge_overlaps(eh_frame_ranges);
-  std::vector<FunctionRange> all = std::move(eh_frame_ranges);
   for (const FunctionRange& range : symbol_ranges) {
     if (!overlaps_any(merged_eh_frame, range)) ++table.from_symbols;
-    all.push_back(range);
   }
-  sort_ranges(all);
+  // Both lists are sorted: merge them rather than sort them again.
+  std::vector<FunctionRange> all(eh_frame_ranges.size() + symbol_ranges.size());
+  std::merge(eh_frame_ranges.begin(), eh_frame_ranges.end(), symbol_ranges.begin(),
+             symbol_ranges.end(), all.begin(), RangeOrder());
   table.functions = merge_overlaps(all);
   return table;
 }
