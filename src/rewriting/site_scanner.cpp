@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "rewriting/instruction_length.hpp"
+
 namespace zpoline::detail {
 namespace {
 
@@ -16,8 +18,9 @@ bool is_candidate(const std::uint8_t* p) {
   return p[0] == 0x0f && (p[1] == 0x05 || p[1] == 0x34);
 }
 
-// Instruction boundaries need only lengths and mnemonics, which the minimal mode decodes in about
-// a third of the time of a full decode with operands. Operands (for the red-zone check) are
+// Instruction boundaries need only lengths and mnemonics. Most instructions are decoded by
+// decode_quickly() (instruction_length.hpp); the rest by Zydis in its minimal mode, which takes
+// about a third of the time of a full decode with operands. Operands (for the red-zone check) are
 // decoded in full only for the few instructions that can be red-zone evidence.
 struct Decoders {
   ZydisDecoder minimal;
@@ -51,11 +54,10 @@ bool may_be_red_zone_evidence(const ZydisDecodedInstruction& instruction) {
          instruction.mnemonic == ZYDIS_MNEMONIC_AND;
 }
 
-// Adds what the instruction at `bytes` (decoded in minimal mode as `brief`) shows to `evidence`.
-// False if the full decoder fails on it, which the caller takes as a decoding failure.
+// Adds what the instruction at `bytes` shows to `evidence`, from a full decode. False if the full
+// decoder fails on it, which the caller takes as a decoding failure.
 bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes, std::size_t length,
-                            const ZydisDecodedInstruction& brief, RedZoneEvidence& evidence) {
-  if (!may_be_red_zone_evidence(brief)) return true;
+                            RedZoneEvidence& evidence) {
   ZydisDecodedInstruction instruction;
   ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
   if (!ZYAN_SUCCESS(
@@ -79,6 +81,32 @@ bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes,
     if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence.below_rbp = true;
   }
   return true;
+}
+
+// What the scanner needs of one instruction.
+struct Instruction {
+  std::uint8_t length = 0;
+  bool syscall = false;  // syscall or sysenter, of any length
+};
+
+// Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence.
+// False if it cannot be decoded.
+bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t available,
+            Instruction& out, RedZoneEvidence& evidence) {
+  QuickInstruction quick;
+  if (decode_quickly(bytes, available, quick)) {
+    out = {quick.length, quick.syscall};
+    return !quick.maybe_red_zone_evidence ||
+           note_red_zone_evidence(decoders, bytes, available, evidence);
+  }
+  ZydisDecodedInstruction instruction;
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoders.minimal, nullptr, bytes, available,
+                                                  &instruction))) {
+    return false;
+  }
+  out = {instruction.length, is_syscall_mnemonic(instruction.mnemonic)};
+  return !may_be_red_zone_evidence(instruction) ||
+         note_red_zone_evidence(decoders, bytes, available, evidence);
 }
 
 bool ends_control_flow(const ZydisDecodedInstruction& instruction) {
@@ -129,12 +157,9 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
   std::uintptr_t ip = begin;
   const std::uintptr_t* next = first;
   bool failed = false;
-  ZydisDecodedInstruction instruction;
+  Instruction instruction;
   while (ip < end && (next != last || any_rewritable)) {
-    const std::uint8_t* bytes = code.data() + (ip - runtime_address);
-    if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoders.minimal, nullptr, bytes, end - ip,
-                                                    &instruction)) ||
-        !note_red_zone_evidence(decoders, bytes, end - ip, instruction, evidence)) {
+    if (!decode(decoders, code.data() + (ip - runtime_address), end - ip, instruction, evidence)) {
       failed = true;
       break;
     }
@@ -143,7 +168,7 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
     while (next != last && *next < ip) ++next;
     // Candidates that start inside this instruction.
     while (next != last && *next < after) {
-      if (is_syscall_mnemonic(instruction.mnemonic)) {
+      if (instruction.syscall) {
         const bool plain = *next == ip && instruction.length == 2;
         result.sites.push_back({*next, plain ? SiteKind::rewritable : SiteKind::prefixed});
         any_rewritable = any_rewritable || plain;
