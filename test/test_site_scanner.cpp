@@ -151,9 +151,9 @@ TEST_CASE("a site at the last bytes of a buffer straddling pages is found") {
 }
 
 TEST_CASE("the candidate search finds every pair at every offset and nothing else") {
-  // The vector search works 16 bytes at a time and reads one byte ahead: put pairs on both sides
-  // of every chunk boundary, at the very start and end, and near-misses everywhere.
-  for (std::size_t size : {0, 1, 2, 3, 15, 16, 17, 18, 31, 32, 33, 47, 64, 100}) {
+  // The vector search works 64 and then 16 bytes at a time and reads one byte ahead: put pairs on
+  // both sides of every chunk boundary, at the very start and end, and near-misses everywhere.
+  for (std::size_t size : {0, 1, 2, 3, 15, 16, 17, 18, 31, 32, 33, 47, 64, 65, 66, 100, 129, 200}) {
     for (std::size_t at = 0; at + 1 < size; ++at) {
       for (std::uint8_t second : {std::uint8_t{0x05}, std::uint8_t{0x34}}) {
         CAPTURE(size);
@@ -174,6 +174,18 @@ TEST_CASE("the candidate search finds every pair at every offset and nothing els
       }
     }
   }
+  // Many pairs in one 64-byte block.
+  Bytes block(300, 0x90);
+  std::vector<std::uintptr_t> expected;
+  for (std::size_t at = 60; at < 140; at += 3) {
+    block[at] = 0x0f;
+    block[at + 1] = at % 2 ? 0x05 : 0x34;
+    expected.push_back(at);
+  }
+  std::vector<std::uintptr_t> in_block;
+  find_candidates(block, 0, in_block);
+  CHECK(in_block == expected);
+
   const Bytes none(4096, 0x0f);
   std::vector<std::uintptr_t> found;
   find_candidates(none, 0, found);
