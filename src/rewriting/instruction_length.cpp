@@ -259,7 +259,13 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
         break;
     }
     if (lock && (!lockable || mod == 3)) return false;
-    if (opcode->stack_arithmetic && (reg == 4 || (mod == 3 && rm == 4))) evidence = true;
+    // rsp is register 4, in the reg field or (mod 3) the r/m field. In the 80/81/83 group, the reg
+    // field selects the operation (4: and, 5: sub) and r/m is the destination.
+    if (opcode->group == Group::alu_immediate) {
+      evidence = (reg == 4 || reg == 5) && mod == 3 && rm == 4;
+    } else if (opcode->stack_arithmetic) {
+      evidence = reg == 4 || (mod == 3 && rm == 4);
+    }
     if (mod != 3) {
       unsigned base = rm;
       if (rm == 4) {
