@@ -1,6 +1,6 @@
 // The quick length decoder against Zydis: wherever it answers, Zydis must accept the same bytes
-// with the same length, agree on plain syscalls, and find red-zone evidence only where the quick
-// decoder flagged it. Checked on every function of the loaded libraries and on random bytes.
+// with the same length, agree on plain syscalls, and find only red-zone evidence of the kinds the
+// quick decoder flagged. Checked on every function of the loaded libraries and on random bytes.
 #include "rewriting/instruction_length.hpp"
 
 #include <Zydis/Zydis.h>
@@ -25,27 +25,29 @@ struct Zydis {
   Zydis() { ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64); }
 };
 
-// What a full decode says about red-zone evidence (the rule of site_scanner.cpp, restated): a
-// sub/lea/and writing rsp, or a memory operand below rsp or rbp.
-bool is_red_zone_evidence(const ZydisDecodedInstruction& instruction,
-                          const ZydisDecodedOperand* operands) {
+// What a full decode says about red-zone evidence (the rule of site_scanner.cpp, restated), as
+// RedZoneHint bits: a sub/lea/and writing rsp, or memory operands below rsp or rbp.
+std::uint8_t red_zone_evidence(const ZydisDecodedInstruction& instruction,
+                               const ZydisDecodedOperand* operands) {
   const bool to_rsp = instruction.operand_count_visible > 0 &&
                       operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
                       operands[0].reg.value == ZYDIS_REGISTER_RSP;
   if (to_rsp &&
       (instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
        instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
-    return true;
+    return kMayMoveRspDown;
   }
+  std::uint8_t evidence = 0;
   for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
     const ZydisDecodedOperand& operand = operands[i];
-    if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.disp.has_displacement &&
-        operand.mem.disp.value < 0 &&
-        (operand.mem.base == ZYDIS_REGISTER_RSP || operand.mem.base == ZYDIS_REGISTER_RBP)) {
-      return true;
+    if (operand.type != ZYDIS_OPERAND_TYPE_MEMORY || !operand.mem.disp.has_displacement ||
+        operand.mem.disp.value >= 0) {
+      continue;
     }
+    if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence |= kMayAddressBelowRsp;
+    if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence |= kMayAddressBelowRbp;
   }
-  return false;
+  return evidence;
 }
 
 struct Comparison {
@@ -68,9 +70,9 @@ std::size_t compare(const Zydis& zydis, const std::uint8_t* bytes, std::size_t a
   ++comparison.answered;
   const bool syscall = decoded && (instruction.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
                                    instruction.mnemonic == ZYDIS_MNEMONIC_SYSENTER);
-  const bool agree =
-      decoded && quick.length == instruction.length && quick.syscall == syscall &&
-      (quick.maybe_red_zone_evidence || !is_red_zone_evidence(instruction, operands));
+  const std::uint8_t evidence = decoded ? red_zone_evidence(instruction, operands) : 0;
+  const bool agree = decoded && quick.length == instruction.length && quick.syscall == syscall &&
+                     (evidence & ~quick.red_zone_hints) == 0;
   if (!agree) {
     ++comparison.disagreements;
     if (comparison.disagreements <= 20) {
@@ -81,9 +83,9 @@ std::size_t compare(const Zydis& zydis, const std::uint8_t* bytes, std::size_t a
         hex += byte;
       }
       MESSAGE("disagreement on ", hex, "(available ", available, "): quick length ",
-              int{quick.length}, " syscall ", quick.syscall, " evidence ",
-              quick.maybe_red_zone_evidence, "; zydis ", decoded ? int{instruction.length} : -1,
-              " evidence ", decoded && is_red_zone_evidence(instruction, operands));
+              int{quick.length}, " syscall ", quick.syscall, " red-zone hints ",
+              int{quick.red_zone_hints}, "; zydis ", decoded ? int{instruction.length} : -1,
+              " evidence ", int{evidence});
     }
   }
   return decoded ? instruction.length : 0;

@@ -211,9 +211,14 @@ TEST_CASE("a function is decoded only as far as its candidates need") {
   CHECK(decisions(code, result) == Decisions{{5, SiteKind::rewritable}});
   CHECK(result.bytes_decoded == code.size());
 
-  // ... which finds red-zone use after the syscall too.
+  // ... which finds red-zone use after the syscall too,
   code = concat({kMovEaxImm39, kSyscall, Bytes(4000, 0x90), {0x48, 0x8b, 0x7c, 0x24, 0xf8}, kRet});
   CHECK(decisions(code, scan_function(code)) == Decisions{{5, SiteKind::red_zone}});
+  // ... and stops at an access below rsp, which settles the question.
+  code = concat({kMovEaxImm39, kSyscall, {0x48, 0x8b, 0x7c, 0x24, 0xf8}, Bytes(4000, 0x90), kRet});
+  result = scan_function(code);
+  CHECK(decisions(code, result) == Decisions{{5, SiteKind::red_zone}});
+  CHECK(result.bytes_decoded == 12);
 }
 
 TEST_CASE("candidates in code without functions are found but never decoded") {

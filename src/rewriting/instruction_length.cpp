@@ -209,7 +209,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
     value = bytes[at++];
     if (value == 0x05 || value == 0x34) {
       if (prefixed) return false;  // a prefixed syscall: Zydis tells its length
-      out = {2, true, false};
+      out = {2, true, 0};
       return true;
     }
     opcode = &kTwoByte[value];
@@ -221,7 +221,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
   }
 
   Immediate immediate = opcode->immediate;
-  bool evidence = false;
+  std::uint8_t hints = 0;
   if (opcode->modrm) {
     if (at >= limit) return false;
     const std::uint8_t modrm = bytes[at++];
@@ -261,11 +261,10 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
     if (lock && (!lockable || mod == 3)) return false;
     // rsp is register 4, in the reg field or (mod 3) the r/m field. In the 80/81/83 group, the reg
     // field selects the operation (4: and, 5: sub) and r/m is the destination.
-    if (opcode->group == Group::alu_immediate) {
-      evidence = (reg == 4 || reg == 5) && mod == 3 && rm == 4;
-    } else if (opcode->stack_arithmetic) {
-      evidence = reg == 4 || (mod == 3 && rm == 4);
-    }
+    const bool may_move_rsp = opcode->group == Group::alu_immediate
+                                  ? (reg == 4 || reg == 5) && mod == 3 && rm == 4
+                                  : opcode->stack_arithmetic && (reg == 4 || (mod == 3 && rm == 4));
+    if (may_move_rsp) hints |= kMayMoveRspDown;
     if (mod != 3) {
       unsigned base = rm;
       if (rm == 4) {
@@ -282,7 +281,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
       // Little-endian: the sign is in the displacement's last byte. Base 4 or 5 (with REX.B:
       // r12, r13) may be rsp or rbp; mod 0 has no displacement from a base register.
       if (mod != 0 && (base == 4 || base == 5) && (bytes[at + displacement - 1] & 0x80) != 0) {
-        evidence = true;
+        hints |= base == 4 ? kMayAddressBelowRsp : kMayAddressBelowRbp;
       }
       at += displacement;
     }
@@ -311,7 +310,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
       break;
   }
   if (at + immediate_size > limit) return false;
-  out = {static_cast<std::uint8_t>(at + immediate_size), false, evidence};
+  out = {static_cast<std::uint8_t>(at + immediate_size), false, hints};
   return true;
 }
 

@@ -16,13 +16,19 @@
 
 namespace zpoline::detail {
 
+// The kinds of red-zone evidence (see site_scanner.cpp) an instruction may show, as bits.
+enum RedZoneHint : std::uint8_t {
+  kMayMoveRspDown = 1,      // a sub, and or lea that may write rsp
+  kMayAddressBelowRsp = 2,  // a negative displacement from a base that may be rsp
+  kMayAddressBelowRbp = 4,  // a negative displacement from a base that may be rbp
+};
+
 struct QuickInstruction {
   std::uint8_t length = 0;
   bool syscall = false;  // a plain 2-byte `syscall` (0f 05) or `sysenter` (0f 34)
-  // The instruction may be red-zone evidence (see site_scanner.cpp): a memory operand with a
-  // negative displacement whose base may be rsp or rbp, or a sub/and/lea that may write rsp.
-  // Over-inclusive: the scanner decodes such instructions in full to decide.
-  bool maybe_red_zone_evidence = false;
+  // RedZoneHint bits. Over-inclusive: what a full decode finds is a subset, and the scanner
+  // decodes an instruction in full when it may show evidence the function has not shown yet.
+  std::uint8_t red_zone_hints = 0;
 };
 
 // Decodes the instruction at `bytes`, of which `available` bytes may be read. False: unknown here,

@@ -52,6 +52,12 @@ struct RedZoneEvidence {
   bool below_rbp = false;
   bool moves_rsp_down = false;
   bool uses_red_zone() const { return below_rsp || (below_rbp && !moves_rsp_down); }
+  // As RedZoneHint bits (instruction_length.hpp).
+  std::uint8_t shown() const {
+    return static_cast<std::uint8_t>((moves_rsp_down ? kMayMoveRspDown : 0) |
+                                     (below_rsp ? kMayAddressBelowRsp : 0) |
+                                     (below_rbp ? kMayAddressBelowRbp : 0));
+  }
 };
 
 // True if `instruction`, decoded in minimal mode, can be red-zone evidence: a memory access at a
@@ -98,14 +104,15 @@ struct Instruction {
   bool syscall = false;  // syscall or sysenter, of any length
 };
 
-// Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence.
-// False if it cannot be decoded.
+// Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence
+// (decoding it in full only if it may show evidence the function has not shown yet). False if it
+// cannot be decoded.
 bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t available,
             Instruction& out, RedZoneEvidence& evidence) {
   QuickInstruction quick;
   if (decode_quickly(bytes, available, quick)) {
     out = {quick.length, quick.syscall};
-    return !quick.maybe_red_zone_evidence ||
+    return (quick.red_zone_hints & ~evidence.shown()) == 0 ||
            note_red_zone_evidence(decoders, bytes, available, evidence);
   }
   ZydisDecodedInstruction instruction;
@@ -151,7 +158,7 @@ bool falls_through_end(const Decoders& decoders, std::span<const std::uint8_t> c
 
 // Decides the candidates [first, last) that lie in one function. Decoding stops after the last
 // of them unless one is a rewritable syscall: then the red-zone evidence of the whole function
-// is needed.
+// is needed, until an access below rsp settles it.
 void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> code,
                         std::uintptr_t runtime_address, const FunctionRange& function,
                         const std::uintptr_t* first, const std::uintptr_t* last,
@@ -167,7 +174,7 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
   const std::uintptr_t* next = first;
   bool failed = false;
   Instruction instruction;
-  while (ip < end && (next != last || any_rewritable)) {
+  while (ip < end && (next != last || (any_rewritable && !evidence.below_rsp))) {
     if (!decode(decoders, code.data() + (ip - runtime_address), end - ip, instruction, evidence)) {
       failed = true;
       break;
