@@ -124,7 +124,7 @@ struct Request {
 };
 
 struct Reply {
-  double value[12] = {};
+  double value[16] = {};
   long status = 0;  // 0: ok
   char message[200] = {};
 };

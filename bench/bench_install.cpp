@@ -10,7 +10,10 @@
 // configuration, in shuffled order; ratios are against "this process, eager" of the same round.
 //
 // Figures per child:
-//   install ms            InstallStats::total_time
+//   ms                    InstallStats::total_time: finding and rewriting the sites
+//   install() ms          the whole install() call (also maps the trampoline, publishes the hook)
+//   cpu ms                thread CPU time of the install() call: unlike the wall times, it leaves
+//                         out time the machine (shared, 2 cores) gave to other processes
 //   ns/KiB                install time / KiB of executable code in the images scanned
 //   code private KiB      growth of Private_Dirty in executable file mappings: the code pages that
 //                         rewriting copied (copy-on-write), i.e. pages holding rewritten sites
@@ -61,6 +64,8 @@ enum Field {
   kMappedKib,
   kHeapKib,
   kDlopenMs,
+  kCallMs,
+  kCpuMs,
   kFields
 };
 
@@ -136,11 +141,15 @@ bench::Reply measure(const Configuration& configuration) {
   options.use_environment = false;
   options.mode = configuration.mode;
   zpoline::Session session;
+  const auto call_start = std::chrono::steady_clock::now();
+  const double cpu_start = bench::thread_cpu_ns();
   try {
     session = zpoline::install(pass_through, options);
   } catch (const zpoline::Error& error) {
     return bench::failure("install failed: %s", error.what());
   }
+  reply.value[kCpuMs] = (bench::thread_cpu_ns() - cpu_start) / 1e6;
+  reply.value[kCallMs] = bench::seconds_since(call_start) * 1e3;
   const Memory after = snapshot();
   const zpoline::InstallStats& stats = session.stats();
   reply.value[kInstallMs] = static_cast<double>(stats.total_time.count()) / 1e6;
@@ -210,8 +219,8 @@ int main(int argc, char** argv) {
     return values;
   };
   std::printf("\nInstall time\n");
-  std::printf("  %-32s %9s %18s %7s %9s %9s %6s %8s\n", "", "ms", "ratio", "ns/KiB", "code KiB",
-              "decoded", "sites", "skipped");
+  std::printf("  %-32s %7s %18s %11s %7s %7s %9s %8s %6s %8s\n", "", "ms", "ratio", "install() ms",
+              "cpu ms", "ns/KiB", "code KiB", "decoded", "sites", "skipped");
   std::printf("  (lazy mode scans nothing at install: its ns/KiB is shown as 0)\n");
   for (int c = 0; c < kConfigurationCount; ++c) {
     std::vector<double> ratio, per_kib;
@@ -223,10 +232,11 @@ int main(int argc, char** argv) {
       }
     }
     const double kib = median(field(c, kCodeKib));
-    std::printf("  %-32s %9.2f  %s %7.0f %9.0f %9.1f %6.0f %8.0f\n", kConfigurations[c].label,
-                median(field(c, kInstallMs)), c == 0 ? "    (baseline)   " : spread(ratio).c_str(),
-                kib > 0 ? median(per_kib) : 0.0, median(field(c, kCodeKib)),
-                median(field(c, kDecodedKib)), median(field(c, kSites)),
+    std::printf("  %-32s %7.2f  %s %11.2f %7.2f %7.0f %9.0f %8.1f %6.0f %8.0f\n",
+                kConfigurations[c].label, median(field(c, kInstallMs)),
+                c == 0 ? "    (baseline)   " : spread(ratio).c_str(), median(field(c, kCallMs)),
+                median(field(c, kCpuMs)), kib > 0 ? median(per_kib) : 0.0,
+                median(field(c, kCodeKib)), median(field(c, kDecodedKib)), median(field(c, kSites)),
                 median(field(c, kSkipped)));
   }
   std::printf("  (ms: median [p25..p75] of the ratio; min..max ms:");
@@ -256,9 +266,11 @@ int main(int argc, char** argv) {
       "in use\n");
 
   std::printf(
-      "\nTargets (issue 8): install < 5 ms for this process, measured %.2f ms; < 15 ms "
-      "with libpython3, measured %.2f ms (eager)\n",
-      median(field(0, kInstallMs)), median(field(3, kInstallMs)));
+      "\nTargets (issue 8): install < 5 ms for this process, measured %.2f ms (install() %.2f ms, "
+      "cpu %.2f ms); < 15 ms with libpython3, measured %.2f ms (install() %.2f ms, cpu %.2f ms) "
+      "(eager)\n",
+      median(field(0, kInstallMs)), median(field(0, kCallMs)), median(field(0, kCpuMs)),
+      median(field(3, kInstallMs)), median(field(3, kCallMs)), median(field(3, kCpuMs)));
   std::printf("\ntotal run time %.1f s\n", bench::seconds_since(started));
   return 0;
 }

@@ -104,3 +104,46 @@ TEST_CASE("changed_bytes_are_left_alone") {
   CHECK(pages.site[0] == 0x0f);
   CHECK(pages.site[1] == 0x34);
 }
+
+TEST_CASE("consecutive_pages_are_made_writable_together") {
+  // Nothing here runs the rewritten bytes, so no hook is needed.
+  constexpr std::size_t kPages = 8;
+  auto* base = static_cast<std::uint8_t*>(
+      mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(base != MAP_FAILED);
+  std::memset(base, 0xcc, kPages * kPage);
+  const auto site_at = [&](std::size_t offset) {
+    base[offset] = 0x0f;
+    base[offset + 1] = 0x05;
+    return Patch{reinterpret_cast<std::uintptr_t>(base + offset), kSyscallBytes, kCallRaxBytes};
+  };
+  // Pages 0, 1 and 2 (a site straddling 1 and 2), then 3: one run. Page 4 has none. Pages 5, 6
+  // and 7 are another run, but page 7's protection differs: two mappings, two mprotects.
+  const std::vector<Patch> patches = {
+      site_at(10),
+      site_at(kPage + 7),
+      site_at(2 * kPage - 1),
+      site_at(3 * kPage),
+      site_at(5 * kPage + 1),
+      site_at(6 * kPage + 20),
+      site_at(7 * kPage + 3),
+  };
+  REQUIRE(mprotect(base, 7 * kPage, PROT_READ | PROT_EXEC) == 0);
+  REQUIRE(mprotect(base + 7 * kPage, kPage, PROT_READ) == 0);
+
+  const PatchOutcome outcome = apply_patches(patches, read_memory_map());
+  CHECK(outcome.written == patches.size());
+  CHECK(outcome.mismatched == 0);
+  CHECK(outcome.protection_changes == 3);  // pages 0-3; pages 5-6; page 7
+  for (const Patch& patch : patches) {
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(patch.address);
+    CHECK(bytes[0] == 0xff);
+    CHECK(bytes[1] == 0xd0);
+  }
+  for (std::size_t page = 0; page < 7; ++page) {
+    CAPTURE(page);
+    CHECK(protection_at(base + page * kPage) == (PROT_READ | PROT_EXEC));
+  }
+  CHECK(protection_at(base + 7 * kPage) == PROT_READ);
+  munmap(base, kPages * kPage);
+}

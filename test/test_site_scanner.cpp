@@ -217,6 +217,86 @@ TEST_CASE("a site at the last bytes of a buffer straddling pages is found") {
   CHECK(decisions(code, scan_function(code)) == Decisions{{4095, SiteKind::rewritable}});
 }
 
+TEST_CASE("the candidate search finds every pair at every offset and nothing else") {
+  // The vector search works 64 and then 16 bytes at a time and reads one byte ahead: put pairs on
+  // both sides of every chunk boundary, at the very start and end, and near-misses everywhere.
+  for (std::size_t size : {0, 1, 2, 3, 15, 16, 17, 18, 31, 32, 33, 47, 64, 65, 66, 100, 129, 200}) {
+    for (std::size_t at = 0; at + 1 < size; ++at) {
+      for (std::uint8_t second : {std::uint8_t{0x05}, std::uint8_t{0x34}}) {
+        CAPTURE(size);
+        CAPTURE(at);
+        // 0f followed by other bytes, 05 and 34 after other bytes: none of them is a pair.
+        Bytes code(size);
+        for (std::size_t i = 0; i < size; ++i) {
+          code[i] = static_cast<std::uint8_t>(i % 3 == 0 ? 0x0f : i % 3 == 1 ? 0x06 : 0x05);
+        }
+        if (size > 0) code[0] = 0x34;
+        code[at] = 0x0f;
+        code[at + 1] = second;
+        if (at + 2 < size) code[at + 2] = 0x90;
+        if (at > 0) code[at - 1] = 0x90;
+        std::vector<std::uintptr_t> found;
+        find_candidates(code, 1000, found);
+        CHECK(found == std::vector<std::uintptr_t>{1000 + at});
+      }
+    }
+  }
+  // Many pairs in one 64-byte block.
+  Bytes block(300, 0x90);
+  std::vector<std::uintptr_t> expected;
+  for (std::size_t at = 60; at < 140; at += 3) {
+    block[at] = 0x0f;
+    block[at + 1] = at % 2 ? 0x05 : 0x34;
+    expected.push_back(at);
+  }
+  std::vector<std::uintptr_t> in_block;
+  find_candidates(block, 0, in_block);
+  CHECK(in_block == expected);
+
+  const Bytes none(4096, 0x0f);
+  std::vector<std::uintptr_t> found;
+  find_candidates(none, 0, found);
+  CHECK(found.empty());
+  const Bytes all = concat({kSyscall, kSyscall, kSysenter, kSyscall, kSyscall, kSysenter, kSyscall,
+                            kSyscall, kSysenter, kSyscall});
+  find_candidates(all, 0, found);
+  CHECK(found == std::vector<std::uintptr_t>{0, 2, 4, 6, 8, 10, 12, 14, 16, 18});
+}
+
+TEST_CASE("a function is decoded only as far as its candidates need") {
+  // mov $0x050f, %eax ; then 4000 bytes of nops ; ret. The candidate is inside the immediate:
+  // once the mov is decoded it is decided, and the rest is not read.
+  Bytes code = concat({{0xb8, 0x0f, 0x05, 0x00, 0x00}, Bytes(4000, 0x90), kRet});
+  ScanResult result = scan_function(code);
+  CHECK(result.sites.empty());
+  CHECK(result.bytes_decoded == 5);
+  CHECK(result.functions_decoded == 1);
+
+  // A real syscall: the whole function is decoded, for the red-zone check.
+  code = concat({kMovEaxImm39, kSyscall, Bytes(4000, 0x90), kRet});
+  result = scan_function(code);
+  CHECK(decisions(code, result) == Decisions{{5, SiteKind::rewritable}});
+  CHECK(result.bytes_decoded == code.size());
+
+  // ... which finds red-zone use after the syscall too,
+  code = concat({kMovEaxImm39, kSyscall, Bytes(4000, 0x90), {0x48, 0x8b, 0x7c, 0x24, 0xf8}, kRet});
+  CHECK(decisions(code, scan_function(code)) == Decisions{{5, SiteKind::red_zone}});
+  // ... and stops at an access below rsp, which settles the question.
+  code = concat({kMovEaxImm39, kSyscall, {0x48, 0x8b, 0x7c, 0x24, 0xf8}, Bytes(4000, 0x90), kRet});
+  result = scan_function(code);
+  CHECK(decisions(code, result) == Decisions{{5, SiteKind::red_zone}});
+  CHECK(result.bytes_decoded == 12);
+}
+
+TEST_CASE("candidates in code without functions are found but never decoded") {
+  const Bytes code = concat({kMovEaxImm39, kSyscall, kRet});
+  const ScanResult result =
+      scan_code(code, reinterpret_cast<std::uintptr_t>(code.data()), std::span<FunctionRange>());
+  CHECK(decisions(code, result) == Decisions{{5, SiteKind::undecodable}});
+  CHECK(result.bytes_decoded == 0);
+  CHECK(result.functions_decoded == 0);
+}
+
 namespace {
 
 struct LoadedImage {
@@ -245,27 +325,47 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
   const FunctionTable table = collect_functions(libc.info, libc.path);
   REQUIRE(table.functions.size() > 1000);
 
-  // Independent: decode every function completely from its start, instruction by instruction,
-  // and collect the syscall/sysenter instructions and their lengths.
+  // Independent: decode every function completely from its start, instruction by instruction
+  // and with all operands, and collect the syscall/sysenter instructions, their lengths, and
+  // whether the function uses its red zone.
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
-  std::set<std::uintptr_t> plain, prefixed;
+  std::set<std::uintptr_t> plain, prefixed, red_zone;
   for (const FunctionRange& function : table.functions) {
     std::uintptr_t ip = function.begin;
     ZydisDecodedInstruction instruction;
+    ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
     // Within the function, and a syscall right after its end when the function's last
     // instruction falls through (see the continuation case above).
     bool falls_through = false;
-    while (ip < function.end + 2 && ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(
-                                        &decoder, nullptr, reinterpret_cast<const void*>(ip),
-                                        function.end + 2 - ip, &instruction))) {
+    bool below_rsp = false, below_rbp = false, moves_rsp_down = false;
+    std::vector<std::uintptr_t> function_plain;
+    while (ip < function.end + 2 &&
+           ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(ip),
+                                               function.end + 2 - ip, &instruction, operands))) {
       const bool is_syscall = instruction.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
                               instruction.mnemonic == ZYDIS_MNEMONIC_SYSENTER;
       if (ip >= function.end && !(falls_through && is_syscall && ip == function.end)) break;
       if (ip < function.end && ip + instruction.length > function.end) break;
-      if (is_syscall) {
-        (instruction.length == 2 ? plain : prefixed)
-            .insert(instruction.length == 2 ? ip : ip + instruction.length - 2);
+      if (is_syscall && instruction.length == 2) function_plain.push_back(ip);
+      if (is_syscall && instruction.length != 2) prefixed.insert(ip + instruction.length - 2);
+      const bool to_rsp = instruction.operand_count_visible > 0 &&
+                          operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                          operands[0].reg.value == ZYDIS_REGISTER_RSP;
+      if (to_rsp && (instruction.mnemonic == ZYDIS_MNEMONIC_SUB ||
+                     instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
+                     instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
+        moves_rsp_down = true;
+      } else {
+        for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
+          const ZydisDecodedOperand& operand = operands[i];
+          if (operand.type != ZYDIS_OPERAND_TYPE_MEMORY || !operand.mem.disp.has_displacement ||
+              operand.mem.disp.value >= 0) {
+            continue;
+          }
+          below_rsp = below_rsp || operand.mem.base == ZYDIS_REGISTER_RSP;
+          below_rbp = below_rbp || operand.mem.base == ZYDIS_REGISTER_RBP;
+        }
       }
       falls_through = instruction.meta.category != ZYDIS_CATEGORY_RET &&
                       instruction.meta.category != ZYDIS_CATEGORY_UNCOND_BR &&
@@ -274,9 +374,11 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
                       instruction.mnemonic != ZYDIS_MNEMONIC_INT3;
       ip += instruction.length;
     }
+    const bool uses_red_zone = below_rsp || (below_rbp && !moves_rsp_down);
+    for (std::uintptr_t site : function_plain) (uses_red_zone ? red_zone : plain).insert(site);
   }
 
-  std::set<std::uintptr_t> scanned_plain, scanned_prefixed;
+  std::set<std::uintptr_t> scanned_plain, scanned_prefixed, scanned_red_zone;
   for (int i = 0; i < libc.info.dlpi_phnum; ++i) {
     const ElfW(Phdr)& segment = libc.info.dlpi_phdr[i];
     if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
@@ -285,15 +387,19 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
         scan_code(std::span(reinterpret_cast<const std::uint8_t*>(begin), segment.p_memsz), begin,
                   table.functions);
     for (const SiteDecision& site : result.sites) {
-      if (site.kind == SiteKind::rewritable || site.kind == SiteKind::red_zone) {
+      if (site.kind == SiteKind::rewritable) {
         scanned_plain.insert(site.address);
+      } else if (site.kind == SiteKind::red_zone) {
+        scanned_red_zone.insert(site.address);
       } else if (site.kind == SiteKind::prefixed) {
         scanned_prefixed.insert(site.address);
       }
     }
   }
-  MESSAGE("libc: ", plain.size(), " syscall instructions, ", prefixed.size(), " prefixed");
+  MESSAGE("libc: ", plain.size(), " syscall instructions, ", red_zone.size(),
+          " in red-zone functions, ", prefixed.size(), " prefixed");
   CHECK(plain.size() > 100);
   CHECK(scanned_plain == plain);
+  CHECK(scanned_red_zone == red_zone);
   CHECK(scanned_prefixed == prefixed);
 }

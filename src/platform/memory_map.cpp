@@ -5,8 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
+#include <cstring>
 
 namespace zpoline::detail {
 namespace {
@@ -25,36 +24,69 @@ std::string read_file(const char* path) {
   return content;
 }
 
+// Reads a hexadecimal number at `p`; returns where it ends, or nullptr if there is none.
+const char* parse_hex(const char* p, const char* end, std::uint64_t& value) {
+  value = 0;
+  const char* start = p;
+  for (; p < end; ++p) {
+    unsigned digit = 0;
+    if (*p >= '0' && *p <= '9') {
+      digit = static_cast<unsigned>(*p - '0');
+    } else if (*p >= 'a' && *p <= 'f') {
+      digit = static_cast<unsigned>(*p - 'a' + 10);
+    } else {
+      break;
+    }
+    value = value << 4 | digit;
+  }
+  return p > start ? p : nullptr;
+}
+
+const char* skip_field(const char* p, const char* end) {
+  while (p < end && *p != ' ') ++p;
+  return p;
+}
+
+const char* skip_spaces(const char* p, const char* end) {
+  while (p < end && *p == ' ') ++p;
+  return p;
+}
+
+// One line: "begin-end perms offset dev inode [path]"; false if it does not look like one.
+bool parse_line(const char* p, const char* end, Mapping& mapping) {
+  std::uint64_t begin = 0, finish = 0, offset = 0;
+  p = parse_hex(p, end, begin);
+  if (p == nullptr || p == end || *p++ != '-') return false;
+  p = parse_hex(p, end, finish);
+  if (p == nullptr || end - p < 6 || *p++ != ' ') return false;
+  const char* perms = p;
+  p = skip_spaces(skip_field(p, end), end);
+  p = parse_hex(p, end, offset);
+  if (p == nullptr) return false;
+  p = skip_spaces(skip_field(skip_spaces(skip_field(skip_spaces(p, end), end), end), end), end);
+  mapping.begin = begin;
+  mapping.end = finish;
+  mapping.offset = offset;
+  mapping.protection = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+                       (perms[2] == 'x' ? PROT_EXEC : 0);
+  mapping.path.assign(p, end);
+  return true;
+}
+
 }  // namespace
 
 std::vector<Mapping> read_memory_map() {
   std::vector<Mapping> map;
   const std::string content = read_file("/proc/self/maps");
-  std::size_t line_start = 0;
-  while (line_start < content.size()) {
-    std::size_t line_end = content.find('\n', line_start);
-    if (line_end == std::string::npos) line_end = content.size();
-    const std::string line = content.substr(line_start, line_end - line_start);
-    line_start = line_end + 1;
-
-    unsigned long begin = 0, end = 0, offset = 0;
-    char perms[5] = {};
-    int path_offset = 0;
-    // address perms offset dev inode path
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s %lx %*s %*s %n", &begin, &end, perms, &offset,
-                    &path_offset) < 4) {
-      continue;
-    }
+  const char* p = content.data();
+  const char* const end = p + content.size();
+  while (p < end) {
+    const char* line_end =
+        static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+    if (line_end == nullptr) line_end = end;
     Mapping mapping;
-    mapping.begin = begin;
-    mapping.end = end;
-    mapping.offset = offset;
-    mapping.protection = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
-                         (perms[2] == 'x' ? PROT_EXEC : 0);
-    if (path_offset > 0 && static_cast<std::size_t>(path_offset) < line.size()) {
-      mapping.path = line.substr(static_cast<std::size_t>(path_offset));
-    }
-    map.push_back(std::move(mapping));
+    if (parse_line(p, line_end, mapping)) map.push_back(std::move(mapping));
+    p = line_end + 1;
   }
   return map;
 }

@@ -461,10 +461,18 @@ bool read_eh_frame_header(const ImageLayout& layout, EhFrameHeader& out) {
   return true;
 }
 
-void sort_ranges(std::vector<FunctionRange>& ranges) {
-  std::sort(ranges.begin(), ranges.end(), [](const FunctionRange& a, const FunctionRange& b) {
+// A function object rather than a function, so that std::sort inlines it.
+struct RangeOrder {
+  bool operator()(const FunctionRange& a, const FunctionRange& b) const {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  }
+};
+
+// The .eh_frame_hdr search table lists FDEs sorted already: checking is much cheaper than sorting.
+void sort_ranges(std::vector<FunctionRange>& ranges) {
+  if (!std::is_sorted(ranges.begin(), ranges.end(), RangeOrder())) {
+    std::sort(ranges.begin(), ranges.end(), RangeOrder());
+  }
 }
 
 // Returns false if the table is missing or unusable, so the caller can fall back to a walk.
@@ -665,28 +673,55 @@ void remove_duplicates(std::vector<FunctionRange>& sorted) {
                sorted.end());
 }
 
-// Merges overlapping ranges of a sorted vector. Touching ranges stay separate because each
-// begin is a known instruction boundary worth keeping.
-std::vector<FunctionRange> merge_overlaps(const std::vector<FunctionRange>& sorted) {
-  std::vector<FunctionRange> merged;
-  merged.reserve(sorted.size());
-  for (const FunctionRange& range : sorted) {
-    if (!merged.empty() && range.begin < merged.back().end) {
-      merged.back().end = std::max(merged.back().end, range.end);
+// Adds `range` to `merged` (sorted, disjoint), given in order: it joins the last range if they
+// overlap. Touching ranges stay separate because each begin is a known instruction boundary worth
+// keeping.
+void add_merging(std::vector<FunctionRange>& merged, const FunctionRange& range) {
+  if (!merged.empty() && range.begin < merged.back().end) {
+    merged.back().end = std::max(merged.back().end, range.end);
+  } else {
+    merged.push_back(range);
+  }
+}
+
+// Merges overlapping ranges of a sorted vector, in place.
+void merge_overlaps(std::vector<FunctionRange>& sorted) {
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    if (kept > 0 && sorted[i].begin < sorted[kept - 1].end) {
+      sorted[kept - 1].end = std::max(sorted[kept - 1].end, sorted[i].end);
     } else {
-      merged.push_back(range);
+      sorted[kept++] = sorted[i];
     }
+  }
+  sorted.resize(kept);
+}
+
+// The union of two sorted lists, overlapping ranges merged.
+std::vector<FunctionRange> merge_overlaps(const std::vector<FunctionRange>& first,
+                                          const std::vector<FunctionRange>& second) {
+  std::vector<FunctionRange> merged;
+  merged.reserve(first.size() + second.size());
+  auto a = first.begin();
+  auto b = second.begin();
+  while (a != first.end() || b != second.end()) {
+    const bool from_first = b == second.end() || (a != first.end() && !RangeOrder()(*b, *a));
+    add_merging(merged, from_first ? *a++ : *b++);
   }
   return merged;
 }
 
-bool overlaps_any(const std::vector<FunctionRange>& merged, const FunctionRange& range) {
-  // First merged range that ends after range.begin; it overlaps iff it starts before range.end.
-  const auto it = std::upper_bound(merged.begin(), merged.end(), range.begin,
-                                   [](std::uintptr_t address, const FunctionRange& candidate) {
-                                     return address < candidate.end;
-                                   });
-  return it != merged.end() && it->begin < range.end;
+// How many of `ranges` (sorted) overlap none of `merged` (sorted, disjoint). One pass over both:
+// the first merged range ending after a range's begin only moves forward.
+std::size_t count_not_overlapping(const std::vector<FunctionRange>& ranges,
+                                  const std::vector<FunctionRange>& merged) {
+  std::size_t count = 0;
+  auto it = merged.begin();
+  for (const FunctionRange& range : ranges) {
+    while (it != merged.end() && it->end <= range.begin) ++it;
+    if (it == merged.end() || it->begin >= range.end) ++count;
+  }
+  return count;
 }
 
 }  // namespace
@@ -722,20 +757,17 @@ FunctionTable collect_functions(const dl_phdr_info& info, const std::string& pat
   std::vector<FunctionRange> eh_frame_ranges = collect_eh_frame_ranges(layout);
   remove_duplicates(eh_frame_ranges);
   table.from_eh_frame = eh_frame_ranges.size();
+  merge_overlaps(eh_frame_ranges);
 
   std::vector<FunctionRange> symbol_ranges;
   collect_from_symbols(info, path, layout, symbol_ranges);
   sort_ranges(symbol_ranges);
   remove_duplicates(symbol_ranges);  // .symtab and .dynsym list most functions twice
 
-  const std::vector<FunctionRange> merged_eh_frame = merge_overlaps(eh_frame_ranges);
-  std::vector<FunctionRange> all = std::move(eh_frame_ranges);
-  for (const FunctionRange& range : symbol_ranges) {
-    if (!overlaps_any(merged_eh_frame, range)) ++table.from_symbols;
-    all.push_back(range);
-  }
-  sort_ranges(all);
-  table.functions = merge_overlaps(all);
+  table.from_symbols = count_not_overlapping(symbol_ranges, eh_frame_ranges);
+  // Merging the FDE ranges first changes nothing: a merged range joins exactly the ranges its
+  // parts would have joined.
+  table.functions = merge_overlaps(eh_frame_ranges, symbol_ranges);
   return table;
 }
 

@@ -50,50 +50,61 @@ bool write_site(const Patch& patch) {
   return true;
 }
 
-struct UnlockedPage {
-  std::uintptr_t page;
-  int protection;
+// A part of a run of pages made writable, within one mapping.
+struct UnlockedRange {
+  std::uintptr_t begin;
+  std::uintptr_t end;
+  int protection;  // the protection it had, and gets back
 };
+
+void restore(const UnlockedRange& range) {
+  if (mprotect(reinterpret_cast<void*>(range.begin), range.end - range.begin, range.protection) !=
+      0) {
+    throw_protection_error("restore the protection of", range.begin, errno);
+  }
+}
 
 }  // namespace
 
 PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map) {
   PatchOutcome outcome;
+  std::vector<UnlockedRange> unlocked;
   std::size_t i = 0;
   while (i < patches.size()) {
-    // A batch: the sites whose bytes lie on the pages [first_page, last_page].
+    // A run: the sites on consecutive pages [first_page, last_page], made writable together.
     const std::uintptr_t first_page = page_of(patches[i].address);
     std::uintptr_t last_page = page_of(patches[i].address + 1);
-    std::size_t batch_end = i + 1;
-    while (batch_end < patches.size() && page_of(patches[batch_end].address) <= last_page) {
-      last_page = std::max(last_page, page_of(patches[batch_end].address + 1));
-      ++batch_end;
+    std::size_t run_end = i + 1;
+    while (run_end < patches.size() && page_of(patches[run_end].address) <= last_page + kPageSize) {
+      last_page = std::max(last_page, page_of(patches[run_end].address + 1));
+      ++run_end;
     }
-    std::vector<UnlockedPage> unlocked;
-    for (std::uintptr_t page = first_page; page <= last_page; page += kPageSize) {
-      const Mapping* mapping = find_mapping(map, page);
+    // One mprotect per mapping the run lies in; a page no mapping lists gets read+execute back.
+    unlocked.clear();
+    for (std::uintptr_t begin = first_page; begin <= last_page;) {
+      const Mapping* mapping = find_mapping(map, begin);
+      const std::uintptr_t end =
+          mapping ? std::min(mapping->end, last_page + kPageSize) : begin + kPageSize;
       const int protection = mapping ? mapping->protection : (PROT_READ | PROT_EXEC);
-      if (mprotect(reinterpret_cast<void*>(page), kPageSize, protection | PROT_WRITE) != 0) {
+      if (mprotect(reinterpret_cast<void*>(begin), end - begin, protection | PROT_WRITE) != 0) {
         const int error = errno;
-        for (const UnlockedPage& done : unlocked) {
-          mprotect(reinterpret_cast<void*>(done.page), kPageSize, done.protection);
+        for (const UnlockedRange& done : unlocked) {
+          mprotect(reinterpret_cast<void*>(done.begin), done.end - done.begin, done.protection);
         }
-        throw_protection_error("make writable", page, error);
+        throw_protection_error("make writable", begin, error);
       }
-      unlocked.push_back({page, protection});
+      unlocked.push_back({begin, end, protection});
+      ++outcome.protection_changes;
+      begin = end;
     }
-    for (; i < batch_end; ++i) {
+    for (; i < run_end; ++i) {
       if (write_site(patches[i])) {
         ++outcome.written;
       } else {
         ++outcome.mismatched;
       }
     }
-    for (const UnlockedPage& done : unlocked) {
-      if (mprotect(reinterpret_cast<void*>(done.page), kPageSize, done.protection) != 0) {
-        throw_protection_error("restore the protection of", done.page, errno);
-      }
-    }
+    for (const UnlockedRange& done : unlocked) restore(done);
   }
   return outcome;
 }

@@ -1,7 +1,8 @@
 // Writing the 2-byte replacements into live code.
 //
 // Each page is made writable (keeping its other protection bits, so threads running it continue)
-// only while its sites are written, then gets back exactly the protection it had. Each site is
+// only while its sites are written, then gets back exactly the protection it had; consecutive
+// pages with sites are made writable and restored by one mprotect each. Each site is
 // replaced by one atomic store (a locked compare-and-exchange when the two bytes straddle a cache
 // line), so a thread executing the site concurrently sees either the old or the new instruction.
 // Contract: called with the install lock held; `map` describes the current mappings.
@@ -24,7 +25,9 @@ struct Patch {
 
 struct PatchOutcome {
   std::size_t written = 0;
-  std::size_t mismatched = 0;  // bytes were not `expected` any more: left alone
+  std::size_t mismatched = 0;          // bytes were not `expected` any more: left alone
+  std::size_t protection_changes = 0;  // mprotect calls that made pages writable (each is undone
+                                       // by one more)
 };
 
 // `patches` sorted by address. Throws zpoline::Error (rewrite_failed) if a page cannot be made

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 
 #include "dispatch/frame.hpp"
@@ -91,15 +92,32 @@ struct RewritingScope {
   ~RewritingScope() { rewriting = !entered; }
 };
 
-// Decides and rewrites the sites in [begin, end), which lies in one image whose functions are
-// `functions`, adding to `stats`.
-void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const FunctionTable& functions,
+// The candidate byte pairs of [begin, end), ascending (see find_candidates()).
+std::vector<std::uintptr_t> candidates_in(std::uintptr_t begin, std::uintptr_t end) {
+  std::vector<std::uintptr_t> candidates;
+  find_candidates(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
+                  candidates);
+  return candidates;
+}
+
+std::size_t tables_built = 0;
+
+// The function table of an image that has candidates.
+FunctionTable functions_of(const dl_phdr_info& info, const std::string& path) {
+  ++tables_built;
+  return collect_functions(info, path);
+}
+
+// Decides and rewrites `candidates`, the candidates of [begin, end), which lies in one image whose
+// functions are `functions`, adding to `stats`.
+void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
+                        std::span<const std::uintptr_t> candidates, const FunctionTable& functions,
                         const std::vector<Mapping>& map, ImageStats& stats) {
   const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
   const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
   const ScanResult scan =
-      scan_code(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
-                functions.functions);
+      scan_candidates(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
+                      functions.functions, candidates);
   stats.bytes_decoded += scan.bytes_decoded;
   std::vector<Patch> patches;
   for (const SiteDecision& site : scan.sites) {
@@ -139,19 +157,20 @@ void rewrite_code_range(std::uintptr_t begin, std::uintptr_t end, const Function
   for (const Patch& patch : patches) rewritten().emplace(patch.address, patch.expected);
 }
 
+// The byte search comes first: most images hold no candidate at all, and then need neither a
+// function table nor a decoder.
 void rewrite_image(const Image& image, const std::vector<Mapping>& map, ImageStats& stats) {
-  FunctionTable functions;
-  bool functions_loaded = false;
+  std::optional<FunctionTable> functions;
   for (int i = 0; i < image.info.dlpi_phnum; ++i) {
     const ElfW(Phdr)& segment = image.info.dlpi_phdr[i];
     if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
     const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+    const std::uintptr_t end = begin + segment.p_memsz;
     stats.code_bytes += segment.p_memsz;
-    if (!functions_loaded) {
-      functions = collect_functions(image.info, image.path);
-      functions_loaded = true;
-    }
-    rewrite_code_range(begin, begin + segment.p_memsz, functions, map, stats);
+    const std::vector<std::uintptr_t> candidates = candidates_in(begin, end);
+    if (candidates.empty()) continue;
+    if (!functions) functions = functions_of(image.info, image.path);
+    rewrite_candidates(begin, end, candidates, *functions, map, stats);
   }
 }
 
@@ -240,7 +259,7 @@ const FunctionTable& cached_functions(const FileImage& image) {
   auto& cache = never_destroyed<std::map<std::pair<std::string, std::uintptr_t>, FunctionTable>>();
   const auto key = std::make_pair(image.path, static_cast<std::uintptr_t>(image.info.dlpi_addr));
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, collect_functions(image.info, image.path)).first;
+  if (it == cache.end()) it = cache.emplace(key, functions_of(image.info, image.path)).first;
   return it->second;
 }
 
@@ -313,9 +332,11 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
         ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
         stats.code_bytes += range_end - at;
         stats.excluded = is_excluded(image.path);
-        if (!stats.excluded) {
-          const FunctionTable functions = collect_functions(image.info, image.path);
-          rewrite_code_range(at, range_end, functions, map, stats);
+        const std::vector<std::uintptr_t> candidates =
+            stats.excluded ? std::vector<std::uintptr_t>() : candidates_in(at, range_end);
+        if (!candidates.empty()) {
+          const FunctionTable functions = functions_of(image.info, image.path);
+          rewrite_candidates(at, range_end, candidates, functions, map, stats);
         }
         stats.time += std::chrono::steady_clock::now() - start;
       }
@@ -324,9 +345,7 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
       // counted; only the SUD safety net can reach them.
       ImageStats& stats = late_stats_for(mapping->path.empty() ? "[anonymous]" : mapping->path, 0);
       stats.code_bytes += range_end - at;
-      const ScanResult scan =
-          scan_code(std::span(reinterpret_cast<const std::uint8_t*>(at), range_end - at), at, {});
-      stats.skipped_undecodable += scan.sites.size();
+      stats.skipped_undecodable += candidates_in(at, range_end).size();
     }
     at = range_end;
   }
@@ -355,8 +374,10 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     const std::uintptr_t begin = function ? function->begin : site;
     const std::uintptr_t end = function ? function->end : site + 2;
     if (function == nullptr) return false;
-    rewrite_code_range(std::max(begin, mapping->begin), std::min(end, mapping->end), functions, map,
-                       stats);
+    const std::uintptr_t range_begin = std::max(begin, mapping->begin);
+    const std::uintptr_t range_end = std::min(end, mapping->end);
+    rewrite_candidates(range_begin, range_end, candidates_in(range_begin, range_end), functions,
+                       map, stats);
   } else {
     // Anonymous code (a JIT) has no function boundaries. The trap proves an instruction ending
     // after these two bytes is a syscall; a prefix byte before them would make it longer.
@@ -408,6 +429,11 @@ ScopedNewCodeExclusion::~ScopedNewCodeExclusion() {
 std::vector<ImageStats> late_code_stats() {
   std::lock_guard lock(rewrite_lock());
   return late_images();
+}
+
+std::size_t function_tables_built() {
+  std::lock_guard lock(rewrite_lock());
+  return tables_built;
 }
 
 void restore_rewritten_code() {

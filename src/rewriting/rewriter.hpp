@@ -41,6 +41,10 @@ bool rewrite_trapped_site(std::uintptr_t site);
 // What rewrite_new_code() and rewrite_trapped_site() have done so far, one entry per image.
 std::vector<ImageStats> late_code_stats();
 
+// How many function tables (collect_functions()) rewriting has built in this process: only an
+// image or new code holding a candidate byte pair needs one. For tests.
+std::size_t function_tables_built();
+
 // Puts the original instruction back at every site rewritten so far (that still holds ff d0).
 void restore_rewritten_code();
 

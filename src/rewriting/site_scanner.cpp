@@ -1,12 +1,15 @@
 #include "rewriting/site_scanner.hpp"
 
 #include <Zydis/Zydis.h>
+#include <emmintrin.h>
 
 #include "rewriting/return_slot.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <optional>
+
+#include "rewriting/instruction_length.hpp"
 
 namespace zpoline::detail {
 namespace {
@@ -19,6 +22,29 @@ bool is_candidate(const std::uint8_t* p) {
   return p[0] == 0x0f && (p[1] == 0x05 || p[1] == 0x34);
 }
 
+// 0xff in each of the 16 bytes at p that starts a candidate pair; reads p[0..16].
+__m128i pairs_at(const std::uint8_t* p) {
+  const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 1));
+  const __m128i syscall = _mm_cmpeq_epi8(second, _mm_set1_epi8(0x05));
+  const __m128i sysenter = _mm_cmpeq_epi8(second, _mm_set1_epi8(0x34));
+  return _mm_and_si128(_mm_cmpeq_epi8(first, _mm_set1_epi8(0x0f)), _mm_or_si128(syscall, sysenter));
+}
+
+// Instruction boundaries need only lengths and mnemonics. Most instructions are decoded by
+// decode_quickly() (instruction_length.hpp); the rest by Zydis in its minimal mode, which takes
+// about a third of the time of a full decode with operands. Operands (for the red-zone check) are
+// decoded in full only for the few instructions that can be red-zone evidence.
+struct Decoders {
+  ZydisDecoder minimal;
+  ZydisDecoder full;
+  Decoders() {
+    ZydisDecoderInit(&minimal, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    ZydisDecoderEnableMode(&minimal, ZYDIS_DECODER_MODE_MINIMAL, ZYAN_TRUE);
+    ZydisDecoderInit(&full, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  }
+};
+
 bool is_syscall_mnemonic(ZydisMnemonic mnemonic) {
   return mnemonic == ZYDIS_MNEMONIC_SYSCALL || mnemonic == ZYDIS_MNEMONIC_SYSENTER;
 }
@@ -30,10 +56,33 @@ struct RedZoneEvidence {
   bool below_rbp = false;
   bool moves_rsp_down = false;
   bool uses_red_zone() const { return below_rsp || (below_rbp && !moves_rsp_down); }
+  // As RedZoneHint bits (instruction_length.hpp).
+  std::uint8_t shown() const {
+    return static_cast<std::uint8_t>((moves_rsp_down ? kMayMoveRspDown : 0) |
+                                     (below_rsp ? kMayAddressBelowRsp : 0) |
+                                     (below_rbp ? kMayAddressBelowRbp : 0));
+  }
 };
 
-void note_red_zone_evidence(const ZydisDecodedInstruction& instruction,
-                            const ZydisDecodedOperand* operands, RedZoneEvidence& evidence) {
+// True if `instruction`, decoded in minimal mode, can be red-zone evidence: a memory access at a
+// negative displacement (the only way to address below rsp or rbp), or an instruction that can
+// move rsp down.
+bool may_be_red_zone_evidence(const ZydisDecodedInstruction& instruction) {
+  return (instruction.raw.disp.size != 0 && instruction.raw.disp.value < 0) ||
+         instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
+         instruction.mnemonic == ZYDIS_MNEMONIC_AND;
+}
+
+// Adds what the instruction at `bytes` shows to `evidence`, from a full decode. False if the full
+// decoder fails on it, which the caller takes as a decoding failure.
+bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes, std::size_t length,
+                            RedZoneEvidence& evidence) {
+  ZydisDecodedInstruction instruction;
+  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+  if (!ZYAN_SUCCESS(
+          ZydisDecoderDecodeFull(&decoders.full, bytes, length, &instruction, operands))) {
+    return false;
+  }
   const bool writes_rsp = instruction.operand_count_visible > 0 &&
                           operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
                           operands[0].reg.value == ZYDIS_REGISTER_RSP;
@@ -41,7 +90,7 @@ void note_red_zone_evidence(const ZydisDecodedInstruction& instruction,
       (instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
        instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
     evidence.moves_rsp_down = true;
-    return;
+    return true;
   }
   for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
     const ZydisDecodedOperand& operand = operands[i];
@@ -50,6 +99,34 @@ void note_red_zone_evidence(const ZydisDecodedInstruction& instruction,
     if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence.below_rsp = true;
     if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence.below_rbp = true;
   }
+  return true;
+}
+
+// What the scanner needs of one instruction.
+struct Instruction {
+  std::uint8_t length = 0;
+  bool syscall = false;  // syscall or sysenter, of any length
+};
+
+// Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence
+// (decoding it in full only if it may show evidence the function has not shown yet). False if it
+// cannot be decoded.
+bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t available,
+            Instruction& out, RedZoneEvidence& evidence) {
+  QuickInstruction quick;
+  if (decode_quickly(bytes, available, quick)) {
+    out = {quick.length, quick.syscall};
+    return (quick.red_zone_hints & ~evidence.shown()) == 0 ||
+           note_red_zone_evidence(decoders, bytes, available, evidence);
+  }
+  ZydisDecodedInstruction instruction;
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoders.minimal, nullptr, bytes, available,
+                                                  &instruction))) {
+    return false;
+  }
+  out = {instruction.length, is_syscall_mnemonic(instruction.mnemonic)};
+  return !may_be_red_zone_evidence(instruction) ||
+         note_red_zone_evidence(decoders, bytes, available, evidence);
 }
 
 bool ends_control_flow(const ZydisDecodedInstruction& instruction) {
@@ -61,7 +138,7 @@ bool ends_control_flow(const ZydisDecodedInstruction& instruction) {
 
 // True if decoding `function` from its start ends exactly at its end with an instruction after
 // which execution continues past the end (not a return, jump or trap).
-bool falls_through_end(const ZydisDecoder& decoder, std::span<const std::uint8_t> code,
+bool falls_through_end(const Decoders& decoders, std::span<const std::uint8_t> code,
                        std::uintptr_t runtime_address, const FunctionRange& function) {
   if (function.begin < runtime_address || function.end > runtime_address + code.size()) {
     return false;
@@ -71,8 +148,10 @@ bool falls_through_end(const ZydisDecoder& decoder, std::span<const std::uint8_t
   bool falls_through = false;
   while (ip < function.end) {
     const std::uint8_t* bytes = code.data() + (ip - runtime_address);
-    if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoder, nullptr, bytes, function.end - ip,
-                                                    &instruction))) {
+    // The full decoder: the minimal mode does not promise meta.category. This runs only for the
+    // rare candidate just past a function's end.
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoders.full, nullptr, bytes,
+                                                    function.end - ip, &instruction))) {
       return false;
     }
     falls_through = !ends_control_flow(instruction);
@@ -81,8 +160,10 @@ bool falls_through_end(const ZydisDecoder& decoder, std::span<const std::uint8_t
   return ip == function.end && falls_through;
 }
 
-// Decides the candidates [first, last) that lie in one function.
-void decide_in_function(const ZydisDecoder& decoder, std::span<const std::uint8_t> code,
+// Decides the candidates [first, last) that lie in one function. Decoding stops after the last
+// of them unless one is a rewritable syscall: then the red-zone evidence of the whole function
+// is needed, until an access below rsp settles it.
+void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> code,
                         std::uintptr_t runtime_address, const FunctionRange& function,
                         const std::uintptr_t* first, const std::uintptr_t* last,
                         ScanResult& result) {
@@ -90,28 +171,27 @@ void decide_in_function(const ZydisDecoder& decoder, std::span<const std::uint8_
   const std::uintptr_t begin = std::max(function.begin, runtime_address);
   const std::uintptr_t end = std::min(function.end, code_end);
 
-  std::vector<SiteDecision> decided;
+  const std::size_t first_decision = result.sites.size();
   RedZoneEvidence evidence;
+  bool any_rewritable = false;
   std::uintptr_t ip = begin;
   const std::uintptr_t* next = first;
   bool failed = false;
-  ZydisDecodedInstruction instruction;
-  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
-  while (ip < end) {
-    const std::uint8_t* bytes = code.data() + (ip - runtime_address);
-    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, end - ip, &instruction, operands))) {
+  Instruction instruction;
+  while (ip < end && (next != last || (any_rewritable && !evidence.below_rsp))) {
+    if (!decode(decoders, code.data() + (ip - runtime_address), end - ip, instruction, evidence)) {
       failed = true;
       break;
     }
-    note_red_zone_evidence(instruction, operands, evidence);
     const std::uintptr_t after = ip + instruction.length;
     // Candidates before this instruction's start were inside earlier instructions: not sites.
     while (next != last && *next < ip) ++next;
     // Candidates that start inside this instruction.
     while (next != last && *next < after) {
-      if (is_syscall_mnemonic(instruction.mnemonic)) {
+      if (instruction.syscall) {
         const bool plain = *next == ip && instruction.length == 2;
-        decided.push_back({*next, plain ? SiteKind::rewritable : SiteKind::prefixed});
+        result.sites.push_back({*next, plain ? SiteKind::rewritable : SiteKind::prefixed});
+        any_rewritable = any_rewritable || plain;
       }
       ++next;
     }
@@ -119,37 +199,56 @@ void decide_in_function(const ZydisDecoder& decoder, std::span<const std::uint8_
   }
   result.bytes_decoded += ip - begin;
   ++result.functions_decoded;
-  for (; failed && next != last; ++next) decided.push_back({*next, SiteKind::undecodable});
+  for (; failed && next != last; ++next) result.sites.push_back({*next, SiteKind::undecodable});
+  if (!evidence.uses_red_zone()) return;
   // Red-zone evidence makes a site unsafe unless the return-address slot is proven dead there.
   std::optional<ReturnSlotProof> proof;
-  for (SiteDecision& decision : decided) {
-    if (decision.kind == SiteKind::rewritable && evidence.uses_red_zone()) {
-      if (!proof) proof.emplace(decoder, code, runtime_address, begin, end);
-      if (failed || !proof->slot_dead_at(decision.address)) decision.kind = SiteKind::red_zone;
-    }
-    result.sites.push_back(decision);
+  for (std::size_t i = first_decision; i < result.sites.size(); ++i) {
+    SiteDecision& decision = result.sites[i];
+    if (decision.kind != SiteKind::rewritable) continue;
+    if (!proof) proof.emplace(decoders.full, code, runtime_address, begin, end);
+    if (failed || !proof->slot_dead_at(decision.address)) decision.kind = SiteKind::red_zone;
   }
 }
 
 }  // namespace
 
-ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
-                     std::span<const FunctionRange> functions) {
-  ScanResult result;
-  std::vector<std::uintptr_t> candidates;
-  if (code.size() < 2) return result;
-  const std::uint8_t* data = code.data();
-  const std::uint8_t* end = data + code.size() - 1;
-  for (const std::uint8_t* p = data; p < end; ++p) {
-    p = static_cast<const std::uint8_t*>(std::memchr(p, 0x0f, static_cast<std::size_t>(end - p)));
-    if (p == nullptr) break;
-    if (is_candidate(p))
-      candidates.push_back(runtime_address + static_cast<std::uintptr_t>(p - data));
+void find_candidates(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                     std::vector<std::uintptr_t>& candidates) {
+  const std::uint8_t* const data = code.data();
+  const std::size_t size = code.size();
+  const auto add = [&](std::size_t offset, std::uint64_t mask) {
+    for (; mask != 0; mask &= mask - 1) {
+      candidates.push_back(runtime_address + offset + static_cast<unsigned>(__builtin_ctzll(mask)));
+    }
+  };
+  std::size_t i = 0;
+  // 64 bytes at a time, most of which hold no pair and cost one test.
+  for (; i + 65 <= size; i += 64) {
+    const __m128i a = pairs_at(data + i);
+    const __m128i b = pairs_at(data + i + 16);
+    const __m128i c = pairs_at(data + i + 32);
+    const __m128i d = pairs_at(data + i + 48);
+    if (_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d))) == 0) continue;
+    add(i, static_cast<std::uint64_t>(static_cast<unsigned>(_mm_movemask_epi8(a))) |
+               static_cast<std::uint64_t>(static_cast<unsigned>(_mm_movemask_epi8(b))) << 16 |
+               static_cast<std::uint64_t>(static_cast<unsigned>(_mm_movemask_epi8(c))) << 32 |
+               static_cast<std::uint64_t>(static_cast<unsigned>(_mm_movemask_epi8(d))) << 48);
   }
-  if (candidates.empty()) return result;
+  for (; i + 17 <= size; i += 16) {
+    add(i, static_cast<unsigned>(_mm_movemask_epi8(pairs_at(data + i))));
+  }
+  for (; i + 1 < size; ++i) {
+    if (is_candidate(data + i)) candidates.push_back(runtime_address + i);
+  }
+}
 
-  ZydisDecoder decoder;
-  ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+ScanResult scan_candidates(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                           std::span<const FunctionRange> functions,
+                           std::span<const std::uintptr_t> candidates) {
+  ScanResult result;
+  if (candidates.empty()) return result;
+  const Decoders decoders;
 
   // Candidates are sorted, functions are sorted and disjoint: walk both together.
   const std::uintptr_t* candidate = candidates.data();
@@ -165,10 +264,10 @@ ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_
       // continues the preceding function: decode on from its end, a short distance only.
       const bool after_function = function != functions.end() && function->end <= *candidate &&
                                   *candidate - function->end <= kMaxContinuation &&
-                                  falls_through_end(decoder, code, runtime_address, *function);
+                                  falls_through_end(decoders, code, runtime_address, *function);
       if (after_function) {
         const FunctionRange continuation{function->begin, *candidate + 2};
-        decide_in_function(decoder, code, runtime_address, continuation, candidate, candidate + 1,
+        decide_in_function(decoders, code, runtime_address, continuation, candidate, candidate + 1,
                            result);
       } else {
         result.sites.push_back({*candidate, SiteKind::undecodable});
@@ -178,10 +277,17 @@ ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_
     }
     const std::uintptr_t* last = candidate;
     while (last != candidates_end && *last < function->end) ++last;
-    decide_in_function(decoder, code, runtime_address, *function, candidate, last, result);
+    decide_in_function(decoders, code, runtime_address, *function, candidate, last, result);
     candidate = last;
   }
   return result;
+}
+
+ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                     std::span<const FunctionRange> functions) {
+  std::vector<std::uintptr_t> candidates;
+  find_candidates(code, runtime_address, candidates);
+  return scan_candidates(code, runtime_address, functions, candidates);
 }
 
 const char* to_string(SiteKind kind) {

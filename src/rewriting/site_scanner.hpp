@@ -35,8 +35,22 @@ struct ScanResult {
   std::size_t functions_decoded = 0;
 };
 
-// Scans code that is readable at `code.data()` and runs at `runtime_address` (the two differ only
-// in tests that scan a copy). `functions` use run-time addresses.
+// Appends the run-time address of every `0f 05` and `0f 34` byte pair in `code` to
+// `candidates`, in ascending order. A vector search: most code holds no such pair at all, and
+// 0f alone (the two-byte opcode escape) is too common to search for byte by byte.
+void find_candidates(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                     std::vector<std::uintptr_t>& candidates);
+
+// Decides `candidates` (ascending, as find_candidates() lists them for the same `code`). Each
+// enclosing function is decoded from its start only as far as its last candidate, and to its end
+// (for the red-zone check) only when one of them is a rewritable syscall.
+ScanResult scan_candidates(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                           std::span<const FunctionRange> functions,
+                           std::span<const std::uintptr_t> candidates);
+
+// find_candidates() then scan_candidates(). Scans code that is readable at `code.data()` and
+// runs at `runtime_address` (the two differ only in tests that scan a copy). `functions` use
+// run-time addresses.
 ScanResult scan_code(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
                      std::span<const FunctionRange> functions);
 
