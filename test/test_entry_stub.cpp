@@ -3,6 +3,7 @@
 // a hooked call; signal handlers make hooked system calls and return through rt_sigreturn; calls
 // into page 0 that no rewritten site made are diagnosed. Each TEST_CASE installs and runs in its
 // own process.
+#include <cpuid.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -22,6 +23,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,9 +47,9 @@ struct alignas(32) ProbeState {
   std::uint64_t rflags;      // in: loaded with popfq; out: pushfq right after the syscall
   std::uint64_t rsp;         // out: rsp right after the syscall
   std::uint32_t mxcsr;       // in: loaded; out: stored after the syscall
-  std::uint32_t use_avx;     // set in both: ymm (AVX) or only xmm (SSE)
+  std::uint32_t use_avx;     // set in both: a VectorLoad
   std::uint64_t rsp_before;  // out: rsp right before the syscall
-  std::uint64_t unused;
+  std::uint64_t xinuse;      // out: XGETBV(1) right after the syscall (with kXinuse)
   std::uint8_t vec[16][32];  // ymm0..ymm15 (only the low 16 bytes without AVX)
 };
 static_assert(offsetof(ProbeState, r15) == 112);
@@ -55,6 +58,15 @@ static_assert(offsetof(ProbeState, rsp) == 128);
 static_assert(offsetof(ProbeState, mxcsr) == 136);
 static_assert(offsetof(ProbeState, use_avx) == 140);
 static_assert(offsetof(ProbeState, rsp_before) == 144);
+static_assert(offsetof(ProbeState, xinuse) == 152);
+
+// How the probe loads the vector registers before its syscall (ProbeState::use_avx).
+enum VectorLoad : std::uint32_t {
+  kSse = 0,           // movdqu xmm: no AVX
+  kAvx = 1,           // vmovdqu ymm: upper halves in use
+  kAvxCleanUpper = 2  // vzeroupper, then movdqu xmm: upper halves zero, AVX state in init state
+};
+constexpr std::uint32_t kXinuse = 4;  // or'ed into use_avx: read XGETBV(1) after the syscall
 static_assert(offsetof(ProbeState, vec) == 160);
 
 }  // namespace
@@ -129,8 +141,13 @@ asm(".text\n"
     "  .cfi_adjust_cfa_offset 8\n"
     "  stmxcsr (%rsp)\n"
     "  ldmxcsr 136(%rdi)\n"
-    "  cmpl $0, 140(%rdi)\n"
+    "  testl $3, 140(%rdi)\n"
     "  je 1f\n"
+    "  testl $2, 140(%rdi)\n"
+    "  je 5f\n"
+    "  vzeroupper\n"
+    "  jmp 1f\n"
+    "5:\n"
     "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
     "  vmovdqu 160+32*\\n(%rdi), %ymm\\n\n"
     "  .endr\n"
@@ -189,7 +206,14 @@ asm(".text\n"
     "  mov %rax, 120(%rdi)\n"
     "  mov %rsp, 128(%rdi)\n"
     "  stmxcsr 136(%rdi)\n"
-    "  cmpl $0, 140(%rdi)\n"
+    "  testl $4, 140(%rdi)\n"
+    "  je 6f\n"
+    "  mov $1, %ecx\n"
+    "  xgetbv\n"
+    "  mov %eax, 152(%rdi)\n"
+    "  mov %edx, 156(%rdi)\n"
+    "6:\n"
+    "  testl $3, 140(%rdi)\n"
     "  je 3f\n"
     "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
     "  vmovdqu %ymm\\n, 160+32*\\n(%rdi)\n"
@@ -202,6 +226,11 @@ asm(".text\n"
     "  .endr\n"
     "4:\n"
     "  cld\n"
+    "  pushfq\n"  // and AC
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  andl $~0x40000, (%rsp)\n"
+    "  popfq\n"
+    "  .cfi_adjust_cfa_offset -8\n"
     "  ldmxcsr (%rsp)\n"
     "  add $16, %rsp\n"
     "  .cfi_adjust_cfa_offset -16\n"
@@ -274,13 +303,20 @@ asm(".text\n"
 namespace {
 
 constexpr std::uint64_t kCF = 1u << 0, kPF = 1u << 2, kAF = 1u << 4, kZF = 1u << 6, kSF = 1u << 7,
-                        kDF = 1u << 10, kOF = 1u << 11;
-constexpr std::uint64_t kTestedFlags = kCF | kPF | kAF | kZF | kSF | kDF | kOF;
+                        kDF = 1u << 10, kOF = 1u << 11, kAC = 1u << 18;
+constexpr std::uint64_t kTestedFlags = kCF | kPF | kAF | kZF | kSF | kDF | kOF | kAC;
 constexpr std::uint64_t kAlwaysSetFlags = (1u << 1) | (1u << 9);  // reserved bit 1, IF
 
 bool have_avx() {
   return __builtin_cpu_supports("avx");
 }
+
+// XGETBV with ECX = 1 (XINUSE: which state components are not in their initial state).
+bool have_xinuse() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return have_avx() && __get_cpuid_count(0xd, 1, &a, &b, &c, &d) != 0 && (a & (1u << 2)) != 0;
+}
+constexpr std::uint64_t kXinuseAvx = 1u << 2;  // the upper halves of the ymm registers
 
 bool is_call_rax(const unsigned char* site) {
   return site[0] == 0xff && site[1] == 0xd0;
@@ -312,6 +348,15 @@ ProbeState make_pattern(unsigned seed, long number, std::uint64_t flags, std::ui
   for (int r = 0; r < 16; ++r) {
     for (int b = 0; b < 32; ++b) s.vec[r][b] = static_cast<std::uint8_t>(seed * 101 + r * 32 + b);
   }
+  return s;
+}
+
+// The same with every ymm upper half zero and the AVX state in its initial state (what most code
+// runs with: compilers and libc end their AVX code with vzeroupper).
+ProbeState with_clean_upper_halves(ProbeState s) {
+  if (!have_avx()) return s;
+  for (auto& reg : s.vec) std::memset(reg + 16, 0, 16);
+  s.use_avx = kAvxCleanUpper | (have_xinuse() ? kXinuse : 0);
   return s;
 }
 
@@ -351,10 +396,11 @@ std::string compare_probe(const ProbeState& in, const ProbeState& out) {
   check("rcx (address after the site)", address_of(zt_register_probe_site) + 2, out.rcx);
   check("r11 (RFLAGS)", out.rflags, out.r11);
   check("mxcsr", in.mxcsr, out.mxcsr);
-  const int bytes = in.use_avx ? 32 : 16;
+  const bool ymm = (in.use_avx & (kAvx | kAvxCleanUpper)) != 0;
+  const int bytes = ymm ? 32 : 16;
   for (int r = 0; r < 16; ++r) {
     if (std::memcmp(in.vec[r], out.vec[r], static_cast<std::size_t>(bytes)) != 0) {
-      std::snprintf(line, sizeof line, "%smm%d differs; ", in.use_avx ? "y" : "x", r);
+      std::snprintf(line, sizeof line, "%smm%d differs; ", ymm ? "y" : "x", r);
       problems += line;
     }
   }
@@ -429,17 +475,35 @@ TEST_CASE("registers_preserved") {
     CHECK(compare_probe(in, out) == "");
   }
 
+  // The probe's clean-upper-halves mode, checked the same way. The kernel may leave the AVX
+  // state marked in use (XINUSE allows it); then the stub is not held to better.
+  bool xinuse_reliable = false;
+  if (have_xinuse()) {
+    const ProbeState in = with_clean_upper_halves(make_pattern(8, SYS_getpid, kCF, 0x1f80));
+    const ProbeState out = run_probe(in);
+    CHECK(compare_probe(in, out) == "");
+    xinuse_reliable = (out.xinuse & kXinuseAvx) == 0;
+  }
+
   const auto site_return = address_of(zt_register_probe_site) + 2;
   std::atomic<long> site_calls{0};
   std::atomic<bool> emulate{false};
   std::array<long, 6> seen_args{};
   long seen_number = -1;
+  std::uint64_t hook_flags = 0;
   constexpr long kEmulated = 0x7e5700001234;
   auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
     if (call.return_address() != site_return) return call.forward();
     ++site_calls;
     seen_number = call.number();
     for (int i = 0; i < 6; ++i) seen_args[static_cast<std::size_t>(i)] = call.arg(i);
+    // The hook runs with DF and AC clear whatever the application had: an unaligned load would
+    // raise SIGBUS with AC set.
+    hook_flags = __builtin_ia32_readeflags_u64();
+    alignas(8) static const unsigned char bytes[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    std::uint64_t unaligned = 0;
+    asm volatile("mov 1(%1), %0" : "=r"(unaligned) : "r"(bytes) : "memory");
+    CHECK(unaligned == 0x0908070605040302ull);
     clobber_state_in_hook();
     return emulate ? kEmulated : call.forward();
   });
@@ -452,34 +516,44 @@ TEST_CASE("registers_preserved") {
     bool emulate;
   };
   const Case cases[] = {
-      {1, kTestedFlags, 0x7f80, false},  // all tested flags and DF set, round toward zero
+      {1, kTestedFlags, 0x7f80, false},  // all tested flags, DF and AC set, round toward zero
       {2, 0, 0x9fc0, true},              // all clear, FTZ and DAZ, emulated result
       {3, kCF | kZF | kOF, 0x1f80, false},
       {4, kPF | kSF | kDF | kAF, 0x5f80, true},
+      {5, kOF | kSF | kAC, 0x1f80, false},
+      {6, kOF, 0x1f80, false},
   };
   long expected_calls = 0;
   for (const Case& c : cases) {
-    CAPTURE(c.seed);
-    emulate = c.emulate;
-    const ProbeState in = make_pattern(c.seed, SYS_getpid, c.flags, c.mxcsr);
-    const ProbeState out = run_probe(in);
-    ++expected_calls;
-    CHECK(site_calls == expected_calls);
-    CHECK(seen_number == SYS_getpid);
-    CHECK(seen_args[0] == static_cast<long>(in.rdi));
-    CHECK(seen_args[1] == static_cast<long>(in.rsi));
-    CHECK(seen_args[2] == static_cast<long>(in.rdx));
-    CHECK(seen_args[3] == static_cast<long>(in.r10));
-    CHECK(seen_args[4] == static_cast<long>(in.r8));
-    CHECK(seen_args[5] == static_cast<long>(in.r9));
-    CHECK(static_cast<long>(out.rax) == (c.emulate ? kEmulated : pid));
-    CHECK(compare_probe(in, out) == "");
+    for (const bool clean_upper : {false, true}) {
+      CAPTURE(c.seed);
+      CAPTURE(clean_upper);
+      emulate = c.emulate;
+      ProbeState in = make_pattern(c.seed, SYS_getpid, c.flags, c.mxcsr);
+      if (clean_upper) in = with_clean_upper_halves(in);
+      const ProbeState out = run_probe(in);
+      ++expected_calls;
+      CHECK(site_calls == expected_calls);
+      CHECK((hook_flags & (kDF | kAC)) == 0);
+      // The hook dirtied the upper halves; the application gets them back zero and clean (an
+      // SSE instruction after dirty upper halves costs a state transition).
+      if (clean_upper && xinuse_reliable) CHECK((out.xinuse & kXinuseAvx) == 0);
+      CHECK(seen_number == SYS_getpid);
+      CHECK(seen_args[0] == static_cast<long>(in.rdi));
+      CHECK(seen_args[1] == static_cast<long>(in.rsi));
+      CHECK(seen_args[2] == static_cast<long>(in.rdx));
+      CHECK(seen_args[3] == static_cast<long>(in.r10));
+      CHECK(seen_args[4] == static_cast<long>(in.r8));
+      CHECK(seen_args[5] == static_cast<long>(in.r9));
+      CHECK(static_cast<long>(out.rax) == (c.emulate ? kEmulated : pid));
+      CHECK(compare_probe(in, out) == "");
+    }
   }
 
   // Under ScopedBypass the stub's short path (straight to the kernel) must keep the same promise.
-  {
+  for (const std::uint64_t flags : {kTestedFlags, kOF | kCF, std::uint64_t{0}}) {
     zpoline::ScopedBypass bypass;
-    const ProbeState in = make_pattern(5, SYS_getpid, kTestedFlags, 0x7f80);
+    const ProbeState in = make_pattern(5, SYS_getpid, flags, 0x7f80);
     const ProbeState out = run_probe(in);
     CHECK(site_calls == expected_calls);
     CHECK(static_cast<long>(out.rax) == pid);
@@ -835,8 +909,9 @@ long call_cxx_null_pointer() {
   return pointer(-1);  // read(-1, ...) if it were taken as a syscall
 }
 
-// Runs `kind` in a child with a hook installed, capturing the child's stderr.
-ChildOutcome run_stray_call(StrayCall kind) {
+// Runs `body` in a child process, capturing the child's stderr. The child exits 0 if `body`
+// returns; a child exiting 77 (page 0 refused) skips the scenario.
+ChildOutcome run_in_child(const std::function<void()>& body) {
   int fds[2];
   REQUIRE(pipe(fds) == 0);
   std::fflush(nullptr);
@@ -851,6 +926,28 @@ ChildOutcome run_stray_call(StrayCall kind) {
     signal(SIGABRT, SIG_DFL);  // doctest's crash handler would report the abort itself
     const rlimit no_core{0, 0};
     setrlimit(RLIMIT_CORE, &no_core);
+    body();
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildOutcome outcome;
+  char buffer[1024];
+  ssize_t n;
+  while ((n = read(fds[0], buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) outcome.stderr_text.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  REQUIRE(waitpid(pid, &outcome.status, 0) == pid);
+  if (WIFEXITED(outcome.status) && WEXITSTATUS(outcome.status) == 77) {
+    std::fprintf(stderr, "%s", outcome.stderr_text.c_str());
+    std::_Exit(77);  // page 0 refused: skipped
+  }
+  return outcome;
+}
+
+// Runs `kind` in a child with a hook installed.
+ChildOutcome run_stray_call(StrayCall kind) {
+  return run_in_child([kind] {
     auto session = install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
     long result = 0;
     switch (kind) {
@@ -872,22 +969,7 @@ ChildOutcome run_stray_call(StrayCall kind) {
     char message[64];
     const int length = std::snprintf(message, sizeof message, "returned %ld\n", result);
     zpoline::raw_syscall(SYS_write, STDERR_FILENO, reinterpret_cast<long>(message), length);
-    _exit(0);
-  }
-  close(fds[1]);
-  ChildOutcome outcome;
-  char buffer[1024];
-  ssize_t n;
-  while ((n = read(fds[0], buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
-    if (n > 0) outcome.stderr_text.append(buffer, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  REQUIRE(waitpid(pid, &outcome.status, 0) == pid);
-  if (WIFEXITED(outcome.status) && WEXITSTATUS(outcome.status) == 77) {
-    std::fprintf(stderr, "%s", outcome.stderr_text.c_str());
-    std::_Exit(77);  // page 0 refused: skipped
-  }
-  return outcome;
+  });
 }
 
 void check_diagnosed(const ChildOutcome& outcome) {
@@ -931,5 +1013,52 @@ TEST_CASE("stray_call_from_other_register") {
     const ChildOutcome outcome = run_stray_call(StrayCall::asm_call_rdx_bypassed);
     check_diagnosed(outcome);
     CHECK(outcome.stderr_text.find(from_address(zt_call_null_rdx_return)) != std::string::npos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An exception leaving the hook
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+long throwing_function(zpoline::Syscall& call) {
+  if (call.number() == SYS_getppid) throw std::runtime_error("from the hook");
+  return call.forward();
+}
+
+void check_exception_reported(const ChildOutcome& outcome) {
+  CAPTURE(outcome.stderr_text);
+  CHECK((WIFSIGNALED(outcome.status) && WTERMSIG(outcome.status) == SIGABRT));
+  CHECK(outcome.stderr_text.find("the hook threw an exception while handling getppid") !=
+        std::string::npos);
+  CHECK(outcome.stderr_text.find("returned") == std::string::npos);
+}
+
+}  // namespace
+
+// The stub calls the hook itself; the unwinder finds the stub's frame (its CFI) and its
+// personality routine reports the exception and aborts, as the dispatcher does for the calls it
+// runs. Both ways the stub calls a hook: a plain function directly, anything else through
+// std::function.
+TEST_CASE("exception_from_hook_aborts_with_message") {
+  SUBCASE("plain_function") {
+    check_exception_reported(run_in_child([] {
+      auto session = install_or_skip(throwing_function);
+      getpid();  // the thread's first hooked call takes the dispatcher's path
+      const long result = getppid();
+      std::fprintf(stderr, "returned %ld\n", result);
+    }));
+  }
+  SUBCASE("lambda") {
+    check_exception_reported(run_in_child([] {
+      auto session = install_or_skip([](zpoline::Syscall& call) -> long {
+        if (call.number() == SYS_getppid && getpid() > 0) throw std::logic_error("lambda");
+        return call.forward();
+      });
+      getpid();
+      const long result = getppid();
+      std::fprintf(stderr, "returned %ld\n", result);
+    }));
   }
 }

@@ -30,7 +30,23 @@ const char* syscall_name(long number) noexcept;
 }  // namespace zpoline::detail
 
 extern "C" {
+// The complete dispatcher: every case (bypass, a hook left by siglongjmp, signal handlers on an
+// alternate stack, a thread's first call, the hook not live), the hook called inside it. The
+// SUD safety net calls it, and the stub where the fast path below declines.
 long zpoline_detail_dispatch(zpoline::detail::RegisterFrame* regs, void* xsave_area)
+    __attribute__((visibility("hidden")));
+// The stub's fast path, in three steps so that the stub calls the hook itself and nothing
+// returns through a `ret` made stale by the system call (entry_stub.S):
+//   enter_hook marks this thread inside the hook and fills `call`; it returns the hook's entry
+//     point, or null (having changed nothing) where the complete dispatcher must decide;
+//   the stub calls entry(&call->call, call->context);
+//   leave_hook marks the thread outside again and returns what the stub puts in rax.
+// Both use only general registers, for Options::general_registers_only.
+zpoline::detail::HookEntry zpoline_detail_enter_hook(zpoline::detail::RegisterFrame* regs,
+                                                     void* xsave_area,
+                                                     zpoline::detail::HookCall* call) noexcept
+    __attribute__((visibility("hidden")));
+long zpoline_detail_leave_hook(const zpoline::detail::RegisterFrame* regs, long result) noexcept
     __attribute__((visibility("hidden")));
 [[noreturn]] void zpoline_detail_report_stray_call(std::uintptr_t return_address, long number)
     __attribute__((visibility("hidden")));

@@ -12,9 +12,13 @@
  * The layout pushed here is zpoline::detail::RegisterFrame (dispatch/frame.hpp). */
 
 #define FRAME_RAX 96
+#define FRAME_RFLAGS 104
 #define FRAME_RETURN 240
+#define FRAME_SIZE 248                          /* up to and including the return address */
 #define RED_ZONE 128
 #define PROT_EXEC 4
+#define RFLAGS_DF 0x400
+#define RFLAGS_AC 0x40000
 /* ThreadState (dispatch/frame.hpp) */
 #define STATE_BYPASS_DEPTH 0
 #define STATE_HOOK_FRAME 8
@@ -28,6 +32,18 @@
 #define VFORK_MAX 16
 #define STATE_HOOK_CANARY_ADDRESS 536
 #define STATE_HOOK_CANARY 544
+#define STATE_HOOK_ENTRIES 552
+#define STATE_IN_HOOK 560
+/* HookCall (dispatch/frame.hpp) */
+#define HOOK_CALL_SIZE 64
+#define HOOK_CALL_REGS 0
+#define HOOK_CALL_XSAVE 8
+#define HOOK_CALL_SYSCALL 16                    /* a zpoline::Syscall: frame_, next_ */
+#define HOOK_CALL_CONTEXT 32
+#define HOOK_CALL_CANARY 40
+/* InstalledHook (dispatch.cpp) */
+#define INSTALLED_HOOK_ENTRY 0
+#define INSTALLED_HOOK_CONTEXT 8
 /* SiteRegistry's table (rewriting/site_registry.cpp) */
 #define SITE_TABLE_CAPACITY 0
 #define SITE_TABLE_SLOTS 16
@@ -124,21 +140,60 @@
         .hidden zpoline_detail_code_begin
 zpoline_detail_code_begin:
 
+/* The entry stub. Three things decide its cost (docs/PERFORMANCE.md, "Where the time goes"):
+ *
+ * 1. Returns after a system call. On kernels that refill or clobber the return stack buffer on
+ *    kernel entry (here: AMD SRSO "Safe RET"), every `ret` whose `call` came before a system
+ *    call mispredicts, the first one by far the worst. Native code has one such `ret` (its
+ *    wrapper's); a hooked call would add the stub's, the dispatcher's, the hook's, forward()'s
+ *    and the raw syscall's. So the stub calls the hook itself, forward() reaches the kernel
+ *    through tail calls and zpoline_detail_forward_syscall, which returns with `pop; jmp`, and
+ *    the stub returns to the site the same way (an indirect jump the branch predictor learns
+ *    per site history, and rcx = return address is what `syscall` leaves anyway). A
+ *    pass-through hook that ends in `return call.forward();` then adds no stale `ret` at all.
+ *    Calls made after the system call (none on the fast path) return normally.
+ * 2. RFLAGS. popfq costs ~20 cycles. Where TF, DF and AC are clear, as they nearly always are,
+ *    the flags the application can see (CF, PF, AF, ZF, SF, OF) are put back with sahf and one
+ *    add, and r11 gets the saved RFLAGS as `syscall` leaves it. DF and AC are cleared for the
+ *    C++ code (its ABI wants DF clear; AC would make unaligned accesses fault) and restored
+ *    with popfq, like TF, the rare case. zpoline_detail_popf_flags holds the bits that need
+ *    popfq (every bit on a CPU without LAHF/SAHF in 64-bit mode).
+ * 3. Vector state (platform/cpu.hpp). In the ymm mode: 16 ymm stores and STMXCSR, whether any
+ *    upper half is nonzero (vorps over the saved registers and one vptest: free beside the
+ *    stores), vzeroupper for the SSE C++ code; afterwards, with all upper halves zero,
+ *    vzeroupper and 16 legacy-SSE loads, which leave the upper state clean. Restoring with
+ *    256-bit loads instead leaves it dirty, and the application's next SSE instruction then
+ *    pays a state transition (~130 ns measured here). MXCSR is reloaded only if it changed
+ *    (LDMXCSR is serialising). With Options::general_registers_only nothing of this runs,
+ *    except for the calls whose forwarding runs library C++ code (clone, vfork, mmap, ...).
+ *
+ * Registers of the full path: rbx = RegisterFrame, r12 = HookCall, r13 = whether any ymm upper
+ * half was nonzero, r14 = the vector save area (0: none saved). All survive the calls. */
+
         .globl zpoline_detail_entry
         .hidden zpoline_detail_entry
         .type zpoline_detail_entry, @function
         .p2align 6
 zpoline_detail_entry:
+        .cfi_startproc
+        /* An exception leaving the hook reaches this frame: report and abort (dispatch.cpp). */
+        .cfi_personality 0x1b, zpoline_detail_stub_personality
         lea -RED_ZONE(%rsp), %rsp               /* step over the caller's red zone */
+        .cfi_adjust_cfa_offset RED_ZONE
         pushfq                                  /* from here on flags may change */
+        .cfi_adjust_cfa_offset 8
         mov RED_ZONE+8(%rsp), %rcx              /* rcx, r11: free, `syscall` clobbers them */
-        cmpw $0xd0ff, -2(%rcx)                  /* came from a `call *%rax` (ff d0)? */
+        cmpb $0xff, -2(%rcx)                    /* came from a `call *%rax` (ff d0)? Byte */
+        jne .Lstray_call                        /* reads: with AC set (alignment checking), a */
+        cmpb $0xd0, -1(%rcx)                    /* word read at an odd address would fault */
         jne .Lstray_call
         /* And from a site the rewriter made, not an ordinary `call *%rax` with a NULL or small
          * function pointer in rax? Look the site up in the registry (site_registry.cpp): open
          * addressing, slot = ((site * K) >> 20) & (capacity - 1), 0 marks an empty slot. */
         push %rdx
+        .cfi_adjust_cfa_offset 8
         push %rax
+        .cfi_adjust_cfa_offset 8
         lea -2(%rcx), %rcx                      /* the site */
         mov zpoline_detail_site_table(%rip), %r11
         test %r11, %r11
@@ -156,7 +211,9 @@ zpoline_detail_entry:
         inc %rax
         jmp 2b
 3:      pop %rax
+        .cfi_adjust_cfa_offset -8
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         cmp $15, %rax                           /* rt_sigreturn: run it on the signal frame */
         je .Lsigreturn
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
@@ -175,33 +232,257 @@ zpoline_detail_entry:
 1:      cmpb $0, zpoline_detail_hook_live(%rip)
         je .Lbypass
 
-.Lfull:                                         /* save everything, call the dispatcher */
+.Lfull:                                         /* save everything, run the hook */
         push %rax
+        .cfi_adjust_cfa_offset 8
         push %rbx
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbx, 0
         push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
         push %r12
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r12, 0
         push %r13
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r13, 0
         push %r14
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r14, 0
         push %r15
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r15, 0
         push %rdi
+        .cfi_adjust_cfa_offset 8
         push %rsi
+        .cfi_adjust_cfa_offset 8
         push %rdx
+        .cfi_adjust_cfa_offset 8
         push %r10
+        .cfi_adjust_cfa_offset 8
         push %r8
+        .cfi_adjust_cfa_offset 8
         push %r9
+        .cfi_adjust_cfa_offset 8
         mov %rsp, %rbx                          /* rbx: the RegisterFrame, kept across calls */
-        and $-64, %rsp                          /* XSAVE areas are 64-byte aligned */
+        .cfi_def_cfa_register %rbx              /* CFA = rbx + FRAME_SIZE down to the pops */
+        testl $(RFLAGS_DF | RFLAGS_AC), FRAME_RFLAGS(%rbx)
+        jnz .Lclear_df_ac                       /* the C++ ABI wants DF clear; AC would fault */
+.Lflags_clear:
+        and $-64, %rsp                          /* vector save areas are 64-byte aligned */
+        lea -HOOK_CALL_SIZE(%rsp), %r12         /* r12: the HookCall */
+        mov %r12, %rsp
         sub zpoline_detail_xsave_size(%rip), %rsp
-        movzbl zpoline_detail_xsave_mode(%rip), %ecx
-        cmp $3, %ecx
-        jne 6f
+        cmpb $0, zpoline_detail_general_registers_only(%rip)
+        jne .Lgeneral_registers_only
+.Lsave_vectors:
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne .Lsave_other
         SAVE_YMM %rsp
+        /* Any upper half nonzero? The saved registers may be clobbered now. */
+        vorps %ymm1, %ymm0, %ymm0
+        vorps %ymm3, %ymm2, %ymm2
+        vorps %ymm5, %ymm4, %ymm4
+        vorps %ymm7, %ymm6, %ymm6
+        vorps %ymm9, %ymm8, %ymm8
+        vorps %ymm11, %ymm10, %ymm10
+        vorps %ymm13, %ymm12, %ymm12
+        vorps %ymm15, %ymm14, %ymm14
+        vorps %ymm2, %ymm0, %ymm0
+        vorps %ymm6, %ymm4, %ymm4
+        vorps %ymm10, %ymm8, %ymm8
+        vorps %ymm14, %ymm12, %ymm12
+        vorps %ymm4, %ymm0, %ymm0
+        vorps %ymm12, %ymm8, %ymm8
+        vorps %ymm8, %ymm0, %ymm0
+        xor %r13d, %r13d
+        vptest .Lupper_halves(%rip), %ymm0
+        setnz %r13b
         vzeroupper                              /* the C++ code is SSE: no dirty upper halves */
-        jmp 3f
-6:      cmp $4, %ecx
+.Lvectors_saved:
+        mov %rsp, %r14                          /* r14: the vector save area */
+.Lfast_path:                                    /* the common case; else the dispatcher decides */
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        cmpl $0, %fs:STATE_BYPASS_DEPTH(%r11)   /* bypassed clone or vfork */
+        jne .Ldispatch
+        cmpq $0, %fs:STATE_HOOK_FRAME(%r11)     /* above a running hook's frame */
+        jne .Ldispatch
+        mov %fs:STATE_IN_HOOK(%r11), %rcx       /* rcx: this thread's in_hook flag; null before */
+        test %rcx, %rcx                         /* its first hooked call registers it */
+        jz .Ldispatch
+        mov %rbx, HOOK_CALL_REGS(%r12)          /* the SyscallFrame */
+        mov %r14, HOOK_CALL_XSAVE(%r12)
+        mov %r12, HOOK_CALL_SYSCALL(%r12)       /* the Syscall: that frame, no continuation */
+        movq $0, HOOK_CALL_SYSCALL+8(%r12)
+        mov %fs:STATE_HOOK_ENTRIES(%r11), %rdx  /* the canary: ++entries ^ frame */
+        inc %rdx
+        mov %rdx, %fs:STATE_HOOK_ENTRIES(%r11)
+        xor %rbx, %rdx
+        mov %rdx, HOOK_CALL_CANARY(%r12)
+        mov %rdx, %fs:STATE_HOOK_CANARY(%r11)
+        lea HOOK_CALL_CANARY(%r12), %rdx
+        mov %rdx, %fs:STATE_HOOK_CANARY_ADDRESS(%r11)
+        mov %r12, %fs:STATE_HOOK_FRAME(%r11)    /* syscalls from below here are the hook's own */
+        movl $1, (%rcx)                         /* in_hook, then check the hook is still live: */
+        cmpb $0, zpoline_detail_membarrier_registered(%rip) /* retract_hook's membarrier orders */
+        jne 1f                                  /* the two; without it, a full fence here */
+        lock orq $0, (%rsp)
+1:      mov zpoline_detail_current_hook(%rip), %rax
+        test %rax, %rax
+        jz .Lhook_retracted
+        cmpb $0, zpoline_detail_hook_live(%rip)
+        je .Lhook_retracted
+        mov INSTALLED_HOOK_CONTEXT(%rax), %rsi
+        lea HOOK_CALL_SYSCALL(%r12), %rdi
+        call *INSTALLED_HOOK_ENTRY(%rax)        /* the hook */
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        mov %fs:STATE_IN_HOOK(%r11), %rcx
+        movl $0, (%rcx)
+        movq $0, %fs:STATE_HOOK_FRAME(%r11)
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
+        je .Lresult
+        mov FRAME_RAX(%rbx), %rax               /* vfork: the stub makes the call below */
+.Lresult:
+        mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
+        test %r14, %r14
+        jz .Lvectors_restored
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne .Lrestore_other
+        test %r13d, %r13d
+        jnz 1f
+        vzeroupper                              /* upper halves zero and clean, as they were */
+        RESTORE_XMM %rsp
+        jmp 2f
+1:      RESTORE_YMM %rsp
+2:      RESTORE_MXCSR %rsp
+.Lvectors_restored:
+        mov %rbx, %rsp
+        .cfi_def_cfa_register %rsp
+        pop %r9
+        .cfi_adjust_cfa_offset -8
+        pop %r8
+        .cfi_adjust_cfa_offset -8
+        pop %r10
+        .cfi_adjust_cfa_offset -8
+        pop %rdx
+        .cfi_adjust_cfa_offset -8
+        pop %rsi
+        .cfi_adjust_cfa_offset -8
+        pop %rdi
+        .cfi_adjust_cfa_offset -8
+        pop %r15
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r15
+        pop %r14
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r14
+        pop %r13
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r13
+        pop %r12
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r12
+        pop %rbp
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbp
+        pop %rbx
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
+        jne .Lon_application_stack
+.Lreturn:                                       /* rax = result, (%rsp) = saved RFLAGS */
+        mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
+        test zpoline_detail_popf_flags(%rip), %r11d
+        jnz .Lreturn_popf
+        push %rax
+        .cfi_adjust_cfa_offset 8
+        mov %r11d, %eax
+        shl $8, %eax                            /* ah: SF, ZF, AF, PF, CF as they were */
+        bt $11, %r11d                           /* CF = OF as it was; */
+        mov $0x7f, %al
+        adc $0, %al                             /* OF = 1 only for 0x7f + 1 */
+        sahf                                    /* no instruction below changes the flags */
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        lea 8+RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -(8+RED_ZONE)
+        pop %rcx                                /* rcx = return address, as `syscall` leaves it */
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx                               /* not `ret`: see the top */
+
+.Lreturn_popf:                                  /* TF, DF or AC set: all flags exactly */
+        .cfi_def_cfa_offset 8+RED_ZONE+8
+        .cfi_offset %rip, -8
+        popfq
+        .cfi_adjust_cfa_offset -8
+        lea RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -RED_ZONE
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+
+        /* Out of line, in the full path's frame (CFA = rbx + FRAME_SIZE). */
+.Lclear_df_ac:
+        .cfi_def_cfa %rbx, FRAME_SIZE
+        .cfi_offset %rip, -8
+        .cfi_offset %rbx, -FRAME_SIZE+88
+        .cfi_offset %rbp, -FRAME_SIZE+80
+        .cfi_offset %r12, -FRAME_SIZE+72
+        .cfi_offset %r13, -FRAME_SIZE+64
+        .cfi_offset %r14, -FRAME_SIZE+56
+        .cfi_offset %r15, -FRAME_SIZE+48
+        pushq FRAME_RFLAGS(%rbx)
+        andl $~(RFLAGS_DF | RFLAGS_AC), (%rsp)
+        popfq
+        jmp .Lflags_clear
+
+.Lgeneral_registers_only:
+        /* The calls whose forwarding runs the library's own C++ code (forward() in dispatch.cpp:
+         * clone, clone3, vfork, mmap, mprotect, pkey_mprotect, munmap, and the signal calls the
+         * safety net filters) take the full save; every other call none. */
+        cmp $63, %rax
+        ja 1f
+        movabs $((1 << 9) | (1 << 10) | (1 << 11) | (1 << 13) | (1 << 14) | (1 << 56) | (1 << 58)), %rcx
+        bt %rax, %rcx
+        jc .Lsave_vectors
+        jmp 2f
+1:      cmp $130, %rax                          /* rt_sigsuspend */
+        je .Lsave_vectors
+        cmp $271, %rax                          /* ppoll */
+        je .Lsave_vectors
+        cmp $281, %rax                          /* epoll_pwait */
+        je .Lsave_vectors
+        cmp $329, %rax                          /* pkey_mprotect */
+        je .Lsave_vectors
+        cmp $435, %rax                          /* clone3 */
+        je .Lsave_vectors
+        cmp $441, %rax                          /* epoll_pwait2 */
+        je .Lsave_vectors
+2:      xor %r14d, %r14d                        /* no vector state saved */
+        jmp .Lfast_path
+
+.Lhook_retracted:                               /* undo, and let the dispatcher forward it */
+        movl $0, (%rcx)
+        movq $0, %fs:STATE_HOOK_FRAME(%r11)
+.Ldispatch:
+        test %r14, %r14                         /* the dispatcher may run any C++ code: */
+        jz .Lsave_vectors                       /* save the vector state first */
+        mov %rbx, %rdi
+        mov %r14, %rsi
+        call zpoline_detail_dispatch
+        jmp .Lresult
+
+.Lsave_other:                                   /* the other vector save modes */
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 7f
         SAVE_XMM %rsp
-        jmp 3f
+        jmp .Lvectors_saved
 7:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
         mov %rcx, 520(%rsp)
         mov %rcx, 528(%rsp)
@@ -215,60 +496,38 @@ zpoline_detail_entry:
         cmpb $2, zpoline_detail_xsave_mode(%rip)
         jne 1f
         xsavec (%rsp)                           /* compacted, skips components in init state */
-        jmp 3f
+        jmp .Lvectors_saved
 1:      cmpb $1, zpoline_detail_xsave_mode(%rip)
         jne 2f
         xsave (%rsp)
-        jmp 3f
+        jmp .Lvectors_saved
 2:      fxsave (%rsp)
-3:      cld                                     /* the C++ ABI wants DF clear */
-        mov %rbx, %rdi
-        mov %rsp, %rsi
-        call zpoline_detail_dispatch
-        mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
-        movzbl zpoline_detail_xsave_mode(%rip), %ecx
-        cmp $3, %ecx
-        jne 6f
-        RESTORE_YMM %rsp
-        RESTORE_MXCSR %rsp
-        jmp 5f
-6:      cmp $4, %ecx
+        jmp .Lvectors_saved
+
+.Lrestore_other:
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 7f
         RESTORE_XMM %rsp
         RESTORE_MXCSR %rsp
-        jmp 5f
+        jmp .Lvectors_restored
 7:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
         cmpb $0, zpoline_detail_xsave_mode(%rip)
         je 4f
         xrstor (%rsp)
-        jmp 5f
+        jmp .Lvectors_restored
 4:      fxrstor (%rsp)
-5:      mov %rbx, %rsp
-        pop %r9
-        pop %r8
-        pop %r10
-        pop %rdx
-        pop %rsi
-        pop %rdi
-        pop %r15
-        pop %r14
-        pop %r13
-        pop %r12
-        pop %rbp
-        pop %rbx
-        pop %rax
-        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
-        jne .Lon_application_stack
-.Lreturn:                                       /* (%rsp) = saved RFLAGS */
-        mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
-        popfq
-        lea RED_ZONE(%rsp), %rsp
-        mov (%rsp), %rcx                        /* rcx = return address, as `syscall` leaves it */
-        ret
+        jmp .Lvectors_restored
 
+        /* Back in the entry's frame: CFA = rsp + 8 + RED_ZONE + 8, (%rsp) = saved RFLAGS. */
 .Lbypass:                                       /* no hook: straight to the kernel, */
+        .cfi_def_cfa %rsp, 8+RED_ZONE+8
+        .cfi_restore %rbx
+        .cfi_restore %rbp
+        .cfi_restore %r12
+        .cfi_restore %r13
+        .cfi_restore %r14
+        .cfi_restore %r15
         cmp $58, %rax                           /* except vfork, clone and clone3, whose child */
         je .Lvfork_bypassed                     /* must not return through this stack frame */
         cmp $56, %rax
@@ -312,6 +571,7 @@ zpoline_detail_entry:
         cmp $VFORK_MAX, %ecx
         jae .Lvfork_too_deep
         push %rdx                               /* one more scratch register, below the frame */
+        .cfi_adjust_cfa_offset 8
         lea 1(%rcx), %edx
         mov %edx, %fs:STATE_VFORK_DEPTH(%r11)
         shl $5, %rcx                            /* 32-byte entries */
@@ -324,10 +584,15 @@ zpoline_detail_entry:
         mov %fs:STATE_HOOK_FRAME(%rcx), %rdx
         mov %rdx, %fs:VFORK_SAVED_HOOK_FRAME(%r11)
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         popfq
+        .cfi_adjust_cfa_offset -8
         lea RED_ZONE+8(%rsp), %rsp              /* the application's rsp */
+        .cfi_adjust_cfa_offset -(RED_ZONE+8)
         /* Entered here too, from the SIGSYS handler (safety_net.cpp), which has pushed the
-         * vfork_returns entry itself: the application's registers, rsp and RFLAGS are live. */
+         * vfork_returns entry itself: the application's registers, rsp and RFLAGS are live. The
+         * way back is in the vfork_returns entry (TLS), which unwinders cannot read. */
+        .cfi_undefined %rip
         .globl zpoline_detail_vfork_syscall
         .hidden zpoline_detail_vfork_syscall
 zpoline_detail_vfork_syscall:
@@ -353,6 +618,8 @@ zpoline_detail_vfork_syscall:
         jmp *%rcx
 
 .Lvfork_too_deep:                               /* more nested vforks than slots: EAGAIN */
+        .cfi_def_cfa %rsp, 8+RED_ZONE+8
+        .cfi_offset %rip, -8
         mov $-11, %rax
         jmp .Lreturn
 
@@ -362,16 +629,45 @@ zpoline_detail_vfork_syscall:
         ud2
 
 .Lnot_registered:
+        .cfi_def_cfa_offset 8+RED_ZONE+8+16
         pop %rax
+        .cfi_adjust_cfa_offset -8
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         lea 2(%rcx), %rcx                       /* the return address again */
 .Lstray_call:                                   /* a call into page 0 that no site made */
+        mov %rsp, %rbp
+        .cfi_def_cfa_register %rbp
         mov %rcx, %rdi
         mov %rax, %rsi
         and $-16, %rsp
         call zpoline_detail_report_stray_call   /* does not return */
         ud2
+        .cfi_endproc
         .size zpoline_detail_entry, .-zpoline_detail_entry
+
+/* long zpoline_detail_forward_syscall(const RegisterFrame* regs): the call forward() makes for
+ * most numbers. It returns with `pop; jmp` rather than `ret` (see the entry stub). */
+        .globl zpoline_detail_forward_syscall
+        .hidden zpoline_detail_forward_syscall
+        .type zpoline_detail_forward_syscall, @function
+        .p2align 4
+zpoline_detail_forward_syscall:
+        .cfi_startproc
+        mov FRAME_RAX(%rdi), %rax
+        mov 0(%rdi), %r9
+        mov 8(%rdi), %r8
+        mov 16(%rdi), %r10
+        mov 24(%rdi), %rdx
+        mov 32(%rdi), %rsi
+        mov 40(%rdi), %rdi
+        syscall
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+        .cfi_endproc
+        .size zpoline_detail_forward_syscall, .-zpoline_detail_forward_syscall
 
 /* long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5) */
         .globl zpoline_detail_raw_syscall
@@ -493,5 +789,10 @@ zpoline_detail_sigreturn_gadget:
         .globl zpoline_detail_code_end
         .hidden zpoline_detail_code_end
 zpoline_detail_code_end:
+
+        .section .rodata
+        .p2align 5
+.Lupper_halves:                                 /* vptest mask: bits 128..255 of a ymm register */
+        .quad 0, 0, -1, -1
 
         .section .note.GNU-stack,"",@progbits

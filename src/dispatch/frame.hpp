@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "zpoline/syscall.hpp"
+
 namespace zpoline::detail {
 
 // Registers as the stub pushes them (lowest address first). rcx and r11 are not saved: `syscall`
@@ -24,8 +26,25 @@ static_assert(offsetof(RegisterFrame, return_address) == 240);
 // What a Syscall refers to: the saved registers and the saved vector state of the caller.
 struct SyscallFrame {
   RegisterFrame* regs;
-  void* xsave_area;
+  void* xsave_area;  // null where the stub saved none (Options::general_registers_only)
 };
+
+// The hook's entry point, as the stub calls it: rdi = the call, rsi = the context the hook was
+// published with. A plain `long (*)(Syscall&)` hook is called directly (it ignores rsi).
+using HookEntry = long (*)(zpoline::Syscall& call, const void* context);
+
+// What the stub's fast path keeps in its frame while the hook runs (entry_stub.S), filled in by
+// zpoline_detail_enter_hook: the Syscall the hook receives, and the word hook_canary_address
+// points to. 64 bytes, 64-byte aligned, above the vector save area and below RegisterFrame.
+struct HookCall {
+  SyscallFrame frame;
+  zpoline::Syscall call{frame};
+  const void* context = nullptr;  // for the hook's entry point
+  std::uint64_t canary = 0;
+};
+static_assert(sizeof(zpoline::Syscall) == 16);
+static_assert(offsetof(HookCall, call) == 16 && offsetof(HookCall, context) == 32);
+static_assert(sizeof(HookCall) <= 64);
 
 // Input of zpoline_detail_clone_to_site.
 struct CloneRequest {
@@ -63,9 +82,14 @@ struct ThreadState {
   // the hook, deeper calls overwrite it, and the dispatcher resets the state.
   std::uint64_t hook_canary_address;
   std::uint64_t hook_canary;
+  std::uint64_t hook_entries;  // hooked calls on this thread: varies the canary
+  // This thread's "inside the hook" flag (read by retract_hook), null until the thread's first
+  // hooked call registers the thread: the stub's fast path writes it.
+  std::uint32_t* in_hook;
 };
 static_assert(offsetof(ThreadState, hook_canary_address) == 536);
 static_assert(offsetof(ThreadState, hook_canary) == 544);
+static_assert(offsetof(ThreadState, hook_entries) == 552 && offsetof(ThreadState, in_hook) == 560);
 static_assert(offsetof(ThreadState, hook_frame) == 8);
 static_assert(offsetof(ThreadState, run_on_application_stack) == 16);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);
@@ -81,6 +105,12 @@ extern unsigned char zpoline_detail_hook_live __attribute__((visibility("hidden"
 extern std::uint64_t zpoline_detail_xsave_size __attribute__((visibility("hidden")));
 extern std::uint64_t zpoline_detail_xsave_mask __attribute__((visibility("hidden")));
 extern unsigned char zpoline_detail_xsave_mode __attribute__((visibility("hidden")));
+// Options::general_registers_only: the stub's fast path saves no vector state.
+extern unsigned char zpoline_detail_general_registers_only __attribute__((visibility("hidden")));
+// RFLAGS bits that make the stub restore the flags with popfq (slow) instead of sahf and an add
+// (the arithmetic flags only): TF, DF and AC; every bit where the CPU lacks LAHF/SAHF in 64-bit
+// mode.
+extern std::uint32_t zpoline_detail_popf_flags __attribute__((visibility("hidden")));
 
 extern char zpoline_detail_code_begin[] __attribute__((visibility("hidden")));
 extern char zpoline_detail_code_end[] __attribute__((visibility("hidden")));
@@ -88,5 +118,9 @@ void zpoline_detail_entry() __attribute__((visibility("hidden")));
 long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
     __attribute__((visibility("hidden")));
 long zpoline_detail_clone_to_site(const zpoline::detail::CloneRequest* request)
+    __attribute__((visibility("hidden")));
+// The system call `regs` describes (number and six arguments), made from the library's code
+// range. Returns with an indirect jump instead of `ret` (entry_stub.S says why).
+long zpoline_detail_forward_syscall(const zpoline::detail::RegisterFrame* regs) noexcept
     __attribute__((visibility("hidden")));
 }
