@@ -1062,3 +1062,133 @@ TEST_CASE("exception_from_hook_aborts_with_message") {
     }));
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Options::general_registers_only
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+#define ZT_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
+
+long gpr_site_calls = 0;
+std::uintptr_t gpr_site_return = 0;
+bool gpr_clobber = false;
+
+// Puts all-ones into every vector register (and changes MXCSR): what a hook that broke the
+// rule would leak. Compiled normally; the hooks below call it only when told to.
+__attribute__((noinline)) void clobber_vector_registers() {
+  if (have_avx()) {
+    asm volatile(
+        "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
+        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+        "vmovdqa %%ymm0, %%ymm\\n\n"
+        ".endr\n" ::
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+  } else {
+    asm volatile(
+        "pcmpeqd %%xmm0, %%xmm0\n"
+        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
+        "movdqa %%xmm0, %%xmm\\n\n"
+        ".endr\n" ::
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+  }
+}
+
+ZT_GENERAL_REGISTERS_ONLY long gpr_pass_through(zpoline::Syscall& call) {
+  if (call.return_address() == gpr_site_return) {
+    __atomic_add_fetch(&gpr_site_calls, 1, __ATOMIC_RELAXED);
+    if (gpr_clobber) clobber_vector_registers();
+  }
+  return call.forward();
+}
+
+// The same as an object: the stub reaches it through std::function.
+struct GprHook {
+  long* extra_calls;
+  ZT_GENERAL_REGISTERS_ONLY long operator()(zpoline::Syscall& call) const {
+    __atomic_add_fetch(extra_calls, 1, __ATOMIC_RELAXED);
+    return gpr_pass_through(call);
+  }
+};
+
+bool all_ones(const std::uint8_t* bytes, std::size_t size) {
+  for (std::size_t i = 0; i < size; ++i) {
+    if (bytes[i] != 0xff) return false;
+  }
+  return true;
+}
+
+// Calls through the probe's site that a hook keeping to general registers must not disturb.
+void check_general_registers_path(long pid, long& expected_calls, bool xinuse_reliable) {
+  const std::uint64_t flag_cases[] = {kTestedFlags, kCF | kOF, 0};
+  unsigned seed = 40;
+  for (const std::uint64_t flags : flag_cases) {
+    for (const bool clean_upper : {false, true}) {
+      CAPTURE(flags);
+      CAPTURE(clean_upper);
+      ProbeState in = make_pattern(++seed, SYS_getpid, flags, 0x9fc0);
+      if (clean_upper) in = with_clean_upper_halves(in);
+      const ProbeState out = run_probe(in);
+      CHECK(gpr_site_calls == ++expected_calls);
+      CHECK(static_cast<long>(out.rax) == pid);
+      CHECK(compare_probe(in, out) == "");
+      if (clean_upper && xinuse_reliable) CHECK((out.xinuse & kXinuseAvx) == 0);
+    }
+  }
+}
+
+}  // namespace
+
+// With the switch on, a hook that keeps to general registers sees every register survive
+// (so the library's own path, stub, Syscall members and forward(), touched no vector state),
+// and a hook that clobbers vector registers leaks them to the application: the save was skipped.
+// Without it (registers_preserved above, whose hook clobbers everything) nothing leaks. Calls
+// the library forwards with its own C++ code keep the full save even with the switch on.
+TEST_CASE("general_registers_only_skips_vector_save") {
+  const long pid = real_getpid();
+  bool xinuse_reliable = false;
+  if (have_xinuse()) {
+    const ProbeState in = with_clean_upper_halves(make_pattern(30, SYS_getpid, 0, 0x1f80));
+    xinuse_reliable = (run_probe(in).xinuse & kXinuseAvx) == 0;
+  }
+  gpr_site_return = address_of(zt_register_probe_site) + 2;
+  zpoline::Options options;
+  options.general_registers_only = true;
+  long expected_calls = 0;
+  {
+    auto session = install_or_skip(gpr_pass_through, options);
+    REQUIRE(is_call_rax(zt_register_probe_site));
+    // The thread's first hooked call registers it: that one takes the full path.
+    run_probe(make_pattern(31, SYS_getpid, 0, 0x1f80));
+    ++expected_calls;
+    check_general_registers_path(pid, expected_calls, xinuse_reliable);
+
+    gpr_clobber = true;
+    const ProbeState in = make_pattern(50, SYS_getpid, kCF, 0x1f80);
+    const ProbeState out = run_probe(in);
+    CHECK(gpr_site_calls == ++expected_calls);
+    CHECK(static_cast<long>(out.rax) == pid);
+    const std::size_t width = have_avx() ? 32 : 16;
+    for (const auto& reg : out.vec) CHECK(all_ones(reg, width));
+
+    // munmap(NULL, 0) fails with EINVAL; forward() runs the library's code for it (new or
+    // removed code), so the stub saved the vector state even for this hook.
+    ProbeState munmap_in = make_pattern(51, SYS_munmap, kOF, 0x1f80);
+    munmap_in.rdi = 0;
+    munmap_in.rsi = 0;
+    const ProbeState munmap_out = run_probe(munmap_in);
+    CHECK(gpr_site_calls == ++expected_calls);
+    CHECK(static_cast<long>(munmap_out.rax) == -EINVAL);
+    CHECK(compare_probe(munmap_in, munmap_out) == "");
+    gpr_clobber = false;
+  }
+  {
+    long object_calls = 0;
+    auto session = install_or_skip(GprHook{&object_calls}, options);
+    check_general_registers_path(pid, expected_calls, xinuse_reliable);
+    CHECK(object_calls >= 6);
+  }
+}
