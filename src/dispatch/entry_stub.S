@@ -52,6 +52,7 @@
 /* Vector state in the "registers" modes (platform/cpu.hpp): the registers compiled code may
  * clobber, plus MXCSR, at `base`. On CPUs where XRSTOR is slow this is far cheaper. */
         .macro SAVE_YMM base
+        stmxcsr 512(\base)                      /* first: after the stores it waits for them */
         vmovdqu %ymm0, 0(\base)
         vmovdqu %ymm1, 32(\base)
         vmovdqu %ymm2, 64(\base)
@@ -68,7 +69,6 @@
         vmovdqu %ymm13, 416(\base)
         vmovdqu %ymm14, 448(\base)
         vmovdqu %ymm15, 480(\base)
-        stmxcsr 512(\base)
         .endm
         .macro RESTORE_YMM base
         vmovdqu 0(\base), %ymm0
@@ -89,6 +89,7 @@
         vmovdqu 480(\base), %ymm15
         .endm
         .macro SAVE_XMM base
+        stmxcsr 512(\base)
         movdqu %xmm0, 0(\base)
         movdqu %xmm1, 32(\base)
         movdqu %xmm2, 64(\base)
@@ -105,7 +106,6 @@
         movdqu %xmm13, 416(\base)
         movdqu %xmm14, 448(\base)
         movdqu %xmm15, 480(\base)
-        stmxcsr 512(\base)
         .endm
         .macro RESTORE_XMM base
         movdqu 0(\base), %xmm0
