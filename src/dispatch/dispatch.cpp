@@ -31,7 +31,7 @@
 namespace zpoline::detail {
 
 // The installed hook as the stub calls it (entry_stub.S reads entry and context).
-struct InstalledHook {
+struct alignas(64) InstalledHook {
   HookEntry entry;
   const void* context;
   Hook* hook;  // owned
@@ -40,20 +40,9 @@ static_assert(offsetof(InstalledHook, entry) == 0 && offsetof(InstalledHook, con
 
 }  // namespace zpoline::detail
 
-// Definitions of the symbols shared with entry_stub.S (declared in frame.hpp, and here).
+// Definitions of the symbols shared with entry_stub.S (declared in frame.hpp); the globals the
+// stub reads on every call are defined in entry_stub.S.
 __thread zpoline::detail::ThreadState zpoline_detail_thread_state = {};
-unsigned char zpoline_detail_hook_live = 0;
-std::uint64_t zpoline_detail_xsave_size = 576;
-std::uint64_t zpoline_detail_xsave_mask = 0;
-unsigned char zpoline_detail_xsave_mode = 0;
-unsigned char zpoline_detail_general_registers_only = 0;
-std::uint32_t zpoline_detail_popf_flags = ~0u;  // set by map_trampoline()
-extern "C" {
-// The hook, published by publish_hook(), and whether retract_hook() uses membarrier.
-__attribute__((visibility("hidden"))) zpoline::detail::InstalledHook* zpoline_detail_current_hook =
-    nullptr;
-__attribute__((visibility("hidden"))) unsigned char zpoline_detail_membarrier_registered = 0;
-}
 
 namespace zpoline::detail {
 namespace {
@@ -65,7 +54,8 @@ InstalledHook* load_current_hook() {
 // Whether each thread is inside the hook, for retract_hook(). Records live on the heap and are
 // never freed (a thread may die without notice, e.g. by a raw exit); a new thread reuses the
 // record of a thread that no longer exists. The hot path only writes its own record.
-struct HookActivity {
+// A cache line each: the owner writes it on every hooked call.
+struct alignas(64) HookActivity {
   std::uint32_t in_hook = 0;
   pid_t tid = 0;
 };

@@ -24,16 +24,16 @@
 #define STATE_HOOK_FRAME 8
 #define STATE_RUN_ON_APP_STACK 16
 #define STATE_VFORK_DEPTH 20
-#define STATE_VFORK_RETURNS 24
+#define STATE_VFORK_RETURNS 64
 #define VFORK_RETURN_ADDRESS 0
 #define VFORK_SAVED_STATE 8
 #define VFORK_SAVED_HOOK_FRAME 16
 #define VFORK_RESULT 24
 #define VFORK_MAX 16
-#define STATE_HOOK_CANARY_ADDRESS 536
-#define STATE_HOOK_CANARY 544
-#define STATE_HOOK_ENTRIES 552
-#define STATE_IN_HOOK 560
+#define STATE_HOOK_CANARY_ADDRESS 24
+#define STATE_HOOK_CANARY 32
+#define STATE_HOOK_ENTRIES 40
+#define STATE_IN_HOOK 48
 /* HookCall (dispatch/frame.hpp) */
 #define HOOK_CALL_SIZE 64
 #define HOOK_CALL_REGS 0
@@ -296,8 +296,9 @@ zpoline_detail_entry:
         vorps %ymm4, %ymm0, %ymm0
         vorps %ymm12, %ymm8, %ymm8
         vorps %ymm8, %ymm0, %ymm0
+        vextractf128 $1, %ymm0, %xmm0
         xor %r13d, %r13d
-        vptest .Lupper_halves(%rip), %ymm0
+        vptest %xmm0, %xmm0
         setnz %r13b
         vzeroupper                              /* the C++ code is SSE: no dirty upper halves */
 .Lvectors_saved:
@@ -790,9 +791,31 @@ zpoline_detail_sigreturn_gadget:
         .hidden zpoline_detail_code_end
 zpoline_detail_code_end:
 
-        .section .rodata
-        .p2align 5
-.Lupper_halves:                                 /* vptest mask: bits 128..255 of a ymm register */
-        .quad 0, 0, -1, -1
+/* The globals the stub reads on every call, in one cache line (declared in dispatch/frame.hpp). */
+        .data
+        .p2align 6
+        .macro GLOBAL name, size
+        .globl \name
+        .hidden \name
+        .type \name, @object
+        .size \name, \size
+\name:
+        .endm
+        GLOBAL zpoline_detail_current_hook, 8   /* InstalledHook*, set by publish_hook() */
+        .quad 0
+        GLOBAL zpoline_detail_xsave_size, 8     /* bytes of the vector save area (platform/cpu) */
+        .quad 576
+        GLOBAL zpoline_detail_xsave_mask, 8     /* XSAVE components, in the XSAVE modes */
+        .quad 0
+        GLOBAL zpoline_detail_popf_flags, 4     /* set by map_trampoline() */
+        .long 0xffffffff
+        GLOBAL zpoline_detail_hook_live, 1
+        .byte 0
+        GLOBAL zpoline_detail_xsave_mode, 1     /* platform/cpu.hpp, VectorSaveMode */
+        .byte 0
+        GLOBAL zpoline_detail_general_registers_only, 1
+        .byte 0
+        GLOBAL zpoline_detail_membarrier_registered, 1
+        .byte 0
 
         .section .note.GNU-stack,"",@progbits
