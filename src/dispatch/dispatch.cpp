@@ -24,10 +24,6 @@
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 
-// Code on the stub's fast path uses general registers only: with
-// Options::general_registers_only the stub saves no vector state around it (entry_stub.S).
-#define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
-
 namespace zpoline::detail {
 
 // The installed hook as the stub calls it (entry_stub.S reads entry and context).
@@ -231,9 +227,18 @@ const char* syscall_name(long number) noexcept {
   return zpoline::syscall_name(number).data();
 }
 
-// On the fast path for every number but those below, which the stub never sends there with
-// Options::general_registers_only. The call to the kernel is a tail call.
-ZPOLINE_GENERAL_REGISTERS_ONLY long forward(const SyscallFrame& frame) noexcept {
+static_assert(forwarded_by_library(SYS_clone) && forwarded_by_library(SYS_clone3) &&
+              forwarded_by_library(SYS_vfork) && forwarded_by_library(SYS_mmap) &&
+              forwarded_by_library(SYS_mprotect) && forwarded_by_library(SYS_pkey_mprotect) &&
+              forwarded_by_library(SYS_munmap) && forwarded_by_library(SYS_rt_sigprocmask) &&
+              forwarded_by_library(SYS_rt_sigaction) && forwarded_by_library(SYS_rt_sigsuspend) &&
+              forwarded_by_library(SYS_ppoll) && forwarded_by_library(SYS_epoll_pwait) &&
+              forwarded_by_library(SYS_epoll_pwait2));
+static_assert(!forwarded_by_library(SYS_read) && !forwarded_by_library(SYS_getpid) &&
+              !forwarded_by_library(SYS_fork) && !forwarded_by_library(-1) &&
+              !forwarded_by_library(SYS_exit_group));
+
+long forward(const SyscallFrame& frame) noexcept {
   const RegisterFrame& r = *frame.regs;
   switch (static_cast<long>(r.rax)) {
     case SYS_clone:
@@ -464,8 +469,15 @@ ZPOLINE_GENERAL_REGISTERS_ONLY void Syscall::set_arg(int i, long value) noexcept
 ZPOLINE_GENERAL_REGISTERS_ONLY std::uintptr_t Syscall::return_address() const noexcept {
   return frame_->regs->return_address;
 }
+// Most calls go straight to the kernel, by tail calls: the stub's `ret`-less return path
+// (entry_stub.S). The others are the numbers detail::forward() handles itself, which the stub
+// gives the full vector save even with Options::general_registers_only.
 ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() noexcept {
   if (next_ != nullptr) return next_->run(*next_, *this);
+  const RegisterFrame& r = *frame_->regs;
+  if (!detail::forwarded_by_library(static_cast<long>(r.rax))) {
+    return zpoline_detail_forward_syscall(&r);
+  }
   return detail::forward(*frame_);
 }
 

@@ -24,6 +24,21 @@ void retract_hook() noexcept;
 // Runs the system call described by `frame` in the kernel and returns the raw result.
 long forward(const SyscallFrame& frame) noexcept;
 
+// Code on the stub's fast path uses general registers only: with
+// Options::general_registers_only the stub saves no vector state around it (entry_stub.S).
+#define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
+
+// The numbers forward() does more for than the system call (clone, clone3, vfork; mmap, mprotect,
+// pkey_mprotect, munmap; the signal calls the safety net filters). entry_stub.S has the same
+// list (.Lgeneral_registers_only).
+ZPOLINE_GENERAL_REGISTERS_ONLY constexpr bool forwarded_by_library(long number) {
+  constexpr std::uint64_t kLow = (1ull << 9) | (1ull << 10) | (1ull << 11) | (1ull << 13) |
+                                 (1ull << 14) | (1ull << 56) | (1ull << 58);
+  if (static_cast<unsigned long>(number) < 64) return (kLow >> number) & 1;
+  return number == 130 || number == 271 || number == 281 || number == 329 || number == 435 ||
+         number == 441;
+}
+
 // The kernel's name of a syscall number, or "unknown".
 const char* syscall_name(long number) noexcept;
 

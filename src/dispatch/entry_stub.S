@@ -168,7 +168,8 @@ zpoline_detail_code_begin:
  *    except for the calls whose forwarding runs library C++ code (clone, vfork, mmap, ...).
  *
  * Registers of the full path: rbx = RegisterFrame, r12 = HookCall, r13 = whether any ymm upper
- * half was nonzero, r14 = the vector save area (0: none saved). All survive the calls. */
+ * half was nonzero, r14 = the vector save area (0: none saved), r15 = the TLS offset of
+ * ThreadState. All survive the calls. */
 
         .globl zpoline_detail_entry
         .hidden zpoline_detail_entry
@@ -267,6 +268,7 @@ zpoline_detail_entry:
         .cfi_adjust_cfa_offset 8
         mov %rsp, %rbx                          /* rbx: the RegisterFrame, kept across calls */
         .cfi_def_cfa_register %rbx              /* CFA = rbx + FRAME_SIZE down to the pops */
+        mov %r11, %r15                          /* every way here loaded it into r11 */
         testl $(RFLAGS_DF | RFLAGS_AC), FRAME_RFLAGS(%rbx)
         jnz .Lclear_df_ac                       /* the C++ ABI wants DF clear; AC would fault */
 .Lflags_clear:
@@ -304,27 +306,25 @@ zpoline_detail_entry:
 .Lvectors_saved:
         mov %rsp, %r14                          /* r14: the vector save area */
 .Lfast_path:                                    /* the common case; else the dispatcher decides */
-        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        cmpl $0, %fs:STATE_BYPASS_DEPTH(%r11)   /* bypassed clone or vfork */
-        jne .Ldispatch
-        cmpq $0, %fs:STATE_HOOK_FRAME(%r11)     /* above a running hook's frame */
-        jne .Ldispatch
-        mov %fs:STATE_IN_HOOK(%r11), %rcx       /* rcx: this thread's in_hook flag; null before */
+        mov %fs:STATE_BYPASS_DEPTH(%r15), %rcx  /* bypass depth (and the zero word after it): */
+        or %fs:STATE_HOOK_FRAME(%r15), %rcx     /* a bypassed clone or vfork; hook frame: above */
+        jnz .Ldispatch                          /* a running hook's frame */
+        mov %fs:STATE_IN_HOOK(%r15), %rcx       /* rcx: this thread's in_hook flag; null before */
         test %rcx, %rcx                         /* its first hooked call registers it */
         jz .Ldispatch
         mov %rbx, HOOK_CALL_REGS(%r12)          /* the SyscallFrame */
         mov %r14, HOOK_CALL_XSAVE(%r12)
         mov %r12, HOOK_CALL_SYSCALL(%r12)       /* the Syscall: that frame, no continuation */
         movq $0, HOOK_CALL_SYSCALL+8(%r12)
-        mov %fs:STATE_HOOK_ENTRIES(%r11), %rdx  /* the canary: ++entries ^ frame */
+        mov %fs:STATE_HOOK_ENTRIES(%r15), %rdx  /* the canary: ++entries ^ frame */
         inc %rdx
-        mov %rdx, %fs:STATE_HOOK_ENTRIES(%r11)
+        mov %rdx, %fs:STATE_HOOK_ENTRIES(%r15)
         xor %rbx, %rdx
         mov %rdx, HOOK_CALL_CANARY(%r12)
-        mov %rdx, %fs:STATE_HOOK_CANARY(%r11)
+        mov %rdx, %fs:STATE_HOOK_CANARY(%r15)
         lea HOOK_CALL_CANARY(%r12), %rdx
-        mov %rdx, %fs:STATE_HOOK_CANARY_ADDRESS(%r11)
-        mov %r12, %fs:STATE_HOOK_FRAME(%r11)    /* syscalls from below here are the hook's own */
+        mov %rdx, %fs:STATE_HOOK_CANARY_ADDRESS(%r15)
+        mov %r12, %fs:STATE_HOOK_FRAME(%r15)    /* syscalls from below here are the hook's own */
         movl $1, (%rcx)                         /* in_hook, then check the hook is still live: */
         cmpb $0, zpoline_detail_membarrier_registered(%rip) /* retract_hook's membarrier orders */
         jne 1f                                  /* the two; without it, a full fence here */
@@ -337,13 +337,11 @@ zpoline_detail_entry:
         mov INSTALLED_HOOK_CONTEXT(%rax), %rsi
         lea HOOK_CALL_SYSCALL(%r12), %rdi
         call *INSTALLED_HOOK_ENTRY(%rax)        /* the hook */
-        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        mov %fs:STATE_IN_HOOK(%r11), %rcx
+        mov %fs:STATE_IN_HOOK(%r15), %rcx
         movl $0, (%rcx)
-        movq $0, %fs:STATE_HOOK_FRAME(%r11)
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
-        je .Lresult
-        mov FRAME_RAX(%rbx), %rax               /* vfork: the stub makes the call below */
+        movq $0, %fs:STATE_HOOK_FRAME(%r15)
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
+        cmovne FRAME_RAX(%rbx), %rax            /* vfork: the stub makes the call below */
 .Lresult:
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
         test %r14, %r14
@@ -358,6 +356,8 @@ zpoline_detail_entry:
 1:      RESTORE_YMM %rsp
 2:      RESTORE_MXCSR %rsp
 .Lvectors_restored:
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
+        jne .Lrestore_for_application_stack
         mov %rbx, %rsp
         .cfi_def_cfa_register %rsp
         pop %r9
@@ -390,12 +390,27 @@ zpoline_detail_entry:
         pop %rbx
         .cfi_adjust_cfa_offset -8
         .cfi_restore %rbx
+        mov 8(%rsp), %r11                       /* r11 = RFLAGS, as `syscall` leaves it */
+        test zpoline_detail_popf_flags(%rip), %r11d
+        jnz .Lpop_rax_return_popf
+        mov %r11d, %eax                         /* rax is popped below: flags as in .Lreturn */
+        shl $8, %eax
+        bt $11, %r11d
+        mov $0x7f, %al
+        adc $0, %al
+        sahf
         pop %rax
         .cfi_adjust_cfa_offset -8
-        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
-        jne .Lon_application_stack
+        lea 8+RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -(8+RED_ZONE)
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+
 .Lreturn:                                       /* rax = result, (%rsp) = saved RFLAGS */
+        .cfi_def_cfa_offset 8+RED_ZONE+8
+        .cfi_offset %rip, -8
         mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
         test zpoline_detail_popf_flags(%rip), %r11d
         jnz .Lreturn_popf
@@ -416,9 +431,12 @@ zpoline_detail_entry:
         .cfi_register %rip, %rcx
         jmp *%rcx                               /* not `ret`: see the top */
 
-.Lreturn_popf:                                  /* TF, DF or AC set: all flags exactly */
-        .cfi_def_cfa_offset 8+RED_ZONE+8
+.Lpop_rax_return_popf:
+        .cfi_def_cfa_offset 8+RED_ZONE+8+8
         .cfi_offset %rip, -8
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+.Lreturn_popf:                                  /* TF, DF or AC set: all flags exactly */
         popfq
         .cfi_adjust_cfa_offset -8
         lea RED_ZONE(%rsp), %rsp
@@ -429,6 +447,40 @@ zpoline_detail_entry:
         jmp *%rcx
 
         /* Out of line, in the full path's frame (CFA = rbx + FRAME_SIZE). */
+.Lrestore_for_application_stack:                /* vfork-like: restore, then make the call */
+        .cfi_def_cfa %rbx, FRAME_SIZE
+        .cfi_offset %rip, -8
+        .cfi_offset %rbx, -FRAME_SIZE+88
+        .cfi_offset %rbp, -FRAME_SIZE+80
+        .cfi_offset %r12, -FRAME_SIZE+72
+        .cfi_offset %r13, -FRAME_SIZE+64
+        .cfi_offset %r14, -FRAME_SIZE+56
+        .cfi_offset %r15, -FRAME_SIZE+48
+        mov %r15, %r11
+        mov %rbx, %rsp
+        .cfi_def_cfa_register %rsp
+        pop %r9
+        pop %r8
+        pop %r10
+        pop %rdx
+        pop %rsi
+        pop %rdi
+        pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        pop %rax
+        .cfi_adjust_cfa_offset -FRAME_SIZE+8+RED_ZONE+8
+        .cfi_restore %rbx
+        .cfi_restore %rbp
+        .cfi_restore %r12
+        .cfi_restore %r13
+        .cfi_restore %r14
+        .cfi_restore %r15
+        jmp .Lon_application_stack
+
 .Lclear_df_ac:
         .cfi_def_cfa %rbx, FRAME_SIZE
         .cfi_offset %rip, -8
