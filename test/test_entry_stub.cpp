@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -1145,8 +1146,8 @@ void check_general_registers_path(long pid, long& expected_calls, bool xinuse_re
 // With the switch on, a hook that keeps to general registers sees every register survive
 // (so the library's own path, stub, Syscall members and forward(), touched no vector state),
 // and a hook that clobbers vector registers leaks them to the application: the save was skipped.
-// Without it (registers_preserved above, whose hook clobbers everything) nothing leaks. Calls
-// the library forwards with its own C++ code keep the full save even with the switch on.
+// Without it (registers_preserved above, whose hook clobbers everything) nothing leaks. Where
+// forward() runs the library's own C++ code, it saves the vector state itself.
 TEST_CASE("general_registers_only_skips_vector_save") {
   const long pid = real_getpid();
   bool xinuse_reliable = false;
@@ -1174,16 +1175,25 @@ TEST_CASE("general_registers_only_skips_vector_save") {
     const std::size_t width = have_avx() ? 32 : 16;
     for (const auto& reg : out.vec) CHECK(all_ones(reg, width));
 
-    // munmap(NULL, 0) fails with EINVAL; forward() runs the library's code for it (new or
-    // removed code), so the stub saved the vector state even for this hook.
-    ProbeState munmap_in = make_pattern(51, SYS_munmap, kOF, 0x1f80);
-    munmap_in.rdi = 0;
-    munmap_in.rsi = 0;
-    const ProbeState munmap_out = run_probe(munmap_in);
-    CHECK(gpr_site_calls == ++expected_calls);
-    CHECK(static_cast<long>(munmap_out.rax) == -EINVAL);
-    CHECK(compare_probe(munmap_in, munmap_out) == "");
     gpr_clobber = false;
+    // mprotect(PROT_EXEC) makes forward() rewrite the page (C++ code, and libc's SSE/AVX string
+    // functions): with no vector state saved by the stub, forward() saves it for that.
+    void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(page != MAP_FAILED);
+    for (const bool clean_upper : {false, true}) {
+      CAPTURE(clean_upper);
+      ProbeState mprotect_in = make_pattern(clean_upper ? 52 : 51, SYS_mprotect, kOF, 0x1f80);
+      if (clean_upper) mprotect_in = with_clean_upper_halves(mprotect_in);
+      mprotect_in.rdi = reinterpret_cast<std::uint64_t>(page);
+      mprotect_in.rsi = 4096;
+      mprotect_in.rdx = PROT_READ | PROT_EXEC;
+      const ProbeState mprotect_out = run_probe(mprotect_in);
+      CHECK(gpr_site_calls == ++expected_calls);
+      CHECK(mprotect_out.rax == 0);
+      CHECK(compare_probe(mprotect_in, mprotect_out) == "");
+      if (clean_upper && xinuse_reliable) CHECK((mprotect_out.xinuse & kXinuseAvx) == 0);
+    }
+    munmap(page, 4096);
   }
   {
     long object_calls = 0;

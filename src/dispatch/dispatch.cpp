@@ -405,6 +405,10 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
 }
 
+extern "C" long zpoline_detail_forward_frame(const SyscallFrame* frame) noexcept {
+  return forward(*frame);
+}
+
 // The personality routine of the entry stub's frame (entry_stub.S, .cfi_personality): an
 // exception that leaves the hook the stub called reaches it in the unwinder's search phase.
 extern "C" __attribute__((visibility("hidden"))) _Unwind_Reason_Code
@@ -470,14 +474,15 @@ ZPOLINE_GENERAL_REGISTERS_ONLY std::uintptr_t Syscall::return_address() const no
   return frame_->regs->return_address;
 }
 // Most calls go straight to the kernel, by tail calls: the stub's `ret`-less return path
-// (entry_stub.S). The others are the numbers detail::forward() handles itself, which the stub
-// gives the full vector save even with Options::general_registers_only.
+// (entry_stub.S). The numbers detail::forward() handles itself run library C++ code: where the
+// stub saved no vector state (Options::general_registers_only), it is saved around it.
 ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() noexcept {
   if (next_ != nullptr) return next_->run(*next_, *this);
   const RegisterFrame& r = *frame_->regs;
   if (!detail::forwarded_by_library(static_cast<long>(r.rax))) {
     return zpoline_detail_forward_syscall(&r);
   }
+  if (frame_->xsave_area == nullptr) return zpoline_detail_forward_saving_vectors(frame_);
   return detail::forward(*frame_);
 }
 

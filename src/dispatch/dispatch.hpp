@@ -29,8 +29,7 @@ long forward(const SyscallFrame& frame) noexcept;
 #define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
 
 // The numbers forward() does more for than the system call (clone, clone3, vfork; mmap, mprotect,
-// pkey_mprotect, munmap; the signal calls the safety net filters). entry_stub.S has the same
-// list (.Lgeneral_registers_only).
+// pkey_mprotect, munmap; the signal calls the safety net filters).
 ZPOLINE_GENERAL_REGISTERS_ONLY constexpr bool forwarded_by_library(long number) {
   constexpr std::uint64_t kLow = (1ull << 9) | (1ull << 10) | (1ull << 11) | (1ull << 13) |
                                  (1ull << 14) | (1ull << 56) | (1ull << 58);

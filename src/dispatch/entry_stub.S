@@ -135,6 +135,91 @@
 9:
         .endm
 
+/* Saves the vector state in the mode platform/cpu.cpp chose at (%rsp): 64-byte aligned,
+ * zpoline_detail_xsave_size bytes. In the ymm mode also: r13 = whether any upper half is
+ * nonzero (vorps over the saved registers: free beside the stores), and vzeroupper for the SSE
+ * C++ code. Clobbers rax, rcx, rdx and the vector registers. */
+        .macro SAVE_VECTOR_STATE
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne 1f
+        SAVE_YMM %rsp
+        vorps %ymm1, %ymm0, %ymm0
+        vorps %ymm3, %ymm2, %ymm2
+        vorps %ymm5, %ymm4, %ymm4
+        vorps %ymm7, %ymm6, %ymm6
+        vorps %ymm9, %ymm8, %ymm8
+        vorps %ymm11, %ymm10, %ymm10
+        vorps %ymm13, %ymm12, %ymm12
+        vorps %ymm15, %ymm14, %ymm14
+        vorps %ymm2, %ymm0, %ymm0
+        vorps %ymm6, %ymm4, %ymm4
+        vorps %ymm10, %ymm8, %ymm8
+        vorps %ymm14, %ymm12, %ymm12
+        vorps %ymm4, %ymm0, %ymm0
+        vorps %ymm12, %ymm8, %ymm8
+        vorps %ymm8, %ymm0, %ymm0
+        vextractf128 $1, %ymm0, %xmm0
+        xor %r13d, %r13d
+        vptest %xmm0, %xmm0
+        setnz %r13b
+        vzeroupper
+        jmp 8f
+1:      cmpb $4, zpoline_detail_xsave_mode(%rip)
+        jne 2f
+        SAVE_XMM %rsp
+        jmp 8f
+2:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
+        mov %rcx, 520(%rsp)
+        mov %rcx, 528(%rsp)
+        mov %rcx, 536(%rsp)
+        mov %rcx, 544(%rsp)
+        mov %rcx, 552(%rsp)
+        mov %rcx, 560(%rsp)
+        mov %rcx, 568(%rsp)
+        mov zpoline_detail_xsave_mask(%rip), %eax
+        mov zpoline_detail_xsave_mask+4(%rip), %edx
+        cmpb $2, zpoline_detail_xsave_mode(%rip)
+        jne 3f
+        xsavec (%rsp)                           /* compacted, skips components in init state */
+        jmp 8f
+3:      cmpb $1, zpoline_detail_xsave_mode(%rip)
+        jne 4f
+        xsave (%rsp)
+        jmp 8f
+4:      fxsave (%rsp)
+8:
+        .endm
+
+/* Restores what SAVE_VECTOR_STATE saved at (%rsp), with r13 as it left it. With every upper
+ * half zero: vzeroupper and 128-bit loads, which leave the upper state clean (256-bit loads
+ * would leave it dirty, and the application's next SSE instruction would pay a state
+ * transition). Clobbers rax, rcx and rdx. */
+        .macro RESTORE_VECTOR_STATE
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne 4f
+        test %r13d, %r13d
+        jnz 1f
+        vzeroupper
+        RESTORE_XMM %rsp
+        jmp 2f
+1:      RESTORE_YMM %rsp
+2:      RESTORE_MXCSR %rsp
+        jmp 8f
+4:      cmpb $4, zpoline_detail_xsave_mode(%rip)
+        jne 5f
+        RESTORE_XMM %rsp
+        RESTORE_MXCSR %rsp
+        jmp 8f
+5:      mov zpoline_detail_xsave_mask(%rip), %eax
+        mov zpoline_detail_xsave_mask+4(%rip), %edx
+        cmpb $0, zpoline_detail_xsave_mode(%rip)
+        je 6f
+        xrstor (%rsp)
+        jmp 8f
+6:      fxrstor (%rsp)
+8:
+        .endm
+
         .text
         .globl zpoline_detail_code_begin
         .hidden zpoline_detail_code_begin
@@ -142,11 +227,11 @@ zpoline_detail_code_begin:
 
 /* The entry stub. Three things decide its cost (docs/PERFORMANCE.md, "Where the time goes"):
  *
- * 1. Returns after a system call. On kernels that refill or clobber the return stack buffer on
- *    kernel entry (here: AMD SRSO "Safe RET"), every `ret` whose `call` came before a system
- *    call mispredicts, the first one by far the worst. Native code has one such `ret` (its
- *    wrapper's); a hooked call would add the stub's, the dispatcher's, the hook's, forward()'s
- *    and the raw syscall's. So the stub calls the hook itself, forward() reaches the kernel
+ * 1. Returns after a system call. On the machine measured (Zen 3 guest whose kernel reports
+ *    spec_rstack_overflow "Safe RET" and RSB filling), every `ret` whose `call` came before a
+ *    system call mispredicts, the first by ~40 ns, later ones by ~8 ns. Native code has one such
+ *    `ret` (its wrapper's); a hooked call would add the stub's, the dispatcher's, the hook's,
+ *    forward()'s and the raw syscall's. So the stub calls the hook itself, forward() reaches the kernel
  *    through tail calls and zpoline_detail_forward_syscall, which returns with `pop; jmp`, and
  *    the stub returns to the site the same way (an indirect jump the branch predictor learns
  *    per site history, and rcx = return address is what `syscall` leaves anyway). A
@@ -158,14 +243,12 @@ zpoline_detail_code_begin:
  *    C++ code (its ABI wants DF clear; AC would make unaligned accesses fault) and restored
  *    with popfq, like TF, the rare case. zpoline_detail_popf_flags holds the bits that need
  *    popfq (every bit on a CPU without LAHF/SAHF in 64-bit mode).
- * 3. Vector state (platform/cpu.hpp). In the ymm mode: 16 ymm stores and STMXCSR, whether any
- *    upper half is nonzero (vorps over the saved registers and one vptest: free beside the
- *    stores), vzeroupper for the SSE C++ code; afterwards, with all upper halves zero,
- *    vzeroupper and 16 legacy-SSE loads, which leave the upper state clean. Restoring with
- *    256-bit loads instead leaves it dirty, and the application's next SSE instruction then
- *    pays a state transition (~130 ns measured here). MXCSR is reloaded only if it changed
- *    (LDMXCSR is serialising). With Options::general_registers_only nothing of this runs,
- *    except for the calls whose forwarding runs library C++ code (clone, vfork, mmap, ...).
+ * 3. Vector state (SAVE_VECTOR_STATE, RESTORE_VECTOR_STATE above). In the ymm mode: STMXCSR
+ *    first (after the stores it waits for them: ~10 ns), 16 ymm stores, vzeroupper; on the
+ *    way back 16 loads, and MXCSR reloaded only if it changed. With
+ *    Options::general_registers_only the stub saves nothing: a hook built for general registers
+ *    leaves the vector registers alone, and where forward() runs the library's C++ code (clone,
+ *    mmap, ...) it saves them itself (zpoline_detail_forward_saving_vectors).
  *
  * Registers of the full path: rbx = RegisterFrame, r12 = HookCall, r13 = whether any ymm upper
  * half was nonzero, r14 = the vector save area (0: none saved), r15 = the TLS offset of
@@ -276,35 +359,12 @@ zpoline_detail_entry:
         lea -HOOK_CALL_SIZE(%rsp), %r12         /* r12: the HookCall */
         mov %r12, %rsp
         sub zpoline_detail_xsave_size(%rip), %rsp
+        xor %r14d, %r14d                        /* r14: the vector save area, 0 if none */
         cmpb $0, zpoline_detail_general_registers_only(%rip)
-        jne .Lgeneral_registers_only
+        jne .Lfast_path                         /* forward() saves it if it runs C++ code */
 .Lsave_vectors:
-        cmpb $3, zpoline_detail_xsave_mode(%rip)
-        jne .Lsave_other
-        SAVE_YMM %rsp
-        /* Any upper half nonzero? The saved registers may be clobbered now. */
-        vorps %ymm1, %ymm0, %ymm0
-        vorps %ymm3, %ymm2, %ymm2
-        vorps %ymm5, %ymm4, %ymm4
-        vorps %ymm7, %ymm6, %ymm6
-        vorps %ymm9, %ymm8, %ymm8
-        vorps %ymm11, %ymm10, %ymm10
-        vorps %ymm13, %ymm12, %ymm12
-        vorps %ymm15, %ymm14, %ymm14
-        vorps %ymm2, %ymm0, %ymm0
-        vorps %ymm6, %ymm4, %ymm4
-        vorps %ymm10, %ymm8, %ymm8
-        vorps %ymm14, %ymm12, %ymm12
-        vorps %ymm4, %ymm0, %ymm0
-        vorps %ymm12, %ymm8, %ymm8
-        vorps %ymm8, %ymm0, %ymm0
-        vextractf128 $1, %ymm0, %xmm0
-        xor %r13d, %r13d
-        vptest %xmm0, %xmm0
-        setnz %r13b
-        vzeroupper                              /* the C++ code is SSE: no dirty upper halves */
-.Lvectors_saved:
-        mov %rsp, %r14                          /* r14: the vector save area */
+        SAVE_VECTOR_STATE
+        mov %rsp, %r14
 .Lfast_path:                                    /* the common case; else the dispatcher decides */
         mov %fs:STATE_BYPASS_DEPTH(%r15), %rcx  /* bypass depth (and the zero word after it): */
         or %fs:STATE_HOOK_FRAME(%r15), %rcx     /* a bypassed clone or vfork; hook frame: above */
@@ -346,15 +406,7 @@ zpoline_detail_entry:
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
         test %r14, %r14
         jz .Lvectors_restored
-        cmpb $3, zpoline_detail_xsave_mode(%rip)
-        jne .Lrestore_other
-        test %r13d, %r13d
-        jnz 1f
-        vzeroupper                              /* upper halves zero and clean, as they were */
-        RESTORE_XMM %rsp
-        jmp 2f
-1:      RESTORE_YMM %rsp
-2:      RESTORE_MXCSR %rsp
+        RESTORE_VECTOR_STATE
 .Lvectors_restored:
         cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
         jne .Lrestore_for_application_stack
@@ -495,31 +547,6 @@ zpoline_detail_entry:
         popfq
         jmp .Lflags_clear
 
-.Lgeneral_registers_only:
-        /* The calls whose forwarding runs the library's own C++ code (forward() in dispatch.cpp:
-         * clone, clone3, vfork, mmap, mprotect, pkey_mprotect, munmap, and the signal calls the
-         * safety net filters) take the full save; every other call none. */
-        cmp $63, %rax
-        ja 1f
-        movabs $((1 << 9) | (1 << 10) | (1 << 11) | (1 << 13) | (1 << 14) | (1 << 56) | (1 << 58)), %rcx
-        bt %rax, %rcx
-        jc .Lsave_vectors
-        jmp 2f
-1:      cmp $130, %rax                          /* rt_sigsuspend */
-        je .Lsave_vectors
-        cmp $271, %rax                          /* ppoll */
-        je .Lsave_vectors
-        cmp $281, %rax                          /* epoll_pwait */
-        je .Lsave_vectors
-        cmp $329, %rax                          /* pkey_mprotect */
-        je .Lsave_vectors
-        cmp $435, %rax                          /* clone3 */
-        je .Lsave_vectors
-        cmp $441, %rax                          /* epoll_pwait2 */
-        je .Lsave_vectors
-2:      xor %r14d, %r14d                        /* no vector state saved */
-        jmp .Lfast_path
-
 .Lhook_retracted:                               /* undo, and let the dispatcher forward it */
         movl $0, (%rcx)
         movq $0, %fs:STATE_HOOK_FRAME(%r11)
@@ -530,47 +557,6 @@ zpoline_detail_entry:
         mov %r14, %rsi
         call zpoline_detail_dispatch
         jmp .Lresult
-
-.Lsave_other:                                   /* the other vector save modes */
-        cmpb $4, zpoline_detail_xsave_mode(%rip)
-        jne 7f
-        SAVE_XMM %rsp
-        jmp .Lvectors_saved
-7:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
-        mov %rcx, 520(%rsp)
-        mov %rcx, 528(%rsp)
-        mov %rcx, 536(%rsp)
-        mov %rcx, 544(%rsp)
-        mov %rcx, 552(%rsp)
-        mov %rcx, 560(%rsp)
-        mov %rcx, 568(%rsp)
-        mov zpoline_detail_xsave_mask(%rip), %eax
-        mov zpoline_detail_xsave_mask+4(%rip), %edx
-        cmpb $2, zpoline_detail_xsave_mode(%rip)
-        jne 1f
-        xsavec (%rsp)                           /* compacted, skips components in init state */
-        jmp .Lvectors_saved
-1:      cmpb $1, zpoline_detail_xsave_mode(%rip)
-        jne 2f
-        xsave (%rsp)
-        jmp .Lvectors_saved
-2:      fxsave (%rsp)
-        jmp .Lvectors_saved
-
-.Lrestore_other:
-        cmpb $4, zpoline_detail_xsave_mode(%rip)
-        jne 7f
-        RESTORE_XMM %rsp
-        RESTORE_MXCSR %rsp
-        jmp .Lvectors_restored
-7:      mov zpoline_detail_xsave_mask(%rip), %eax
-        mov zpoline_detail_xsave_mask+4(%rip), %edx
-        cmpb $0, zpoline_detail_xsave_mode(%rip)
-        je 4f
-        xrstor (%rsp)
-        jmp .Lvectors_restored
-4:      fxrstor (%rsp)
-        jmp .Lvectors_restored
 
         /* Back in the entry's frame: CFA = rsp + 8 + RED_ZONE + 8, (%rsp) = saved RFLAGS. */
 .Lbypass:                                       /* no hook: straight to the kernel, */
@@ -721,6 +707,52 @@ zpoline_detail_forward_syscall:
         jmp *%rcx
         .cfi_endproc
         .size zpoline_detail_forward_syscall, .-zpoline_detail_forward_syscall
+
+/* long zpoline_detail_forward_saving_vectors(const SyscallFrame* frame)
+ * forward() of a call the library handles with its own C++ code (clone, mmap, ...) where the stub
+ * saved no vector state (Options::general_registers_only). Neither the stub nor the hook has
+ * touched the vector registers, so they still hold the application's values: saved here as the
+ * stub would, around zpoline_detail_forward_frame(frame with this save area). */
+        .globl zpoline_detail_forward_saving_vectors
+        .hidden zpoline_detail_forward_saving_vectors
+        .type zpoline_detail_forward_saving_vectors, @function
+        .p2align 4
+zpoline_detail_forward_saving_vectors:
+        .cfi_startproc
+        push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
+        mov %rsp, %rbp
+        .cfi_def_cfa_register %rbp
+        push %r12
+        .cfi_offset %r12, -24
+        push %r13
+        .cfi_offset %r13, -32
+        mov (%rdi), %r12                        /* the RegisterFrame */
+        and $-64, %rsp
+        sub zpoline_detail_xsave_size(%rip), %rsp
+        SAVE_VECTOR_STATE
+        mov %rsp, %rax
+        sub $16, %rsp                           /* a SyscallFrame: the registers, this area */
+        mov %r12, (%rsp)
+        mov %rax, 8(%rsp)
+        mov %rsp, %rdi
+        call zpoline_detail_forward_frame
+        add $16, %rsp
+        mov %rax, %r12                          /* the result */
+        RESTORE_VECTOR_STATE
+        mov %r12, %rax
+        lea -16(%rbp), %rsp
+        pop %r13
+        .cfi_restore %r13
+        pop %r12
+        .cfi_restore %r12
+        pop %rbp
+        .cfi_def_cfa %rsp, 8
+        .cfi_restore %rbp
+        ret
+        .cfi_endproc
+        .size zpoline_detail_forward_saving_vectors, .-zpoline_detail_forward_saving_vectors
 
 /* long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5) */
         .globl zpoline_detail_raw_syscall

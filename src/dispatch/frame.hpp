@@ -136,4 +136,10 @@ long zpoline_detail_clone_to_site(const zpoline::detail::CloneRequest* request)
 // range. Returns with an indirect jump instead of `ret` (entry_stub.S says why).
 long zpoline_detail_forward_syscall(const zpoline::detail::RegisterFrame* regs) noexcept
     __attribute__((visibility("hidden")));
+// forward() with the vector state saved around it, for a SyscallFrame without a save area
+// (Options::general_registers_only): calls zpoline_detail_forward_frame.
+long zpoline_detail_forward_saving_vectors(const zpoline::detail::SyscallFrame* frame) noexcept
+    __attribute__((visibility("hidden")));
+long zpoline_detail_forward_frame(const zpoline::detail::SyscallFrame* frame) noexcept
+    __attribute__((visibility("hidden")));
 }
