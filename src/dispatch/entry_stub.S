@@ -135,14 +135,76 @@
 9:
         .endm
 
+/* The ymm mode's moves, with two base registers (lo = area + 128, hi = area + 384) so that every
+ * displacement fits in a byte: about half the code of (%rsp)-relative moves. */
+        .macro YMM_STORES lo, hi
+        vmovdqu %ymm0, -128(\lo)
+        vmovdqu %ymm1, -96(\lo)
+        vmovdqu %ymm2, -64(\lo)
+        vmovdqu %ymm3, -32(\lo)
+        vmovdqu %ymm4, 0(\lo)
+        vmovdqu %ymm5, 32(\lo)
+        vmovdqu %ymm6, 64(\lo)
+        vmovdqu %ymm7, 96(\lo)
+        vmovdqu %ymm8, -128(\hi)
+        vmovdqu %ymm9, -96(\hi)
+        vmovdqu %ymm10, -64(\hi)
+        vmovdqu %ymm11, -32(\hi)
+        vmovdqu %ymm12, 0(\hi)
+        vmovdqu %ymm13, 32(\hi)
+        vmovdqu %ymm14, 64(\hi)
+        vmovdqu %ymm15, 96(\hi)
+        .endm
+        .macro YMM_LOADS lo, hi
+        vmovdqu -128(\lo), %ymm0
+        vmovdqu -96(\lo), %ymm1
+        vmovdqu -64(\lo), %ymm2
+        vmovdqu -32(\lo), %ymm3
+        vmovdqu 0(\lo), %ymm4
+        vmovdqu 32(\lo), %ymm5
+        vmovdqu 64(\lo), %ymm6
+        vmovdqu 96(\lo), %ymm7
+        vmovdqu -128(\hi), %ymm8
+        vmovdqu -96(\hi), %ymm9
+        vmovdqu -64(\hi), %ymm10
+        vmovdqu -32(\hi), %ymm11
+        vmovdqu 0(\hi), %ymm12
+        vmovdqu 32(\hi), %ymm13
+        vmovdqu 64(\hi), %ymm14
+        vmovdqu 96(\hi), %ymm15
+        .endm
+        .macro XMM_LOADS lo, hi                 /* legacy SSE: the upper halves stay as they are */
+        movdqu -128(\lo), %xmm0
+        movdqu -96(\lo), %xmm1
+        movdqu -64(\lo), %xmm2
+        movdqu -32(\lo), %xmm3
+        movdqu 0(\lo), %xmm4
+        movdqu 32(\lo), %xmm5
+        movdqu 64(\lo), %xmm6
+        movdqu 96(\lo), %xmm7
+        movdqu -128(\hi), %xmm8
+        movdqu -96(\hi), %xmm9
+        movdqu -64(\hi), %xmm10
+        movdqu -32(\hi), %xmm11
+        movdqu 0(\hi), %xmm12
+        movdqu 32(\hi), %xmm13
+        movdqu 64(\hi), %xmm14
+        movdqu 96(\hi), %xmm15
+        .endm
+
 /* Saves the vector state in the mode platform/cpu.cpp chose at (%rsp): 64-byte aligned,
- * zpoline_detail_xsave_size bytes. In the ymm mode also: r13 = whether any upper half is
- * nonzero (vorps over the saved registers: free beside the stores), and vzeroupper for the SSE
- * C++ code. Clobbers rax, rcx, rdx and the vector registers. */
-        .macro SAVE_VECTOR_STATE
+ * zpoline_detail_xsave_size bytes. The ymm mode inline; the others at \other (one
+ * SAVE_OTHER_VECTOR_STATE \other, \done per use, out of the hot path), which continues at \done.
+ * In the ymm mode also: r13 = whether any upper half is nonzero (vorps over the saved
+ * registers: free beside the stores), and vzeroupper for the SSE C++ code. Clobbers rax, rcx,
+ * rdx and the vector registers. */
+        .macro SAVE_VECTOR_STATE other, done
         cmpb $3, zpoline_detail_xsave_mode(%rip)
-        jne 1f
-        SAVE_YMM %rsp
+        jne \other
+        stmxcsr 512(%rsp)                       /* first: after the stores it waits for them */
+        lea 128(%rsp), %rax
+        lea 384(%rsp), %rdx
+        YMM_STORES %rax, %rdx
         vorps %ymm1, %ymm0, %ymm0
         vorps %ymm3, %ymm2, %ymm2
         vorps %ymm5, %ymm4, %ymm4
@@ -163,11 +225,14 @@
         vptest %xmm0, %xmm0
         setnz %r13b
         vzeroupper
-        jmp 8f
-1:      cmpb $4, zpoline_detail_xsave_mode(%rip)
+\done:
+        .endm
+        .macro SAVE_OTHER_VECTOR_STATE other, done
+\other:
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 2f
         SAVE_XMM %rsp
-        jmp 8f
+        jmp \done
 2:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
         mov %rcx, 520(%rsp)
         mov %rcx, 528(%rsp)
@@ -181,43 +246,49 @@
         cmpb $2, zpoline_detail_xsave_mode(%rip)
         jne 3f
         xsavec (%rsp)                           /* compacted, skips components in init state */
-        jmp 8f
+        jmp \done
 3:      cmpb $1, zpoline_detail_xsave_mode(%rip)
         jne 4f
         xsave (%rsp)
-        jmp 8f
+        jmp \done
 4:      fxsave (%rsp)
-8:
+        jmp \done
         .endm
 
-/* Restores what SAVE_VECTOR_STATE saved at (%rsp), with r13 as it left it. With every upper
- * half zero: vzeroupper and 128-bit loads, which leave the upper state clean (256-bit loads
- * would leave it dirty, and the application's next SSE instruction would pay a state
- * transition). Clobbers rax, rcx and rdx. */
-        .macro RESTORE_VECTOR_STATE
+/* Restores what SAVE_VECTOR_STATE saved at (%rsp), with r13 as it left it; the other modes at
+ * \other (RESTORE_OTHER_VECTOR_STATE), continuing at \done. With every upper half zero:
+ * vzeroupper and 128-bit loads, which leave the upper state clean (256-bit loads would leave it
+ * dirty, and the application's next SSE instruction would pay a state transition). Clobbers rax,
+ * rcx and rdx. */
+        .macro RESTORE_VECTOR_STATE other, done
         cmpb $3, zpoline_detail_xsave_mode(%rip)
-        jne 4f
+        jne \other
+        lea 128(%rsp), %rax
+        lea 384(%rsp), %rdx
         test %r13d, %r13d
         jnz 1f
         vzeroupper
-        RESTORE_XMM %rsp
+        XMM_LOADS %rax, %rdx
         jmp 2f
-1:      RESTORE_YMM %rsp
+1:      YMM_LOADS %rax, %rdx
 2:      RESTORE_MXCSR %rsp
-        jmp 8f
-4:      cmpb $4, zpoline_detail_xsave_mode(%rip)
+\done:
+        .endm
+        .macro RESTORE_OTHER_VECTOR_STATE other, done
+\other:
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 5f
         RESTORE_XMM %rsp
         RESTORE_MXCSR %rsp
-        jmp 8f
+        jmp \done
 5:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
         cmpb $0, zpoline_detail_xsave_mode(%rip)
         je 6f
         xrstor (%rsp)
-        jmp 8f
+        jmp \done
 6:      fxrstor (%rsp)
-8:
+        jmp \done
         .endm
 
         .text
@@ -363,7 +434,7 @@ zpoline_detail_entry:
         cmpb $0, zpoline_detail_general_registers_only(%rip)
         jne .Lfast_path                         /* forward() saves it if it runs C++ code */
 .Lsave_vectors:
-        SAVE_VECTOR_STATE
+        SAVE_VECTOR_STATE .Lsave_other_vectors, .Lvectors_saved
         mov %rsp, %r14
 .Lfast_path:                                    /* the common case; else the dispatcher decides */
         mov %fs:STATE_BYPASS_DEPTH(%r15), %rcx  /* bypass depth (and the zero word after it): */
@@ -406,8 +477,7 @@ zpoline_detail_entry:
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
         test %r14, %r14
         jz .Lvectors_restored
-        RESTORE_VECTOR_STATE
-.Lvectors_restored:
+        RESTORE_VECTOR_STATE .Lrestore_other_vectors, .Lvectors_restored
         cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
         jne .Lrestore_for_application_stack
         mov %rbx, %rsp
@@ -557,6 +627,9 @@ zpoline_detail_entry:
         mov %r14, %rsi
         call zpoline_detail_dispatch
         jmp .Lresult
+
+        SAVE_OTHER_VECTOR_STATE .Lsave_other_vectors, .Lvectors_saved
+        RESTORE_OTHER_VECTOR_STATE .Lrestore_other_vectors, .Lvectors_restored
 
         /* Back in the entry's frame: CFA = rsp + 8 + RED_ZONE + 8, (%rsp) = saved RFLAGS. */
 .Lbypass:                                       /* no hook: straight to the kernel, */
@@ -731,7 +804,7 @@ zpoline_detail_forward_saving_vectors:
         mov (%rdi), %r12                        /* the RegisterFrame */
         and $-64, %rsp
         sub zpoline_detail_xsave_size(%rip), %rsp
-        SAVE_VECTOR_STATE
+        SAVE_VECTOR_STATE .Lforward_save_other, .Lforward_saved
         mov %rsp, %rax
         sub $16, %rsp                           /* a SyscallFrame: the registers, this area */
         mov %r12, (%rsp)
@@ -740,7 +813,7 @@ zpoline_detail_forward_saving_vectors:
         call zpoline_detail_forward_frame
         add $16, %rsp
         mov %rax, %r12                          /* the result */
-        RESTORE_VECTOR_STATE
+        RESTORE_VECTOR_STATE .Lforward_restore_other, .Lforward_restored
         mov %r12, %rax
         lea -16(%rbp), %rsp
         pop %r13
@@ -751,6 +824,12 @@ zpoline_detail_forward_saving_vectors:
         .cfi_def_cfa %rsp, 8
         .cfi_restore %rbp
         ret
+        .cfi_def_cfa %rbp, 16                   /* the other vector modes, out of line */
+        .cfi_offset %rbp, -16
+        .cfi_offset %r12, -24
+        .cfi_offset %r13, -32
+        SAVE_OTHER_VECTOR_STATE .Lforward_save_other, .Lforward_saved
+        RESTORE_OTHER_VECTOR_STATE .Lforward_restore_other, .Lforward_restored
         .cfi_endproc
         .size zpoline_detail_forward_saving_vectors, .-zpoline_detail_forward_saving_vectors
 
