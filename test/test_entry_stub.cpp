@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -27,8 +28,10 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "dispatch/frame.hpp"
 #include "support.hpp"
 #include "zpoline/zpoline.hpp"
 
@@ -1200,5 +1203,112 @@ TEST_CASE("general_registers_only_skips_vector_save") {
     auto session = install_or_skip(GprHook{&object_calls}, options);
     check_general_registers_path(pid, expected_calls, xinuse_reliable);
     CHECK(object_calls >= 6);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every vector save mode
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+struct SaveMode {
+  unsigned char mode;  // platform/cpu.hpp, VectorSaveMode
+  const char* name;
+  bool available;
+};
+
+// Switches the stub's vector save mode (install() picks one from CPUID; this machine may have
+// picked any). Only between calls, with no other thread in the stub.
+void use_save_mode(unsigned char mode) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  std::uint32_t xcr0_low = 0, xcr0_high = 0;
+  std::uint64_t size = 576;
+  if (__get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_OSXSAVE) != 0) {
+    asm volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    __get_cpuid_count(0xd, 0, &a, &b, &c, &d);  // ebx: standard-format size for XCR0
+    size = std::max<std::uint64_t>(576, (b + 63) & ~63u);
+  }
+  zpoline_detail_xsave_mode = mode;
+  zpoline_detail_xsave_size = size;
+  zpoline_detail_xsave_mask = (static_cast<std::uint64_t>(xcr0_high) << 32 | xcr0_low) &
+                              ~(1ull << 18);  // no AMX tile data, as platform/cpu.cpp
+}
+
+std::vector<SaveMode> save_modes() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool xsave = __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_OSXSAVE) != 0;
+  const bool xsavec = xsave && __get_cpuid_count(0xd, 1, &a, &b, &c, &d) != 0 && (a & 2u) != 0;
+  return {{0, "fxsave", true},
+          {1, "xsave", xsave},
+          {2, "xsavec", xsavec},
+          {3, "ymm registers", have_avx()},
+          {4, "xmm registers", true}};
+}
+
+}  // namespace
+
+// The stub's save and restore in each mode it has (only one is chosen on a given machine): a
+// hook that clobbers everything, on the fast path and through the dispatcher (a thread's first
+// hooked call); and with general_registers_only, forward()'s own save around library code.
+TEST_CASE("every_vector_save_mode") {
+  const long pid = real_getpid();
+  const unsigned char chosen = zpoline_detail_xsave_mode;
+  const auto site_return = address_of(zt_register_probe_site) + 2;
+  long site_calls = 0;
+  {
+    auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+      if (call.return_address() != site_return) return call.forward();
+      ++site_calls;
+      clobber_state_in_hook();
+      return call.forward();
+    });
+    REQUIRE(is_call_rax(zt_register_probe_site));
+    unsigned seed = 60;
+    for (const SaveMode& m : save_modes()) {
+      if (!m.available) continue;
+      CAPTURE(m.name);
+      use_save_mode(m.mode);
+      for (const bool new_thread : {false, true}) {
+        CAPTURE(new_thread);
+        ProbeState in = make_pattern(++seed, SYS_getpid, kCF | kZF, 0x7f80);
+        // The xmm and fxsave modes keep only the low halves: compare those.
+        if (m.mode == 0 || m.mode == 4) in.use_avx = kSse;
+        ProbeState out;
+        if (new_thread) {
+          std::thread([&] { out = run_probe(in); }).join();
+        } else {
+          out = run_probe(in);
+        }
+        CHECK(static_cast<long>(out.rax) == pid);
+        CHECK(compare_probe(in, out) == "");
+      }
+    }
+    use_save_mode(chosen);
+  }
+  CHECK(site_calls >= 10);
+  {
+    zpoline::Options options;
+    options.general_registers_only = true;
+    auto session = install_or_skip(gpr_pass_through, options);
+    run_probe(make_pattern(70, SYS_getpid, 0, 0x1f80));  // this thread's first call
+    void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(page != MAP_FAILED);
+    unsigned seed = 70;
+    for (const SaveMode& m : save_modes()) {
+      if (!m.available) continue;
+      CAPTURE(m.name);
+      use_save_mode(m.mode);
+      ProbeState in = make_pattern(++seed, SYS_mprotect, kSF, 0x7f80);
+      if (m.mode == 0 || m.mode == 4) in.use_avx = kSse;
+      in.rdi = reinterpret_cast<std::uint64_t>(page);
+      in.rsi = 4096;
+      in.rdx = PROT_READ | PROT_EXEC;
+      const ProbeState out = run_probe(in);
+      CHECK(out.rax == 0);
+      CHECK(compare_probe(in, out) == "");
+    }
+    use_save_mode(chosen);
+    munmap(page, 4096);
   }
 }

@@ -233,9 +233,10 @@
         jne 2f
         SAVE_XMM %rsp
         jmp \done
-2:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
-        mov %rcx, 520(%rsp)
-        mov %rcx, 528(%rsp)
+2:      xor %ecx, %ecx                          /* the XSAVE header: XSAVE leaves the bits of */
+        mov %rcx, 512(%rsp)                     /* XSTATE_BV outside the mask as they were, and */
+        mov %rcx, 520(%rsp)                     /* XRSTOR faults on any of them, or on bytes */
+        mov %rcx, 528(%rsp)                     /* 8..63 not 0 */
         mov %rcx, 536(%rsp)
         mov %rcx, 544(%rsp)
         mov %rcx, 552(%rsp)
