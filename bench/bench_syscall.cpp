@@ -208,7 +208,7 @@ BENCH_LOOP(clean_restore_then_sse, ([] {
 // before the syscall, as a hooked call had before this stub (dispatcher, hook, forward()).
 extern "C" long zb_getpid_pop_jmp();
 extern "C" long zb_getpid_three_rets();
-asm(".text\n"
+asm(".pushsection .text\n"
     ".p2align 4\n"
     "zb_getpid_pop_jmp:\n"
     "  mov $39, %eax\n"
@@ -229,7 +229,8 @@ asm(".text\n"
     "2:\n"
     "  mov $39, %eax\n"
     "  syscall\n"
-    "  ret\n");
+    "  ret\n"
+    ".popsection\n");
 BENCH_LOOP(getpid_pop_jmp, zb_getpid_pop_jmp())
 BENCH_LOOP(getpid_three_rets, zb_getpid_three_rets())
 

@@ -118,7 +118,7 @@ extern const unsigned char zt_call_null_rdx_return[];
   "\n"                 \
   "  .hidden " #name "\n" #name ":\n"
 
-asm(".text\n"
+asm(".pushsection .text\n"
     // ---- zt_register_probe(in = rdi, out = rsi) ----
     ZT_FUNCTION(zt_register_probe)
     "  push %rbp\n"
@@ -302,7 +302,9 @@ asm(".text\n"
     "  xor %edx, %edx\n"
     "  mov $39, %eax\n"
     "  call *%rdx\n" ZT_LABEL(zt_call_null_rdx_return)
-    "  ret\n" ZT_END(zt_call_null_rdx));
+    "  ret\n" ZT_END(zt_call_null_rdx)
+    // Back to the section the compiler was in: it does not know that this block changed it.
+    ".popsection\n");
 
 namespace {
 
