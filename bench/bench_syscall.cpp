@@ -5,10 +5,16 @@
 //   ./build/bench/bench_syscall --trace    also single-step a child with ptrace and count the
 //                                          instructions each call runs in the sled and in total
 //
+// The hook is `++counter; return call.forward();` with a thread_local counter (as in bench_modes
+// and bench_workload; a shared atomic would add a locked instruction to the hook itself), built
+// for general registers only, so that the same hook serves Options::general_registers_only.
+//
 // The machine may be shared and noisy, so every figure is measured in rounds: each round times
 // the baseline and every variant of its group once, back to back, in a rotating order, and each
 // variant's ratio to the baseline is taken within the round. The table shows medians over rounds
-// (and the 25th..75th percentiles of the ratio, to show the spread).
+// (and the 25th..75th percentiles of the ratio, to show the spread). Time is the thread's CPU
+// time (CLOCK_THREAD_CPUTIME_ID, read with a raw syscall), which leaves out the time the thread
+// was preempted by other work on the machine.
 #include <sched.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -75,10 +81,10 @@ double median(const std::vector<double>& values) {
 
 // ---- the hook ------------------------------------------------------------------------------
 
-std::atomic<long> hook_calls{0};
+thread_local long hook_calls = 0;  // the benchmark makes its calls on one thread
 
-long pass_through(zpoline::Syscall& call) {
-  hook_calls.fetch_add(1, std::memory_order_relaxed);
+__attribute__((target("general-regs-only"))) long pass_through(zpoline::Syscall& call) {
+  ++hook_calls;
   return call.forward();
 }
 
@@ -118,12 +124,115 @@ BENCH_LOOP(libc_syscall_futex_waitv, syscall(kFutexWaitv, 0, 0, 0, 0, 0))
 BENCH_LOOP(raw_nosys, zpoline::raw_syscall(kNoSuchCall))
 BENCH_LOOP(libc_syscall_nosys, syscall(kNoSuchCall))
 
-// Reference costs of what the entry stub does on every hooked call, timed in the same rounds:
-// pushfq/popfq, and the XSAVEC/XRSTOR round trip of the vector state (all XCR0 components).
+// Reference costs of what the entry stub does on every hooked call, out of context, timed in the
+// same rounds (docs/PERFORMANCE.md, "Where the time goes"). Flags: popfq against the stub's
+// restore of the arithmetic flags (sahf, and an add for OF).
 BENCH_LOOP(pushf_popf, ([] {
              asm volatile("pushfq\n\tpopfq" : : : "memory", "cc");
              return 0L;
            }()))
+BENCH_LOOP(pushf_sahf, ([] {
+             asm volatile(
+                 "pushfq\n\t"
+                 "mov (%%rsp), %%r11\n\t"
+                 "mov %%r11d, %%eax\n\t"
+                 "shl $8, %%eax\n\t"
+                 "bt $11, %%r11d\n\t"
+                 "mov $0x7f, %%al\n\t"
+                 "adc $0, %%al\n\t"
+                 "sahf\n\t"
+                 "lea 8(%%rsp), %%rsp"
+                 :
+                 :
+                 : "rax", "r11", "memory", "cc");
+             return 0L;
+           }()))
+
+// Vector state in the stub's ymm mode: 16 ymm stores and STMXCSR (first, as the stub does it,
+// and last), and the two restores: 256-bit loads, after which the next SSE instruction pays a
+// state transition, and vzeroupper + 128-bit loads (upper halves zero), after which it does not.
+// Each loop iteration ends with one SSE instruction, as application code would run.
+alignas(64) unsigned char vector_area[640];
+#define ZB_YMM_STORES                                \
+  ".irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t" \
+  "vmovdqu %%ymm\\n, 32*\\n(%0)\n\t"                 \
+  ".endr\n\t"
+#define ZB_YMM_LOADS                                 \
+  ".irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t" \
+  "vmovdqu 32*\\n(%0), %%ymm\\n\n\t"                 \
+  ".endr\n\t"
+#define ZB_XMM_LOADS                                 \
+  ".irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t" \
+  "movdqu 32*\\n(%0), %%xmm\\n\n\t"                  \
+  ".endr\n\t"
+#define ZB_VECTOR_CLOBBERS                                                                 \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+      "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
+const bool have_avx = __builtin_cpu_supports("avx");
+BENCH_LOOP(stmxcsr_then_stores, ([] {
+             asm volatile("stmxcsr 512(%0)\n\t" ZB_YMM_STORES
+                          "vzeroupper\n\t"
+                          "pxor %%xmm1, %%xmm1"
+                          :
+                          : "r"(vector_area)
+                          : ZB_VECTOR_CLOBBERS);
+             return 0L;
+           }()))
+BENCH_LOOP(stores_then_stmxcsr, ([] {
+             asm volatile(ZB_YMM_STORES
+                          "stmxcsr 512(%0)\n\tvzeroupper\n\t"
+                          "pxor %%xmm1, %%xmm1"
+                          :
+                          : "r"(vector_area)
+                          : ZB_VECTOR_CLOBBERS);
+             return 0L;
+           }()))
+BENCH_LOOP(ymm_restore_then_sse, ([] {
+             asm volatile(ZB_YMM_LOADS "pxor %%xmm1, %%xmm1"
+                          :
+                          : "r"(vector_area)
+                          : ZB_VECTOR_CLOBBERS);
+             return 0L;
+           }()))
+BENCH_LOOP(clean_restore_then_sse, ([] {
+             asm volatile("vzeroupper\n\t" ZB_XMM_LOADS "pxor %%xmm1, %%xmm1"
+                          :
+                          : "r"(vector_area)
+                          : ZB_VECTOR_CLOBBERS);
+             return 0L;
+           }()))
+
+// Returns after a system call (run before install: install would rewrite these `syscall`s).
+// Native getpid returns with `ret` (zpoline::raw_syscall, like libc's wrappers); the same with
+// `pop; jmp`, as the stub and its forwarding do; and with two more `ret`s whose calls came
+// before the syscall, as a hooked call had before this stub (dispatcher, hook, forward()).
+extern "C" long zb_getpid_pop_jmp();
+extern "C" long zb_getpid_three_rets();
+asm(".pushsection .text\n"
+    ".p2align 4\n"
+    "zb_getpid_pop_jmp:\n"
+    "  mov $39, %eax\n"
+    "  syscall\n"
+    "  pop %rcx\n"
+    "  jmp *%rcx\n"
+    ".p2align 4\n"
+    "zb_getpid_three_rets:\n"
+    "  sub $8, %rsp\n"
+    "  call 1f\n"
+    "  add $8, %rsp\n"
+    "  ret\n"
+    "1:\n"
+    "  sub $8, %rsp\n"
+    "  call 2f\n"
+    "  add $8, %rsp\n"
+    "  ret\n"
+    "2:\n"
+    "  mov $39, %eax\n"
+    "  syscall\n"
+    "  ret\n"
+    ".popsection\n");
+BENCH_LOOP(getpid_pop_jmp, zb_getpid_pop_jmp())
+BENCH_LOOP(getpid_three_rets, zb_getpid_three_rets())
 
 unsigned char* xsave_area = nullptr;
 std::uint32_t xcr0_low = 0;
@@ -160,11 +269,16 @@ long libc_result(long r) {
   return r == -1 ? -errno : r;
 }
 
+double thread_cpu_ns() {
+  timespec t{};
+  zpoline::raw_syscall(SYS_clock_gettime, CLOCK_THREAD_CPUTIME_ID, reinterpret_cast<long>(&t));
+  return static_cast<double>(t.tv_sec) * 1e9 + static_cast<double>(t.tv_nsec);
+}
+
 double time_ns_per_call(const std::function<void(long)>& run, long n) {
-  const auto start = std::chrono::steady_clock::now();
+  const double start = thread_cpu_ns();
   run(n);
-  const auto end = std::chrono::steady_clock::now();
-  return std::chrono::duration<double, std::nano>(end - start).count() / static_cast<double>(n);
+  return (thread_cpu_ns() - start) / static_cast<double>(n);
 }
 
 // Runs a group: variants[0] is the baseline. One untimed warm-up round, then config.rounds rounds.
@@ -185,9 +299,9 @@ void run_group(std::vector<Variant>& variants, const Config& config) {
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t index = (k + static_cast<std::size_t>(round)) % count;  // rotate order
       Variant& v = variants[index];
-      const long before = hook_calls.load(std::memory_order_relaxed);
+      const long before = hook_calls;
       ns[index] = time_ns_per_call(v.run, config.iterations);
-      const long calls = hook_calls.load(std::memory_order_relaxed) - before;
+      const long calls = hook_calls - before;
       const long expected = v.expect == Expect::hooked ? config.iterations : 0;
       if (v.expect != Expect::any && calls != expected) {
         std::fprintf(stderr,
@@ -280,13 +394,15 @@ std::vector<InstallReport> measure_install(int children) {
 
 // Single-steps a child that installs the hook and makes a few calls, and reports, for every call
 // that enters the sled, the instructions run inside page 0 and in total until the call returns to
-// its site.
-void trace_instructions() {
+// its site. With general_registers_only the child makes the hooked calls only.
+void trace_instructions(bool general_registers_only) {
   std::fflush(stdout);
   const pid_t pid = fork();
   if (pid < 0) die("fork failed");
   if (pid == 0) {
-    zpoline::Session session = zpoline::install(pass_through);
+    zpoline::Options options;
+    options.general_registers_only = general_registers_only;
+    zpoline::Session session = zpoline::install(pass_through, options);
     if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) std::_Exit(4);
     raise(SIGSTOP);
     syscall(SYS_read, -1, 0, 0);
@@ -294,6 +410,7 @@ void trace_instructions() {
     syscall(kPidfdOpen, -1, 0);
     syscall(kFutexWaitv, 0, 0, 0, 0, 0);
     syscall(kNoSuchCall);
+    if (general_registers_only) std::_Exit(0);
     session.detach();
     syscall(SYS_getpid);
     syscall(kNoSuchCall);
@@ -301,8 +418,11 @@ void trace_instructions() {
   }
   int status = 0;
   if (waitpid(pid, &status, 0) != pid || !WIFSTOPPED(status)) die("trace: child did not stop");
-  std::printf("\nInstructions per call, counted by single-stepping a child (--trace)\n");
-  std::printf("  %-8s %-12s %12s %14s\n", "number", "phase", "sled instrs", "to return");
+  if (!general_registers_only) {
+    std::printf("\nInstructions per call, counted by single-stepping a child (--trace)\n");
+    std::printf("  %-8s %-12s %12s %14s\n", "number", "phase", "sled instrs", "to return");
+  }
+  const char* const hooked_phase = general_registers_only ? "hooked, gpr" : "hooked";
   bool detached_phase = false;
   bool in_call = false;
   long number = 0;
@@ -340,8 +460,8 @@ void trace_instructions() {
                                  number == kPidfdOpen || number == kFutexWaitv ||
                                  number == kNoSuchCall;
         if (interesting) {
-          std::printf("  %-8ld %-12s %12ld %14ld\n", number, detached_phase ? "detached" : "hooked",
-                      sled_steps, total_steps - 1);
+          std::printf("  %-8ld %-12s %12ld %14ld\n", number,
+                      detached_phase ? "detached" : hooked_phase, sled_steps, total_steps - 1);
           if (number == kNoSuchCall) detached_phase = true;
         }
       }
@@ -401,8 +521,8 @@ int main(int argc, char** argv) {
   std::printf("cpu     %s (%ld online)\n", cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("kernel  %s %s %s\n", uts.sysname, uts.release, uts.machine);
   std::printf(
-      "method  median of %d rounds x %ld calls; ratio = variant / baseline within a round"
-      " (median [p25..p75])\n",
+      "method  median of %d rounds x %ld calls, thread CPU time; ratio = variant / baseline within "
+      "a round (median [p25..p75])\n",
       config.rounds, config.iterations);
 
   // Install time first: children must fork from a process without a Session.
@@ -411,12 +531,17 @@ int main(int argc, char** argv) {
   pin_to_one_cpu();
   const pid_t self = getpid();
 
-  // Before install: libc's getpid against raw_syscall, to show the two native paths are alike.
+  // Before install: libc's getpid against raw_syscall, to show the two native paths are alike,
+  // and how returns after a syscall cost (see the asm above).
   std::vector<Variant> before;
   before.push_back(make("getpid raw_syscall (native)", raw_getpid, Expect::any, self,
                         [] { return zpoline::raw_syscall(SYS_getpid); }));
   before.push_back(make("getpid libc, no hook installed", libc_getpid, Expect::any, self,
                         [] { return getpid(); }));
+  before.push_back(make("getpid; pop+jmp instead of ret", getpid_pop_jmp, Expect::any, self,
+                        [] { return zb_getpid_pop_jmp(); }));
+  before.push_back(make("getpid; 2 more rets called before it", getpid_three_rets, Expect::any,
+                        self, [] { return zb_getpid_three_rets(); }));
   run_group(before, config);
 
   zpoline::Session session;
@@ -469,6 +594,18 @@ int main(int argc, char** argv) {
   parts.push_back(make("getpid native (raw_syscall)", raw_getpid, Expect::not_hooked, self,
                        [] { return zpoline::raw_syscall(SYS_getpid); }));
   parts.push_back(make("pushfq + popfq", pushf_popf, Expect::not_hooked, 0, [] { return 0L; }));
+  parts.push_back(make("pushfq + sahf restore (the stub's)", pushf_sahf, Expect::not_hooked, 0,
+                       [] { return 0L; }));
+  if (have_avx) {
+    parts.push_back(make("stmxcsr, 16 ymm stores, SSE op", stmxcsr_then_stores, Expect::not_hooked,
+                         0, [] { return 0L; }));
+    parts.push_back(make("16 ymm stores, stmxcsr, SSE op", stores_then_stmxcsr, Expect::not_hooked,
+                         0, [] { return 0L; }));
+    parts.push_back(make("16 ymm loads, SSE op", ymm_restore_then_sse, Expect::not_hooked, 0,
+                         [] { return 0L; }));
+    parts.push_back(make("vzeroupper, 16 xmm loads, SSE op", clean_restore_then_sse,
+                         Expect::not_hooked, 0, [] { return 0L; }));
+  }
   const bool have_xsavec = prepare_xsavec();
   if (have_xsavec) {
     parts.push_back(make("xsavec + xrstor (XCR0 mask)", xsavec_xrstor, Expect::not_hooked, 0,
@@ -492,6 +629,27 @@ int main(int argc, char** argv) {
   detached.push_back(make("nosys(1000) detached", libc_syscall_nosys, Expect::not_hooked, -ENOSYS,
                           [] { return libc_result(syscall(kNoSuchCall)); }));
   run_group(detached, config);
+
+  // Options::general_registers_only: the same hook (built for general registers only), no
+  // vector state saved around it.
+  try {
+    zpoline::Options options;
+    options.general_registers_only = true;
+    session = zpoline::install(pass_through, options);
+  } catch (const zpoline::Error& error) {
+    std::fprintf(stderr, "bench_syscall: install failed: %s\n", error.what());
+    return 1;
+  }
+  std::vector<Variant> general_registers;
+  general_registers.push_back(make("getpid native (raw_syscall)", raw_getpid, Expect::not_hooked,
+                                   self, [] { return zpoline::raw_syscall(SYS_getpid); }));
+  general_registers.push_back(make("getpid hooked, libc getpid()", libc_getpid, Expect::hooked,
+                                   self, [] { return getpid(); }));
+  general_registers.push_back(make("getpid hooked, libc syscall()", libc_syscall_getpid,
+                                   Expect::hooked, self,
+                                   [] { return libc_result(syscall(SYS_getpid)); }));
+  run_group(general_registers, config);
+  session.detach();
 
   print_group("Before install (both native)", before);
   print_group("Installed, pass-through hook (return call.forward();)", hooked);
@@ -517,6 +675,14 @@ int main(int argc, char** argv) {
                 percentile(ratio, 0.25), percentile(ratio, 0.75));
   }
   print_group("After Session::detach() (rewritten sites, hook off)", detached);
+  print_group("Installed again with Options::general_registers_only, the same hook",
+              general_registers);
+  std::printf(
+      "\nTarget (issue 8): pass-through getpid through a rewritten site <= 1.15x native: measured "
+      "%.2fx (libc getpid) and %.2fx (libc syscall); <= 1.05x with general_registers_only: "
+      "measured %.2fx and %.2fx\n",
+      median(hooked[1].ratio), median(hooked[2].ratio), median(general_registers[1].ratio),
+      median(general_registers[2].ratio));
   print_group("Reference: what the stub does per hooked call, out of context", parts);
   if (have_xsavec) std::printf("  XCR0 = %#x%08x\n", xcr0_high, xcr0_low);
 
@@ -534,7 +700,10 @@ int main(int argc, char** argv) {
               first.images, static_cast<double>(first.code_bytes) / 1024,
               static_cast<double>(first.bytes_decoded) / 1024, first.sites);
 
-  if (config.trace) trace_instructions();
+  if (config.trace) {
+    trace_instructions(false);
+    trace_instructions(true);
+  }
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -38,7 +38,7 @@ using bench::median;
 using bench::spread;
 
 struct Config {
-  int rounds = 9;
+  int rounds = 15;
   long inserts = 1'500;
   long queries = 15'000;
   long messages = 4'000;

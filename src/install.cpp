@@ -151,6 +151,7 @@ Session install(Hook hook, Options options) {
   Session session;
   session.mode_ = mode;
   session.stats_ = detail::rewrite_loaded_code(rewrite, /*scan=*/mode != Mode::lazy);
+  zpoline_detail_general_registers_only = options.general_registers_only ? 1 : 0;
   detail::publish_hook(std::move(hook));
   if (mode != Mode::eager) detail::enable_safety_net();
   if (options.route_vdso) {

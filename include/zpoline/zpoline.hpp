@@ -94,6 +94,18 @@ struct Options {
   // slower, but a hook can then see or virtualise time. Undone when the Session ends. Off by
   // default.
   bool route_vdso = false;
+  // For hooks that never touch vector or x87 state: code built with -mgeneral-regs-only (GCC,
+  // Clang) that calls nothing else that does. Most of libc does (memcpy, strlen, printf and
+  // malloc use SSE or AVX registers); zpoline::raw_syscall, the typed views and Syscall's
+  // number(), arg(), set_arg(), return_address() and forward() do not. On, the stub saves and
+  // restores no vector registers and no MXCSR around the hook (docs/PERFORMANCE.md says what that
+  // saves); a hook that breaks the rule corrupts the application's vector and floating-point
+  // state. Calls the library forwards with its own C++ code (clone, clone3, vfork, mmap,
+  // mprotect, pkey_mprotect, munmap, rt_sigaction, rt_sigprocmask, rt_sigsuspend, ppoll,
+  // epoll_pwait, epoll_pwait2) and each thread's first hooked call still save everything. Only
+  // for a hook given to install(), not for hook libraries or a HookChain (their code uses vector
+  // registers). Off by default.
+  bool general_registers_only = false;
 };
 
 // What the rewriter did with one image (executable or shared object).

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <unwind.h>
 
 #include <atomic>
 #include <cerrno>
@@ -16,28 +17,41 @@
 #include <cstring>
 #include <mutex>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "platform/memory.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 
-// Definitions of the symbols shared with entry_stub.S (declared in frame.hpp).
+namespace zpoline::detail {
+
+// The installed hook as the stub calls it (entry_stub.S reads entry and context).
+struct alignas(64) InstalledHook {
+  HookEntry entry;
+  const void* context;
+  Hook* hook;  // owned
+};
+static_assert(offsetof(InstalledHook, entry) == 0 && offsetof(InstalledHook, context) == 8);
+
+}  // namespace zpoline::detail
+
+// Definitions of the symbols shared with entry_stub.S (declared in frame.hpp); the globals the
+// stub reads on every call are defined in entry_stub.S.
 __thread zpoline::detail::ThreadState zpoline_detail_thread_state = {};
-unsigned char zpoline_detail_hook_live = 0;
-std::uint64_t zpoline_detail_xsave_size = 576;
-std::uint64_t zpoline_detail_xsave_mask = 0;
-unsigned char zpoline_detail_xsave_mode = 0;
 
 namespace zpoline::detail {
 namespace {
 
-std::atomic<Hook*> current_hook{nullptr};
+InstalledHook* load_current_hook() {
+  return __atomic_load_n(&zpoline_detail_current_hook, __ATOMIC_ACQUIRE);
+}
 
 // Whether each thread is inside the hook, for retract_hook(). Records live on the heap and are
 // never freed (a thread may die without notice, e.g. by a raw exit); a new thread reuses the
 // record of a thread that no longer exists. The hot path only writes its own record.
-struct HookActivity {
+// A cache line each: the owner writes it on every hooked call.
+struct alignas(64) HookActivity {
   std::uint32_t in_hook = 0;
   pid_t tid = 0;
   // Calls that reached the hook on this thread (and on the threads that used the record before),
@@ -56,6 +70,9 @@ std::vector<HookActivity*>& activities() {
 }
 __thread HookActivity* thread_activity = nullptr;
 __thread bool dispatching_for_net = false;
+// The stub's fast path finds the record through ThreadState::in_hook and counts the call itself.
+static_assert(offsetof(HookActivity, in_hook) == 0);
+static_assert(offsetof(HookActivity, calls_through_sites) == 8);
 
 long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0);
 
@@ -80,12 +97,11 @@ HookActivity* register_thread() {
 
 // The writer side of the in_hook/live handshake uses membarrier, so that the reader side (every
 // hooked call) needs only a compiler barrier. Without membarrier both sides use full fences.
-bool membarrier_registered = false;
 constexpr int kMembarrierPrivateExpedited = 1 << 3;
 constexpr int kMembarrierRegisterPrivateExpedited = 1 << 4;
 
 void reader_barrier() {
-  if (membarrier_registered) {
+  if (zpoline_detail_membarrier_registered) {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   } else {
     std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -218,6 +234,17 @@ const char* syscall_name(long number) noexcept {
   return zpoline::syscall_name(number).data();
 }
 
+static_assert(forwarded_by_library(SYS_clone) && forwarded_by_library(SYS_clone3) &&
+              forwarded_by_library(SYS_vfork) && forwarded_by_library(SYS_mmap) &&
+              forwarded_by_library(SYS_mprotect) && forwarded_by_library(SYS_pkey_mprotect) &&
+              forwarded_by_library(SYS_munmap) && forwarded_by_library(SYS_rt_sigprocmask) &&
+              forwarded_by_library(SYS_rt_sigaction) && forwarded_by_library(SYS_rt_sigsuspend) &&
+              forwarded_by_library(SYS_ppoll) && forwarded_by_library(SYS_epoll_pwait) &&
+              forwarded_by_library(SYS_epoll_pwait2));
+static_assert(!forwarded_by_library(SYS_read) && !forwarded_by_library(SYS_getpid) &&
+              !forwarded_by_library(SYS_fork) && !forwarded_by_library(-1) &&
+              !forwarded_by_library(SYS_exit_group));
+
 long forward(const SyscallFrame& frame) noexcept {
   const RegisterFrame& r = *frame.regs;
   switch (static_cast<long>(r.rax)) {
@@ -239,24 +266,65 @@ long forward(const SyscallFrame& frame) noexcept {
     case SYS_epoll_pwait:
     case SYS_epoll_pwait2:
       if (safety_net_enabled()) return forward_signal_call(r);
-      return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+      return zpoline_detail_forward_syscall(&r);
     default:
-      return raw(r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+      return zpoline_detail_forward_syscall(&r);
   }
 }
 
-void publish_hook(Hook hook) {
-  if (!membarrier_registered) {
-    membarrier_registered = syscall(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0;
+namespace {
+
+// The entry point of a hook that is not a plain function: the std::function's own call, as a
+// tail call, so that the hook returns straight to the stub.
+long call_hook_object(Syscall& call, const void* hook) {
+  return (*static_cast<const Hook*>(hook))(call);
+}
+
+// The stub builds the Syscall a hook receives itself (entry_stub.S, HOOK_CALL_SYSCALL): a
+// pointer to its SyscallFrame, then a null continuation. Members with the same access are laid
+// out in declaration order; this checks that the class still has exactly these two.
+void check_syscall_layout() {
+  static_assert(std::is_trivially_copyable_v<Syscall> && sizeof(Syscall) == 2 * sizeof(void*));
+  SyscallFrame frame{};
+  const Syscall call(frame);
+  const void* words[2];
+  std::memcpy(words, &call, sizeof words);
+  if (words[0] != &frame || words[1] != nullptr) {
+    std::fprintf(stderr,
+                 "zpoline: fatal: zpoline::Syscall's layout is not the one entry_stub.S "
+                 "builds (a pointer to the frame, then the continuation). Aborting.\n");
+    std::abort();
   }
-  current_hook.store(new Hook(std::move(hook)), std::memory_order_release);
+}
+
+}  // namespace
+
+void publish_hook(Hook hook) {
+  check_syscall_layout();
+  if (!zpoline_detail_membarrier_registered) {
+    zpoline_detail_membarrier_registered =
+        raw(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0;
+  }
+  auto* object = new Hook(std::move(hook));
+  auto* installed = new InstalledHook{&call_hook_object, object, object};
+  // A plain function is called directly: the stub passes the Syscall in rdi (the context in
+  // rsi, which such a function ignores). Only the stub calls it, so no C++ call has the wrong
+  // type (the cast goes through void (*)(), the generic function pointer type).
+  using Function = long (*)(Syscall&);
+  using NoexceptFunction = long (*)(Syscall&) noexcept;
+  if (const Function* function = object->target<Function>()) {
+    installed->entry = reinterpret_cast<HookEntry>(reinterpret_cast<void (*)()>(*function));
+  } else if (const NoexceptFunction* f = object->target<NoexceptFunction>()) {
+    installed->entry = reinterpret_cast<HookEntry>(reinterpret_cast<void (*)()>(*f));
+  }
+  __atomic_store_n(&zpoline_detail_current_hook, installed, __ATOMIC_RELEASE);
   __atomic_store_n(&zpoline_detail_hook_live, 1, __ATOMIC_RELEASE);
 }
 
 void retract_hook() noexcept {
   __atomic_store_n(&zpoline_detail_hook_live, 0, __ATOMIC_SEQ_CST);
-  if (membarrier_registered) {
-    syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0);
+  if (zpoline_detail_membarrier_registered) {
+    raw(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0);
   } else {
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
@@ -268,8 +336,12 @@ void retract_hook() noexcept {
           __atomic_load_n(&record->in_hook, __ATOMIC_ACQUIRE) != 0 && thread_exists(record->tid);
     }
   }
-  Hook* hook = current_hook.exchange(nullptr, std::memory_order_acq_rel);
-  if (!busy) delete hook;
+  InstalledHook* hook =
+      __atomic_exchange_n(&zpoline_detail_current_hook, nullptr, __ATOMIC_ACQ_REL);
+  if (!busy && hook != nullptr) {
+    delete hook->hook;
+    delete hook;
+  }
 }
 
 HookedCallCounts hooked_call_counts() noexcept {
@@ -302,10 +374,6 @@ NetDispatchScope::~NetDispatchScope() {
 
 using namespace zpoline::detail;
 
-namespace {
-__thread std::uint64_t hook_entries = 0;
-}  // namespace
-
 extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   ThreadState& self = zpoline_detail_thread_state;
   SyscallFrame frame{regs, xsave_area};
@@ -332,11 +400,12 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   if (thread_activity == nullptr) {
     ++self.bypass_depth;  // registering allocates and locks
     thread_activity = register_thread();
+    self.in_hook = &thread_activity->in_hook;
     --self.bypass_depth;
   }
   // From here on, syscalls from below this frame are the hook's own, while the canary in this
   // frame is intact.
-  volatile std::uint64_t canary = ++hook_entries ^ reinterpret_cast<std::uintptr_t>(regs);
+  volatile std::uint64_t canary = ++self.hook_entries ^ reinterpret_cast<std::uintptr_t>(regs);
   self.hook_canary = canary;
   self.hook_canary_address = reinterpret_cast<std::uintptr_t>(&canary);
   self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
@@ -347,11 +416,11 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   __atomic_store_n(&tally, tally + 1, __ATOMIC_RELAXED);
   reader_barrier();
   long result;
-  zpoline::Hook* hook = current_hook.load(std::memory_order_acquire);
+  InstalledHook* hook = load_current_hook();
   if (hook != nullptr && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_RELAXED)) {
     zpoline::Syscall call(frame);
     try {
-      result = (*hook)(call);
+      result = (*hook->hook)(call);
     } catch (...) {
       report_exception_from_hook(call.name());
     }
@@ -362,6 +431,20 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   self.hook_frame = 0;
   // For vfork, the stub makes the call now that the hook is done; it needs the number.
   return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
+}
+
+extern "C" long zpoline_detail_forward_frame(const SyscallFrame* frame) noexcept {
+  return forward(*frame);
+}
+
+// The personality routine of the entry stub's frame (entry_stub.S, .cfi_personality): an
+// exception that leaves the hook the stub called reaches it in the unwinder's search phase.
+extern "C" __attribute__((visibility("hidden"))) _Unwind_Reason_Code
+zpoline_detail_stub_personality(int, _Unwind_Action, _Unwind_Exception_Class, _Unwind_Exception*,
+                                _Unwind_Context* context) {
+  constexpr int kDwarfRbx = 3;  // the stub keeps its RegisterFrame in rbx
+  const auto* regs = reinterpret_cast<const RegisterFrame*>(_Unwind_GetGR(context, kDwarfRbx));
+  report_exception_from_hook(zpoline::syscall_name(static_cast<long>(regs->rax)));
 }
 
 extern "C" void zpoline_detail_report_stray_call(std::uintptr_t return_address, long number) {
@@ -381,7 +464,7 @@ namespace zpoline {
 inline namespace v0 {
 
 namespace {
-long* argument_slot(RegisterFrame& r, int i) {
+ZPOLINE_GENERAL_REGISTERS_ONLY long* argument_slot(RegisterFrame& r, int i) {
   switch (i) {
     case 0:
       return reinterpret_cast<long*>(&r.rdi);
@@ -401,24 +484,33 @@ long* argument_slot(RegisterFrame& r, int i) {
 }
 }  // namespace
 
-long Syscall::number() const noexcept {
+// What a hook calls on its Syscall uses general registers only (Options::general_registers_only).
+ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::number() const noexcept {
   return static_cast<long>(frame_->regs->rax);
 }
 std::string_view Syscall::name() const noexcept {
   return syscall_name(number());
 }
-long Syscall::arg(int i) const noexcept {
+ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::arg(int i) const noexcept {
   const long* slot = argument_slot(*frame_->regs, i);
   return slot ? *slot : 0;
 }
-void Syscall::set_arg(int i, long value) noexcept {
+ZPOLINE_GENERAL_REGISTERS_ONLY void Syscall::set_arg(int i, long value) noexcept {
   if (long* slot = argument_slot(*frame_->regs, i)) *slot = value;
 }
-std::uintptr_t Syscall::return_address() const noexcept {
+ZPOLINE_GENERAL_REGISTERS_ONLY std::uintptr_t Syscall::return_address() const noexcept {
   return frame_->regs->return_address;
 }
-long Syscall::forward() noexcept {
+// Most calls go straight to the kernel, by tail calls: the stub's `ret`-less return path
+// (entry_stub.S). The numbers detail::forward() handles itself run library C++ code: where the
+// stub saved no vector state (Options::general_registers_only), it is saved around it.
+ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() noexcept {
   if (next_ != nullptr) return next_->run(*next_, *this);
+  const RegisterFrame& r = *frame_->regs;
+  if (!detail::forwarded_by_library(static_cast<long>(r.rax))) {
+    return zpoline_detail_forward_syscall(&r);
+  }
+  if (frame_->xsave_area == nullptr) return zpoline_detail_forward_saving_vectors(frame_);
   return detail::forward(*frame_);
 }
 

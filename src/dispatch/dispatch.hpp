@@ -24,6 +24,20 @@ void retract_hook() noexcept;
 // Runs the system call described by `frame` in the kernel and returns the raw result.
 long forward(const SyscallFrame& frame) noexcept;
 
+// Code on the stub's fast path uses general registers only: with
+// Options::general_registers_only the stub saves no vector state around it (entry_stub.S).
+#define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
+
+// The numbers forward() does more for than the system call (clone, clone3, vfork; mmap, mprotect,
+// pkey_mprotect, munmap; the signal calls the safety net filters).
+ZPOLINE_GENERAL_REGISTERS_ONLY constexpr bool forwarded_by_library(long number) {
+  constexpr std::uint64_t kLow = (1ull << 9) | (1ull << 10) | (1ull << 11) | (1ull << 13) |
+                                 (1ull << 14) | (1ull << 56) | (1ull << 58);
+  if (static_cast<unsigned long>(number) < 64) return (kLow >> number) & 1;
+  return number == 130 || number == 271 || number == 281 || number == 329 || number == 435 ||
+         number == 441;
+}
+
 // The kernel's name of a syscall number, or "unknown".
 const char* syscall_name(long number) noexcept;
 
@@ -52,7 +66,23 @@ class NetDispatchScope {
 }  // namespace zpoline::detail
 
 extern "C" {
+// The complete dispatcher: every case (bypass, a hook left by siglongjmp, signal handlers on an
+// alternate stack, a thread's first call, the hook not live), the hook called inside it. The
+// SUD safety net calls it, and the stub where the fast path below declines.
 long zpoline_detail_dispatch(zpoline::detail::RegisterFrame* regs, void* xsave_area)
+    __attribute__((visibility("hidden")));
+// The stub's fast path, in three steps so that the stub calls the hook itself and nothing
+// returns through a `ret` made stale by the system call (entry_stub.S):
+//   enter_hook marks this thread inside the hook and fills `call`; it returns the hook's entry
+//     point, or null (having changed nothing) where the complete dispatcher must decide;
+//   the stub calls entry(&call->call, call->context);
+//   leave_hook marks the thread outside again and returns what the stub puts in rax.
+// Both use only general registers, for Options::general_registers_only.
+zpoline::detail::HookEntry zpoline_detail_enter_hook(zpoline::detail::RegisterFrame* regs,
+                                                     void* xsave_area,
+                                                     zpoline::detail::HookCall* call) noexcept
+    __attribute__((visibility("hidden")));
+long zpoline_detail_leave_hook(const zpoline::detail::RegisterFrame* regs, long result) noexcept
     __attribute__((visibility("hidden")));
 [[noreturn]] void zpoline_detail_report_stray_call(std::uintptr_t return_address, long number)
     __attribute__((visibility("hidden")));

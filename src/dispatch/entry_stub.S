@@ -12,22 +12,38 @@
  * The layout pushed here is zpoline::detail::RegisterFrame (dispatch/frame.hpp). */
 
 #define FRAME_RAX 96
+#define FRAME_RFLAGS 104
 #define FRAME_RETURN 240
+#define FRAME_SIZE 248                          /* up to and including the return address */
 #define RED_ZONE 128
 #define PROT_EXEC 4
+#define RFLAGS_DF 0x400
+#define RFLAGS_AC 0x40000
 /* ThreadState (dispatch/frame.hpp) */
 #define STATE_BYPASS_DEPTH 0
 #define STATE_HOOK_FRAME 8
 #define STATE_RUN_ON_APP_STACK 16
 #define STATE_VFORK_DEPTH 20
-#define STATE_VFORK_RETURNS 24
+#define STATE_VFORK_RETURNS 64
 #define VFORK_RETURN_ADDRESS 0
 #define VFORK_SAVED_STATE 8
 #define VFORK_SAVED_HOOK_FRAME 16
 #define VFORK_RESULT 24
 #define VFORK_MAX 16
-#define STATE_HOOK_CANARY_ADDRESS 536
-#define STATE_HOOK_CANARY 544
+#define STATE_HOOK_CANARY_ADDRESS 24
+#define STATE_HOOK_CANARY 32
+#define STATE_HOOK_ENTRIES 40
+#define STATE_IN_HOOK 48
+/* HookCall (dispatch/frame.hpp) */
+#define HOOK_CALL_SIZE 64
+#define HOOK_CALL_REGS 0
+#define HOOK_CALL_XSAVE 8
+#define HOOK_CALL_SYSCALL 16                    /* a zpoline::Syscall: frame_, next_ */
+#define HOOK_CALL_CONTEXT 32
+#define HOOK_CALL_CANARY 40
+/* InstalledHook (dispatch.cpp) */
+#define INSTALLED_HOOK_ENTRY 0
+#define INSTALLED_HOOK_CONTEXT 8
 /* SiteRegistry's table (rewriting/site_registry.cpp) */
 #define SITE_TABLE_CAPACITY 0
 #define SITE_TABLE_SLOTS 16
@@ -36,6 +52,7 @@
 /* Vector state in the "registers" modes (platform/cpu.hpp): the registers compiled code may
  * clobber, plus MXCSR, at `base`. On CPUs where XRSTOR is slow this is far cheaper. */
         .macro SAVE_YMM base
+        stmxcsr 512(\base)                      /* first: after the stores it waits for them */
         vmovdqu %ymm0, 0(\base)
         vmovdqu %ymm1, 32(\base)
         vmovdqu %ymm2, 64(\base)
@@ -52,7 +69,6 @@
         vmovdqu %ymm13, 416(\base)
         vmovdqu %ymm14, 448(\base)
         vmovdqu %ymm15, 480(\base)
-        stmxcsr 512(\base)
         .endm
         .macro RESTORE_YMM base
         vmovdqu 0(\base), %ymm0
@@ -73,6 +89,7 @@
         vmovdqu 480(\base), %ymm15
         .endm
         .macro SAVE_XMM base
+        stmxcsr 512(\base)
         movdqu %xmm0, 0(\base)
         movdqu %xmm1, 32(\base)
         movdqu %xmm2, 64(\base)
@@ -89,7 +106,6 @@
         movdqu %xmm13, 416(\base)
         movdqu %xmm14, 448(\base)
         movdqu %xmm15, 480(\base)
-        stmxcsr 512(\base)
         .endm
         .macro RESTORE_XMM base
         movdqu 0(\base), %xmm0
@@ -119,26 +135,221 @@
 9:
         .endm
 
+/* The ymm mode's moves, with two base registers (lo = area + 128, hi = area + 384) so that every
+ * displacement fits in a byte: about half the code of (%rsp)-relative moves. */
+        .macro YMM_STORES lo, hi
+        vmovdqu %ymm0, -128(\lo)
+        vmovdqu %ymm1, -96(\lo)
+        vmovdqu %ymm2, -64(\lo)
+        vmovdqu %ymm3, -32(\lo)
+        vmovdqu %ymm4, 0(\lo)
+        vmovdqu %ymm5, 32(\lo)
+        vmovdqu %ymm6, 64(\lo)
+        vmovdqu %ymm7, 96(\lo)
+        vmovdqu %ymm8, -128(\hi)
+        vmovdqu %ymm9, -96(\hi)
+        vmovdqu %ymm10, -64(\hi)
+        vmovdqu %ymm11, -32(\hi)
+        vmovdqu %ymm12, 0(\hi)
+        vmovdqu %ymm13, 32(\hi)
+        vmovdqu %ymm14, 64(\hi)
+        vmovdqu %ymm15, 96(\hi)
+        .endm
+        .macro YMM_LOADS lo, hi
+        vmovdqu -128(\lo), %ymm0
+        vmovdqu -96(\lo), %ymm1
+        vmovdqu -64(\lo), %ymm2
+        vmovdqu -32(\lo), %ymm3
+        vmovdqu 0(\lo), %ymm4
+        vmovdqu 32(\lo), %ymm5
+        vmovdqu 64(\lo), %ymm6
+        vmovdqu 96(\lo), %ymm7
+        vmovdqu -128(\hi), %ymm8
+        vmovdqu -96(\hi), %ymm9
+        vmovdqu -64(\hi), %ymm10
+        vmovdqu -32(\hi), %ymm11
+        vmovdqu 0(\hi), %ymm12
+        vmovdqu 32(\hi), %ymm13
+        vmovdqu 64(\hi), %ymm14
+        vmovdqu 96(\hi), %ymm15
+        .endm
+        .macro XMM_LOADS lo, hi                 /* legacy SSE: the upper halves stay as they are */
+        movdqu -128(\lo), %xmm0
+        movdqu -96(\lo), %xmm1
+        movdqu -64(\lo), %xmm2
+        movdqu -32(\lo), %xmm3
+        movdqu 0(\lo), %xmm4
+        movdqu 32(\lo), %xmm5
+        movdqu 64(\lo), %xmm6
+        movdqu 96(\lo), %xmm7
+        movdqu -128(\hi), %xmm8
+        movdqu -96(\hi), %xmm9
+        movdqu -64(\hi), %xmm10
+        movdqu -32(\hi), %xmm11
+        movdqu 0(\hi), %xmm12
+        movdqu 32(\hi), %xmm13
+        movdqu 64(\hi), %xmm14
+        movdqu 96(\hi), %xmm15
+        .endm
+
+/* Saves the vector state in the mode platform/cpu.cpp chose at (%rsp): 64-byte aligned,
+ * zpoline_detail_xsave_size bytes. The ymm mode inline; the others at \other (one
+ * SAVE_OTHER_VECTOR_STATE \other, \done per use, out of the hot path), which continues at \done.
+ * In the ymm mode also: r13 = whether any upper half is nonzero (vorps over the saved
+ * registers: free beside the stores), and vzeroupper for the SSE C++ code. Clobbers rax, rcx,
+ * rdx and the vector registers. */
+        .macro SAVE_VECTOR_STATE other, done
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne \other
+        stmxcsr 512(%rsp)                       /* first: after the stores it waits for them */
+        lea 128(%rsp), %rax
+        lea 384(%rsp), %rdx
+        YMM_STORES %rax, %rdx
+        vorps %ymm1, %ymm0, %ymm0
+        vorps %ymm3, %ymm2, %ymm2
+        vorps %ymm5, %ymm4, %ymm4
+        vorps %ymm7, %ymm6, %ymm6
+        vorps %ymm9, %ymm8, %ymm8
+        vorps %ymm11, %ymm10, %ymm10
+        vorps %ymm13, %ymm12, %ymm12
+        vorps %ymm15, %ymm14, %ymm14
+        vorps %ymm2, %ymm0, %ymm0
+        vorps %ymm6, %ymm4, %ymm4
+        vorps %ymm10, %ymm8, %ymm8
+        vorps %ymm14, %ymm12, %ymm12
+        vorps %ymm4, %ymm0, %ymm0
+        vorps %ymm12, %ymm8, %ymm8
+        vorps %ymm8, %ymm0, %ymm0
+        vextractf128 $1, %ymm0, %xmm0
+        xor %r13d, %r13d
+        vptest %xmm0, %xmm0
+        setnz %r13b
+        vzeroupper
+\done:
+        .endm
+        .macro SAVE_OTHER_VECTOR_STATE other, done
+\other:
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
+        jne 2f
+        SAVE_XMM %rsp
+        jmp \done
+2:      xor %ecx, %ecx                          /* the XSAVE header: XSAVE leaves the bits of */
+        mov %rcx, 512(%rsp)                     /* XSTATE_BV outside the mask as they were, and */
+        mov %rcx, 520(%rsp)                     /* XRSTOR faults on any of them, or on bytes */
+        mov %rcx, 528(%rsp)                     /* 8..63 not 0 */
+        mov %rcx, 536(%rsp)
+        mov %rcx, 544(%rsp)
+        mov %rcx, 552(%rsp)
+        mov %rcx, 560(%rsp)
+        mov %rcx, 568(%rsp)
+        mov zpoline_detail_xsave_mask(%rip), %eax
+        mov zpoline_detail_xsave_mask+4(%rip), %edx
+        cmpb $2, zpoline_detail_xsave_mode(%rip)
+        jne 3f
+        xsavec (%rsp)                           /* compacted, skips components in init state */
+        jmp \done
+3:      cmpb $1, zpoline_detail_xsave_mode(%rip)
+        jne 4f
+        xsave (%rsp)
+        jmp \done
+4:      fxsave (%rsp)
+        jmp \done
+        .endm
+
+/* Restores what SAVE_VECTOR_STATE saved at (%rsp), with r13 as it left it; the other modes at
+ * \other (RESTORE_OTHER_VECTOR_STATE), continuing at \done. With every upper half zero:
+ * vzeroupper and 128-bit loads, which leave the upper state clean (256-bit loads would leave it
+ * dirty, and the application's next SSE instruction would pay a state transition). Clobbers rax,
+ * rcx and rdx. */
+        .macro RESTORE_VECTOR_STATE other, done
+        cmpb $3, zpoline_detail_xsave_mode(%rip)
+        jne \other
+        lea 128(%rsp), %rax
+        lea 384(%rsp), %rdx
+        test %r13d, %r13d
+        jnz 1f
+        vzeroupper
+        XMM_LOADS %rax, %rdx
+        jmp 2f
+1:      YMM_LOADS %rax, %rdx
+2:      RESTORE_MXCSR %rsp
+\done:
+        .endm
+        .macro RESTORE_OTHER_VECTOR_STATE other, done
+\other:
+        cmpb $4, zpoline_detail_xsave_mode(%rip)
+        jne 5f
+        RESTORE_XMM %rsp
+        RESTORE_MXCSR %rsp
+        jmp \done
+5:      mov zpoline_detail_xsave_mask(%rip), %eax
+        mov zpoline_detail_xsave_mask+4(%rip), %edx
+        cmpb $0, zpoline_detail_xsave_mode(%rip)
+        je 6f
+        xrstor (%rsp)
+        jmp \done
+6:      fxrstor (%rsp)
+        jmp \done
+        .endm
+
         .text
         .globl zpoline_detail_code_begin
         .hidden zpoline_detail_code_begin
 zpoline_detail_code_begin:
+
+/* The entry stub. Three things decide its cost (docs/PERFORMANCE.md, "Where the time goes"):
+ *
+ * 1. Returns after a system call. On the machine measured (Zen 3 guest whose kernel reports
+ *    spec_rstack_overflow "Safe RET" and RSB filling), every `ret` whose `call` came before a
+ *    system call mispredicts, the first by ~40 ns, later ones by ~8 ns. Native code has one such
+ *    `ret` (its wrapper's); a hooked call would add the stub's, the dispatcher's, the hook's,
+ *    forward()'s and the raw syscall's. So the stub calls the hook itself, forward() reaches the kernel
+ *    through tail calls and zpoline_detail_forward_syscall, which returns with `pop; jmp`, and
+ *    the stub returns to the site the same way (an indirect jump the branch predictor learns
+ *    per site history, and rcx = return address is what `syscall` leaves anyway). A
+ *    pass-through hook that ends in `return call.forward();` then adds no stale `ret` at all.
+ *    Calls made after the system call (none on the fast path) return normally.
+ * 2. RFLAGS. popfq costs ~20 cycles. Where TF, DF and AC are clear, as they nearly always are,
+ *    the flags the application can see (CF, PF, AF, ZF, SF, OF) are put back with sahf and one
+ *    add, and r11 gets the saved RFLAGS as `syscall` leaves it. DF and AC are cleared for the
+ *    C++ code (its ABI wants DF clear; AC would make unaligned accesses fault) and restored
+ *    with popfq, like TF, the rare case. zpoline_detail_popf_flags holds the bits that need
+ *    popfq (every bit on a CPU without LAHF/SAHF in 64-bit mode).
+ * 3. Vector state (SAVE_VECTOR_STATE, RESTORE_VECTOR_STATE above). In the ymm mode: STMXCSR
+ *    first (after the stores it waits for them: ~10 ns), 16 ymm stores, vzeroupper; on the
+ *    way back 16 loads, and MXCSR reloaded only if it changed. With
+ *    Options::general_registers_only the stub saves nothing: a hook built for general registers
+ *    leaves the vector registers alone, and where forward() runs the library's C++ code (clone,
+ *    mmap, ...) it saves them itself (zpoline_detail_forward_saving_vectors).
+ *
+ * Registers of the full path: rbx = RegisterFrame, r12 = HookCall, r13 = whether any ymm upper
+ * half was nonzero, r14 = the vector save area (0: none saved), r15 = the TLS offset of
+ * ThreadState. All survive the calls. */
 
         .globl zpoline_detail_entry
         .hidden zpoline_detail_entry
         .type zpoline_detail_entry, @function
         .p2align 6
 zpoline_detail_entry:
+        .cfi_startproc
+        /* An exception leaving the hook reaches this frame: report and abort (dispatch.cpp). */
+        .cfi_personality 0x1b, zpoline_detail_stub_personality
         lea -RED_ZONE(%rsp), %rsp               /* step over the caller's red zone */
+        .cfi_adjust_cfa_offset RED_ZONE
         pushfq                                  /* from here on flags may change */
+        .cfi_adjust_cfa_offset 8
         mov RED_ZONE+8(%rsp), %rcx              /* rcx, r11: free, `syscall` clobbers them */
-        cmpw $0xd0ff, -2(%rcx)                  /* came from a `call *%rax` (ff d0)? */
+        cmpb $0xff, -2(%rcx)                    /* came from a `call *%rax` (ff d0)? Byte */
+        jne .Lstray_call                        /* reads: with AC set (alignment checking), a */
+        cmpb $0xd0, -1(%rcx)                    /* word read at an odd address would fault */
         jne .Lstray_call
         /* And from a site the rewriter made, not an ordinary `call *%rax` with a NULL or small
          * function pointer in rax? Look the site up in the registry (site_registry.cpp): open
          * addressing, slot = ((site * K) >> 20) & (capacity - 1), 0 marks an empty slot. */
         push %rdx
+        .cfi_adjust_cfa_offset 8
         push %rax
+        .cfi_adjust_cfa_offset 8
         lea -2(%rcx), %rcx                      /* the site */
         mov zpoline_detail_site_table(%rip), %r11
         test %r11, %r11
@@ -156,7 +367,9 @@ zpoline_detail_entry:
         inc %rax
         jmp 2b
 3:      pop %rax
+        .cfi_adjust_cfa_offset -8
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         cmp $15, %rax                           /* rt_sigreturn: run it on the signal frame */
         je .Lsigreturn
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
@@ -175,76 +388,201 @@ zpoline_detail_entry:
 1:      cmpb $0, zpoline_detail_hook_live(%rip)
         je .Lbypass
 
-.Lfull:                                         /* save everything, call the dispatcher */
+.Lfull:                                         /* save everything, run the hook */
         push %rax
+        .cfi_adjust_cfa_offset 8
         push %rbx
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbx, 0
         push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
         push %r12
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r12, 0
         push %r13
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r13, 0
         push %r14
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r14, 0
         push %r15
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r15, 0
         push %rdi
+        .cfi_adjust_cfa_offset 8
         push %rsi
+        .cfi_adjust_cfa_offset 8
         push %rdx
+        .cfi_adjust_cfa_offset 8
         push %r10
+        .cfi_adjust_cfa_offset 8
         push %r8
+        .cfi_adjust_cfa_offset 8
         push %r9
+        .cfi_adjust_cfa_offset 8
         mov %rsp, %rbx                          /* rbx: the RegisterFrame, kept across calls */
-        and $-64, %rsp                          /* XSAVE areas are 64-byte aligned */
+        .cfi_def_cfa_register %rbx              /* CFA = rbx + FRAME_SIZE down to the pops */
+        mov %r11, %r15                          /* every way here loaded it into r11 */
+        testl $(RFLAGS_DF | RFLAGS_AC), FRAME_RFLAGS(%rbx)
+        jnz .Lclear_df_ac                       /* the C++ ABI wants DF clear; AC would fault */
+.Lflags_clear:
+        and $-64, %rsp                          /* vector save areas are 64-byte aligned */
+        lea -HOOK_CALL_SIZE(%rsp), %r12         /* r12: the HookCall */
+        mov %r12, %rsp
         sub zpoline_detail_xsave_size(%rip), %rsp
-        movzbl zpoline_detail_xsave_mode(%rip), %ecx
-        cmp $3, %ecx
-        jne 6f
-        SAVE_YMM %rsp
-        vzeroupper                              /* the C++ code is SSE: no dirty upper halves */
-        jmp 3f
-6:      cmp $4, %ecx
-        jne 7f
-        SAVE_XMM %rsp
-        jmp 3f
-7:      xor %ecx, %ecx                          /* XRSTOR faults unless header bytes 8..63 are 0 */
-        mov %rcx, 520(%rsp)
-        mov %rcx, 528(%rsp)
-        mov %rcx, 536(%rsp)
-        mov %rcx, 544(%rsp)
-        mov %rcx, 552(%rsp)
-        mov %rcx, 560(%rsp)
-        mov %rcx, 568(%rsp)
-        mov zpoline_detail_xsave_mask(%rip), %eax
-        mov zpoline_detail_xsave_mask+4(%rip), %edx
-        cmpb $2, zpoline_detail_xsave_mode(%rip)
-        jne 1f
-        xsavec (%rsp)                           /* compacted, skips components in init state */
-        jmp 3f
-1:      cmpb $1, zpoline_detail_xsave_mode(%rip)
-        jne 2f
-        xsave (%rsp)
-        jmp 3f
-2:      fxsave (%rsp)
-3:      cld                                     /* the C++ ABI wants DF clear */
-        mov %rbx, %rdi
-        mov %rsp, %rsi
-        call zpoline_detail_dispatch
+        xor %r14d, %r14d                        /* r14: the vector save area, 0 if none */
+        cmpb $0, zpoline_detail_general_registers_only(%rip)
+        jne .Lfast_path                         /* forward() saves it if it runs C++ code */
+.Lsave_vectors:
+        SAVE_VECTOR_STATE .Lsave_other_vectors, .Lvectors_saved
+        mov %rsp, %r14
+.Lfast_path:                                    /* the common case; else the dispatcher decides */
+        mov %fs:STATE_BYPASS_DEPTH(%r15), %rcx  /* bypass depth (and the zero word after it): */
+        or %fs:STATE_HOOK_FRAME(%r15), %rcx     /* a bypassed clone or vfork; hook frame: above */
+        jnz .Ldispatch                          /* a running hook's frame */
+        mov %fs:STATE_IN_HOOK(%r15), %rcx       /* rcx: this thread's in_hook flag; null before */
+        test %rcx, %rcx                         /* its first hooked call registers it */
+        jz .Ldispatch
+        mov %rbx, HOOK_CALL_REGS(%r12)          /* the SyscallFrame */
+        mov %r14, HOOK_CALL_XSAVE(%r12)
+        mov %r12, HOOK_CALL_SYSCALL(%r12)       /* the Syscall: that frame, no continuation */
+        movq $0, HOOK_CALL_SYSCALL+8(%r12)
+        mov %fs:STATE_HOOK_ENTRIES(%r15), %rdx  /* the canary: ++entries ^ frame */
+        inc %rdx
+        mov %rdx, %fs:STATE_HOOK_ENTRIES(%r15)
+        xor %rbx, %rdx
+        mov %rdx, HOOK_CALL_CANARY(%r12)
+        mov %rdx, %fs:STATE_HOOK_CANARY(%r15)
+        lea HOOK_CALL_CANARY(%r12), %rdx
+        mov %rdx, %fs:STATE_HOOK_CANARY_ADDRESS(%r15)
+        mov %r12, %fs:STATE_HOOK_FRAME(%r15)    /* syscalls from below here are the hook's own */
+        movl $1, (%rcx)                         /* in_hook, then check the hook is still live: */
+        incq 8(%rcx)                            /* HookActivity::calls_through_sites */
+        cmpb $0, zpoline_detail_membarrier_registered(%rip) /* retract_hook's membarrier orders */
+        jne 1f                                  /* the two; without it, a full fence here */
+        lock orq $0, (%rsp)
+1:      mov zpoline_detail_current_hook(%rip), %rax
+        test %rax, %rax
+        jz .Lhook_retracted
+        cmpb $0, zpoline_detail_hook_live(%rip)
+        je .Lhook_retracted
+        mov INSTALLED_HOOK_CONTEXT(%rax), %rsi
+        lea HOOK_CALL_SYSCALL(%r12), %rdi
+        call *INSTALLED_HOOK_ENTRY(%rax)        /* the hook */
+        mov %fs:STATE_IN_HOOK(%r15), %rcx
+        movl $0, (%rcx)
+        movq $0, %fs:STATE_HOOK_FRAME(%r15)
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
+        cmovne FRAME_RAX(%rbx), %rax            /* vfork: the stub makes the call below */
+.Lresult:
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
-        movzbl zpoline_detail_xsave_mode(%rip), %ecx
-        cmp $3, %ecx
-        jne 6f
-        RESTORE_YMM %rsp
-        RESTORE_MXCSR %rsp
-        jmp 5f
-6:      cmp $4, %ecx
-        jne 7f
-        RESTORE_XMM %rsp
-        RESTORE_MXCSR %rsp
-        jmp 5f
-7:      mov zpoline_detail_xsave_mask(%rip), %eax
-        mov zpoline_detail_xsave_mask+4(%rip), %edx
-        cmpb $0, zpoline_detail_xsave_mode(%rip)
-        je 4f
-        xrstor (%rsp)
-        jmp 5f
-4:      fxrstor (%rsp)
-5:      mov %rbx, %rsp
+        test %r14, %r14
+        jz .Lvectors_restored
+        RESTORE_VECTOR_STATE .Lrestore_other_vectors, .Lvectors_restored
+        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
+        jne .Lrestore_for_application_stack
+        mov %rbx, %rsp
+        .cfi_def_cfa_register %rsp
+        pop %r9
+        .cfi_adjust_cfa_offset -8
+        pop %r8
+        .cfi_adjust_cfa_offset -8
+        pop %r10
+        .cfi_adjust_cfa_offset -8
+        pop %rdx
+        .cfi_adjust_cfa_offset -8
+        pop %rsi
+        .cfi_adjust_cfa_offset -8
+        pop %rdi
+        .cfi_adjust_cfa_offset -8
+        pop %r15
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r15
+        pop %r14
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r14
+        pop %r13
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r13
+        pop %r12
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r12
+        pop %rbp
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbp
+        pop %rbx
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
+        mov 8(%rsp), %r11                       /* r11 = RFLAGS, as `syscall` leaves it */
+        test zpoline_detail_popf_flags(%rip), %r11d
+        jnz .Lpop_rax_return_popf
+        mov %r11d, %eax                         /* rax is popped below: flags as in .Lreturn */
+        shl $8, %eax
+        bt $11, %r11d
+        mov $0x7f, %al
+        adc $0, %al
+        sahf
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        lea 8+RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -(8+RED_ZONE)
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+
+.Lreturn:                                       /* rax = result, (%rsp) = saved RFLAGS */
+        .cfi_def_cfa_offset 8+RED_ZONE+8
+        .cfi_offset %rip, -8
+        mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
+        test zpoline_detail_popf_flags(%rip), %r11d
+        jnz .Lreturn_popf
+        push %rax
+        .cfi_adjust_cfa_offset 8
+        mov %r11d, %eax
+        shl $8, %eax                            /* ah: SF, ZF, AF, PF, CF as they were */
+        bt $11, %r11d                           /* CF = OF as it was; */
+        mov $0x7f, %al
+        adc $0, %al                             /* OF = 1 only for 0x7f + 1 */
+        sahf                                    /* no instruction below changes the flags */
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        lea 8+RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -(8+RED_ZONE)
+        pop %rcx                                /* rcx = return address, as `syscall` leaves it */
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx                               /* not `ret`: see the top */
+
+.Lpop_rax_return_popf:
+        .cfi_def_cfa_offset 8+RED_ZONE+8+8
+        .cfi_offset %rip, -8
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+.Lreturn_popf:                                  /* TF, DF or AC set: all flags exactly */
+        popfq
+        .cfi_adjust_cfa_offset -8
+        lea RED_ZONE(%rsp), %rsp
+        .cfi_adjust_cfa_offset -RED_ZONE
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+
+        /* Out of line, in the full path's frame (CFA = rbx + FRAME_SIZE). */
+.Lrestore_for_application_stack:                /* vfork-like: restore, then make the call */
+        .cfi_def_cfa %rbx, FRAME_SIZE
+        .cfi_offset %rip, -8
+        .cfi_offset %rbx, -FRAME_SIZE+88
+        .cfi_offset %rbp, -FRAME_SIZE+80
+        .cfi_offset %r12, -FRAME_SIZE+72
+        .cfi_offset %r13, -FRAME_SIZE+64
+        .cfi_offset %r14, -FRAME_SIZE+56
+        .cfi_offset %r15, -FRAME_SIZE+48
+        mov %r15, %r11
+        mov %rbx, %rsp
+        .cfi_def_cfa_register %rsp
         pop %r9
         pop %r8
         pop %r10
@@ -258,17 +596,52 @@ zpoline_detail_entry:
         pop %rbp
         pop %rbx
         pop %rax
-        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
-        jne .Lon_application_stack
-.Lreturn:                                       /* (%rsp) = saved RFLAGS */
-        mov (%rsp), %r11                        /* r11 = RFLAGS, as `syscall` leaves it */
-        popfq
-        lea RED_ZONE(%rsp), %rsp
-        mov (%rsp), %rcx                        /* rcx = return address, as `syscall` leaves it */
-        ret
+        .cfi_adjust_cfa_offset -FRAME_SIZE+8+RED_ZONE+8
+        .cfi_restore %rbx
+        .cfi_restore %rbp
+        .cfi_restore %r12
+        .cfi_restore %r13
+        .cfi_restore %r14
+        .cfi_restore %r15
+        jmp .Lon_application_stack
 
+.Lclear_df_ac:
+        .cfi_def_cfa %rbx, FRAME_SIZE
+        .cfi_offset %rip, -8
+        .cfi_offset %rbx, -FRAME_SIZE+88
+        .cfi_offset %rbp, -FRAME_SIZE+80
+        .cfi_offset %r12, -FRAME_SIZE+72
+        .cfi_offset %r13, -FRAME_SIZE+64
+        .cfi_offset %r14, -FRAME_SIZE+56
+        .cfi_offset %r15, -FRAME_SIZE+48
+        pushq FRAME_RFLAGS(%rbx)
+        andl $~(RFLAGS_DF | RFLAGS_AC), (%rsp)
+        popfq
+        jmp .Lflags_clear
+
+.Lhook_retracted:                               /* undo, and let the dispatcher forward it */
+        movl $0, (%rcx)
+        movq $0, %fs:STATE_HOOK_FRAME(%r11)
+.Ldispatch:
+        test %r14, %r14                         /* the dispatcher may run any C++ code: */
+        jz .Lsave_vectors                       /* save the vector state first */
+        mov %rbx, %rdi
+        mov %r14, %rsi
+        call zpoline_detail_dispatch
+        jmp .Lresult
+
+        SAVE_OTHER_VECTOR_STATE .Lsave_other_vectors, .Lvectors_saved
+        RESTORE_OTHER_VECTOR_STATE .Lrestore_other_vectors, .Lvectors_restored
+
+        /* Back in the entry's frame: CFA = rsp + 8 + RED_ZONE + 8, (%rsp) = saved RFLAGS. */
 .Lbypass:                                       /* no hook: straight to the kernel, */
+        .cfi_def_cfa %rsp, 8+RED_ZONE+8
+        .cfi_restore %rbx
+        .cfi_restore %rbp
+        .cfi_restore %r12
+        .cfi_restore %r13
+        .cfi_restore %r14
+        .cfi_restore %r15
         cmp $58, %rax                           /* except vfork, clone and clone3, whose child */
         je .Lvfork_bypassed                     /* must not return through this stack frame */
         cmp $56, %rax
@@ -312,6 +685,7 @@ zpoline_detail_entry:
         cmp $VFORK_MAX, %ecx
         jae .Lvfork_too_deep
         push %rdx                               /* one more scratch register, below the frame */
+        .cfi_adjust_cfa_offset 8
         lea 1(%rcx), %edx
         mov %edx, %fs:STATE_VFORK_DEPTH(%r11)
         shl $5, %rcx                            /* 32-byte entries */
@@ -324,10 +698,15 @@ zpoline_detail_entry:
         mov %fs:STATE_HOOK_FRAME(%rcx), %rdx
         mov %rdx, %fs:VFORK_SAVED_HOOK_FRAME(%r11)
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         popfq
+        .cfi_adjust_cfa_offset -8
         lea RED_ZONE+8(%rsp), %rsp              /* the application's rsp */
+        .cfi_adjust_cfa_offset -(RED_ZONE+8)
         /* Entered here too, from the SIGSYS handler (safety_net.cpp), which has pushed the
-         * vfork_returns entry itself: the application's registers, rsp and RFLAGS are live. */
+         * vfork_returns entry itself: the application's registers, rsp and RFLAGS are live. The
+         * way back is in the vfork_returns entry (TLS), which unwinders cannot read. */
+        .cfi_undefined %rip
         .globl zpoline_detail_vfork_syscall
         .hidden zpoline_detail_vfork_syscall
 zpoline_detail_vfork_syscall:
@@ -353,6 +732,8 @@ zpoline_detail_vfork_syscall:
         jmp *%rcx
 
 .Lvfork_too_deep:                               /* more nested vforks than slots: EAGAIN */
+        .cfi_def_cfa %rsp, 8+RED_ZONE+8
+        .cfi_offset %rip, -8
         mov $-11, %rax
         jmp .Lreturn
 
@@ -362,16 +743,97 @@ zpoline_detail_vfork_syscall:
         ud2
 
 .Lnot_registered:
+        .cfi_def_cfa_offset 8+RED_ZONE+8+16
         pop %rax
+        .cfi_adjust_cfa_offset -8
         pop %rdx
+        .cfi_adjust_cfa_offset -8
         lea 2(%rcx), %rcx                       /* the return address again */
 .Lstray_call:                                   /* a call into page 0 that no site made */
+        mov %rsp, %rbp
+        .cfi_def_cfa_register %rbp
         mov %rcx, %rdi
         mov %rax, %rsi
         and $-16, %rsp
         call zpoline_detail_report_stray_call   /* does not return */
         ud2
+        .cfi_endproc
         .size zpoline_detail_entry, .-zpoline_detail_entry
+
+/* long zpoline_detail_forward_syscall(const RegisterFrame* regs): the call forward() makes for
+ * most numbers. It returns with `pop; jmp` rather than `ret` (see the entry stub). */
+        .globl zpoline_detail_forward_syscall
+        .hidden zpoline_detail_forward_syscall
+        .type zpoline_detail_forward_syscall, @function
+        .p2align 4
+zpoline_detail_forward_syscall:
+        .cfi_startproc
+        mov FRAME_RAX(%rdi), %rax
+        mov 0(%rdi), %r9
+        mov 8(%rdi), %r8
+        mov 16(%rdi), %r10
+        mov 24(%rdi), %rdx
+        mov 32(%rdi), %rsi
+        mov 40(%rdi), %rdi
+        syscall
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmp *%rcx
+        .cfi_endproc
+        .size zpoline_detail_forward_syscall, .-zpoline_detail_forward_syscall
+
+/* long zpoline_detail_forward_saving_vectors(const SyscallFrame* frame)
+ * forward() of a call the library handles with its own C++ code (clone, mmap, ...) where the stub
+ * saved no vector state (Options::general_registers_only). Neither the stub nor the hook has
+ * touched the vector registers, so they still hold the application's values: saved here as the
+ * stub would, around zpoline_detail_forward_frame(frame with this save area). */
+        .globl zpoline_detail_forward_saving_vectors
+        .hidden zpoline_detail_forward_saving_vectors
+        .type zpoline_detail_forward_saving_vectors, @function
+        .p2align 4
+zpoline_detail_forward_saving_vectors:
+        .cfi_startproc
+        push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
+        mov %rsp, %rbp
+        .cfi_def_cfa_register %rbp
+        push %r12
+        .cfi_offset %r12, -24
+        push %r13
+        .cfi_offset %r13, -32
+        mov (%rdi), %r12                        /* the RegisterFrame */
+        and $-64, %rsp
+        sub zpoline_detail_xsave_size(%rip), %rsp
+        SAVE_VECTOR_STATE .Lforward_save_other, .Lforward_saved
+        mov %rsp, %rax
+        sub $16, %rsp                           /* a SyscallFrame: the registers, this area */
+        mov %r12, (%rsp)
+        mov %rax, 8(%rsp)
+        mov %rsp, %rdi
+        call zpoline_detail_forward_frame
+        add $16, %rsp
+        mov %rax, %r12                          /* the result */
+        RESTORE_VECTOR_STATE .Lforward_restore_other, .Lforward_restored
+        mov %r12, %rax
+        lea -16(%rbp), %rsp
+        pop %r13
+        .cfi_restore %r13
+        pop %r12
+        .cfi_restore %r12
+        pop %rbp
+        .cfi_def_cfa %rsp, 8
+        .cfi_restore %rbp
+        ret
+        .cfi_def_cfa %rbp, 16                   /* the other vector modes, out of line */
+        .cfi_offset %rbp, -16
+        .cfi_offset %r12, -24
+        .cfi_offset %r13, -32
+        SAVE_OTHER_VECTOR_STATE .Lforward_save_other, .Lforward_saved
+        RESTORE_OTHER_VECTOR_STATE .Lforward_restore_other, .Lforward_restored
+        .cfi_endproc
+        .size zpoline_detail_forward_saving_vectors, .-zpoline_detail_forward_saving_vectors
 
 /* long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5) */
         .globl zpoline_detail_raw_syscall
@@ -493,5 +955,32 @@ zpoline_detail_sigreturn_gadget:
         .globl zpoline_detail_code_end
         .hidden zpoline_detail_code_end
 zpoline_detail_code_end:
+
+/* The globals the stub reads on every call, in one cache line (declared in dispatch/frame.hpp). */
+        .data
+        .p2align 6
+        .macro GLOBAL name, size
+        .globl \name
+        .hidden \name
+        .type \name, @object
+        .size \name, \size
+\name:
+        .endm
+        GLOBAL zpoline_detail_current_hook, 8   /* InstalledHook*, set by publish_hook() */
+        .quad 0
+        GLOBAL zpoline_detail_xsave_size, 8     /* bytes of the vector save area (platform/cpu) */
+        .quad 576
+        GLOBAL zpoline_detail_xsave_mask, 8     /* XSAVE components, in the XSAVE modes */
+        .quad 0
+        GLOBAL zpoline_detail_popf_flags, 4     /* set by map_trampoline() */
+        .long 0xffffffff
+        GLOBAL zpoline_detail_hook_live, 1
+        .byte 0
+        GLOBAL zpoline_detail_xsave_mode, 1     /* platform/cpu.hpp, VectorSaveMode */
+        .byte 0
+        GLOBAL zpoline_detail_general_registers_only, 1
+        .byte 0
+        GLOBAL zpoline_detail_membarrier_registered, 1
+        .byte 0
 
         .section .note.GNU-stack,"",@progbits

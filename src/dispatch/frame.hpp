@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "zpoline/syscall.hpp"
+
 namespace zpoline::detail {
 
 // Registers as the stub pushes them (lowest address first). rcx and r11 are not saved: `syscall`
@@ -24,8 +26,25 @@ static_assert(offsetof(RegisterFrame, return_address) == 240);
 // What a Syscall refers to: the saved registers and the saved vector state of the caller.
 struct SyscallFrame {
   RegisterFrame* regs;
-  void* xsave_area;
+  void* xsave_area;  // null where the stub saved none (Options::general_registers_only)
 };
+
+// The hook's entry point, as the stub calls it: rdi = the call, rsi = the context the hook was
+// published with. A plain `long (*)(Syscall&)` hook is called directly (it ignores rsi).
+using HookEntry = long (*)(zpoline::Syscall& call, const void* context);
+
+// What the stub's fast path keeps in its frame while the hook runs (entry_stub.S), filled in by
+// zpoline_detail_enter_hook: the Syscall the hook receives, and the word hook_canary_address
+// points to. 64 bytes, 64-byte aligned, above the vector save area and below RegisterFrame.
+struct HookCall {
+  SyscallFrame frame;
+  zpoline::Syscall call{frame};
+  const void* context = nullptr;  // for the hook's entry point
+  std::uint64_t canary = 0;
+};
+static_assert(sizeof(zpoline::Syscall) == 16);
+static_assert(offsetof(HookCall, call) == 16 && offsetof(HookCall, context) == 32);
+static_assert(sizeof(HookCall) <= 64);
 
 // Input of zpoline_detail_clone_to_site.
 struct CloneRequest {
@@ -39,17 +58,28 @@ static_assert(offsetof(CloneRequest, args) == 24);
 // Per-thread state, in static TLS so the stub reads it with %fs-relative loads. The offsets of
 // the first fields are hard-coded in entry_stub.S.
 inline constexpr unsigned kMaxVforkDepth = 16;
-struct ThreadState {
+// What every hooked call reads and writes comes first, in one cache line.
+struct alignas(64) ThreadState {
   std::uint32_t bypass_depth;  // ScopedBypass nesting: > 0 skips the hook (read by the stub)
   std::uint32_t reserved;
-  // While the hook runs: the dispatcher's frame address. A syscall from below it is the hook's
-  // own. One from above it comes from a signal handler on an alternate stack, or the hook was
-  // left without returning (siglongjmp out of a handler that interrupted it). 0 otherwise.
+  // While the hook runs: an address in the frame of the stub or dispatcher that called it. A
+  // syscall from below it is the hook's own. One from above it comes from a signal handler on an
+  // alternate stack, or the hook was left without returning (siglongjmp out of a handler that
+  // interrupted it). 0 otherwise.
   std::uint64_t hook_frame;
   // Set by forward() for vfork and vfork-like clones: when the hook returns, the stub makes the
   // syscall itself on the application's stack (see entry_stub.S, .Lon_application_stack).
   std::uint32_t run_on_application_stack;
   std::uint32_t vfork_depth;
+  // While the hook runs: a word in that frame and the value it holds. A syscall from below
+  // hook_frame is the hook's own only while that word is intact; after a siglongjmp out of the
+  // hook, deeper calls overwrite it, and the dispatcher resets the state.
+  std::uint64_t hook_canary_address;
+  std::uint64_t hook_canary;
+  std::uint64_t hook_entries;  // hooked calls on this thread: varies the canary
+  // This thread's "inside the hook" flag (read by retract_hook), null until the thread's first
+  // hooked call registers the thread: the stub's fast path writes it.
+  std::uint32_t* in_hook;
   // One per vfork in progress on this thread: the way back, which must not live on the stack the
   // child shares, and the hook state to give back to the parent (the child shares this TLS too).
   struct VforkReturn {
@@ -57,30 +87,43 @@ struct ThreadState {
     std::uint64_t bypass_depth;  // the first 8 bytes of ThreadState
     std::uint64_t hook_frame;
     std::uint64_t result;  // parked while the parent restores the above
-  } vfork_returns[kMaxVforkDepth];
-  // While the hook runs: a word in the dispatcher's frame and the value it holds. A syscall from
-  // below hook_frame is the hook's own only while that word is intact; after a siglongjmp out of
-  // the hook, deeper calls overwrite it, and the dispatcher resets the state.
-  std::uint64_t hook_canary_address;
-  std::uint64_t hook_canary;
+  };
+  alignas(64) VforkReturn vfork_returns[kMaxVforkDepth];
 };
-static_assert(offsetof(ThreadState, hook_canary_address) == 536);
-static_assert(offsetof(ThreadState, hook_canary) == 544);
 static_assert(offsetof(ThreadState, hook_frame) == 8);
 static_assert(offsetof(ThreadState, run_on_application_stack) == 16);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);
-static_assert(offsetof(ThreadState, vfork_returns) == 24 && sizeof(ThreadState::VforkReturn) == 32);
+static_assert(offsetof(ThreadState, hook_canary_address) == 24);
+static_assert(offsetof(ThreadState, hook_canary) == 32);
+static_assert(offsetof(ThreadState, hook_entries) == 40 && offsetof(ThreadState, in_hook) == 48);
+static_assert(offsetof(ThreadState, vfork_returns) == 64 && sizeof(ThreadState::VforkReturn) == 32);
 
 }  // namespace zpoline::detail
 
-// Symbols shared with entry_stub.S.
+namespace zpoline::detail {
+struct InstalledHook;
+}
+
+// Symbols shared with entry_stub.S. The globals the stub reads on every call are defined there,
+// in one cache line: the hook, the vector save mode and the flags below.
 extern "C" {
 extern __thread zpoline::detail::ThreadState zpoline_detail_thread_state
     __attribute__((tls_model("initial-exec"), visibility("hidden")));
+// The installed hook (dispatch.cpp), and whether it is live: the stub runs it only if both.
+extern zpoline::detail::InstalledHook* zpoline_detail_current_hook
+    __attribute__((visibility("hidden")));
 extern unsigned char zpoline_detail_hook_live __attribute__((visibility("hidden")));
+// Whether retract_hook() uses membarrier (then the stub needs no fence after setting in_hook).
+extern unsigned char zpoline_detail_membarrier_registered __attribute__((visibility("hidden")));
 extern std::uint64_t zpoline_detail_xsave_size __attribute__((visibility("hidden")));
 extern std::uint64_t zpoline_detail_xsave_mask __attribute__((visibility("hidden")));
 extern unsigned char zpoline_detail_xsave_mode __attribute__((visibility("hidden")));
+// Options::general_registers_only: the stub's fast path saves no vector state.
+extern unsigned char zpoline_detail_general_registers_only __attribute__((visibility("hidden")));
+// RFLAGS bits that make the stub restore the flags with popfq (slow) instead of sahf and an add
+// (the arithmetic flags only): TF, DF and AC; every bit where the CPU lacks LAHF/SAHF in 64-bit
+// mode.
+extern std::uint32_t zpoline_detail_popf_flags __attribute__((visibility("hidden")));
 
 extern char zpoline_detail_code_begin[] __attribute__((visibility("hidden")));
 extern char zpoline_detail_code_end[] __attribute__((visibility("hidden")));
@@ -88,5 +131,15 @@ void zpoline_detail_entry() __attribute__((visibility("hidden")));
 long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
     __attribute__((visibility("hidden")));
 long zpoline_detail_clone_to_site(const zpoline::detail::CloneRequest* request)
+    __attribute__((visibility("hidden")));
+// The system call `regs` describes (number and six arguments), made from the library's code
+// range. Returns with an indirect jump instead of `ret` (entry_stub.S says why).
+long zpoline_detail_forward_syscall(const zpoline::detail::RegisterFrame* regs) noexcept
+    __attribute__((visibility("hidden")));
+// forward() with the vector state saved around it, for a SyscallFrame without a save area
+// (Options::general_registers_only): calls zpoline_detail_forward_frame.
+long zpoline_detail_forward_saving_vectors(const zpoline::detail::SyscallFrame* frame) noexcept
+    __attribute__((visibility("hidden")));
+long zpoline_detail_forward_frame(const zpoline::detail::SyscallFrame* frame) noexcept
     __attribute__((visibility("hidden")));
 }

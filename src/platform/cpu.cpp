@@ -68,6 +68,11 @@ VectorSaveLayout detect_vector_save_layout() {
   return layout;
 }
 
+bool has_lahf_sahf() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(0x80000001, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_LAHF_LM) != 0;
+}
+
 const char* to_string(VectorSaveMode mode) {
   switch (mode) {
     case VectorSaveMode::fxsave:

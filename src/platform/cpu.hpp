@@ -30,4 +30,8 @@ VectorSaveLayout detect_vector_save_layout();
 
 const char* to_string(VectorSaveMode mode);
 
+// Whether LAHF and SAHF work in 64-bit mode (CPUID 0x80000001 ECX bit 0; all but the first
+// x86-64 CPUs). The entry stub restores the arithmetic flags with SAHF where they do.
+bool has_lahf_sahf();
+
 }  // namespace zpoline::detail

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "dispatch/frame.hpp"
+#include "platform/cpu.hpp"
 #include "trampoline/fault_redirect.hpp"
 #include "trampoline/sled.hpp"
 #include "zpoline/zpoline.hpp"
@@ -59,6 +60,10 @@ bool has_effective_capability(int capability) {
 
 void map_trampoline() {
   if (mapped) return;
+  // The RFLAGS bits for which the stub restores the flags with popfq (entry_stub.S): TF, DF and
+  // AC, or every bit where SAHF does not work in 64-bit mode.
+  constexpr std::uint32_t kTrapDirectionAlignmentFlags = (1u << 8) | (1u << 10) | (1u << 18);
+  zpoline_detail_popf_flags = has_lahf_sahf() ? kTrapDirectionAlignmentFlags : ~0u;
   void* page = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (page == MAP_FAILED) {
