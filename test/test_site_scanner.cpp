@@ -156,6 +156,12 @@ TEST_CASE("red-zone functions whose return-address slot is dead are rewritable")
         concat({{0x48, 0x8d, 0x5c, 0x24, 0xd0, 0x48, 0x89, 0xde}, store_va_list, kSyscall, kRet});
     CHECK(decisions(code, scan_function(code)) == Decisions{{13, SiteKind::red_zone}});
   }
+  SUBCASE("a pointer into the red zone passed through push and pop") {
+    // lea -0x30(%rsp),%rbx ; push %rbx ; pop %rsi ; mov %rcx,-0x18(%rsp) ; syscall ; ret
+    const Bytes code =
+        concat({{0x48, 0x8d, 0x5c, 0x24, 0xd0, 0x53, 0x5e}, store_va_list, kSyscall, kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{12, SiteKind::red_zone}});
+  }
   SUBCASE("a pointer into the red zone dereferenced after the call") {
     // lea -0x30(%rsp),%rbx ; mov %rcx,-0x18(%rsp) ; syscall ; mov (%rbx),%rdx ; ret
     const Bytes code =

@@ -85,7 +85,9 @@ bool ReturnSlotProof::step(const ZydisDecodedInstruction& instruction,
   switch (instruction.mnemonic) {
     case ZYDIS_MNEMONIC_PUSH:
       state.rsp -= instruction.operand_width / 8;
-      return true;
+      // `push %rsp` copies the stack pointer to memory.
+      return operands[0].type != ZYDIS_OPERAND_TYPE_REGISTER ||
+             operands[0].reg.value != ZYDIS_REGISTER_RSP;
     case ZYDIS_MNEMONIC_PUSHFQ:
       state.rsp -= 8;
       return true;
@@ -165,6 +167,10 @@ bool ReturnSlotProof::step(const ZydisDecodedInstruction& instruction,
 // Registers an instruction may make into stack pointers.
 std::uint32_t ReturnSlotProof::new_pointers(const ZydisDecodedInstruction& instruction,
                                             const ZydisDecodedOperand* operands) const {
+  if (instruction.mnemonic == ZYDIS_MNEMONIC_POP && pointer_stored_ &&
+      operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER) {
+    return bit(operands[0].reg.value) & ~kRsp;  // may pop a stack pointer pushed earlier
+  }
   std::uint32_t written = 0;
   std::uint32_t read = 0;
   bool loads_from_stack = false;
@@ -203,6 +209,11 @@ bool ReturnSlotProof::analyse() {
     for (std::uintptr_t ip = begin_; ip < end_; ip += instruction.length) {
       if (!decode(ip, instruction, operands)) return false;
       pointers_ |= new_pointers(instruction, operands);
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_PUSH &&
+          operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          (bit(operands[0].reg.value) & pointers_) != 0) {
+        pointer_stored_ = true;
+      }
       for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
         if (operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
             operands[i].mem.type != ZYDIS_MEMOP_TYPE_AGEN &&
