@@ -414,14 +414,14 @@ std::string compare_probe(const ProbeState& in, const ProbeState& out) {
   return problems;
 }
 
-// What the hook does to the state it could leak into the application: all vector registers,
-// MXCSR, plus ordinary library work (stdio, allocation, string and floating-point code).
-__attribute__((noinline)) void clobber_state_in_hook() {
+// Puts all-ones into every vector register: what a hook that broke the general-registers-only
+// rule would leak. Compiled normally; the hooks below call it only when told to.
+__attribute__((noinline)) void clobber_vector_registers() {
   if (have_avx()) {
     asm volatile(
         "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
         ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
-        "vpaddd %%ymm0, %%ymm0, %%ymm\\n\n"
+        "vmovdqa %%ymm0, %%ymm\\n\n"
         ".endr\n" ::
             : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
               "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
@@ -434,6 +434,12 @@ __attribute__((noinline)) void clobber_state_in_hook() {
             : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
               "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
   }
+}
+
+// What the hook does to the state it could leak into the application: all vector registers,
+// MXCSR, plus ordinary library work (stdio, allocation, string and floating-point code).
+__attribute__((noinline)) void clobber_state_in_hook() {
+  clobber_vector_registers();
   const std::uint32_t hook_mxcsr = 0x3f80;  // round down; left set: the stub must restore it
   asm volatile("ldmxcsr %0" ::"m"(hook_mxcsr));
   std::vector<unsigned char> big(1 << 16);
@@ -1081,28 +1087,6 @@ namespace {
 long gpr_site_calls = 0;
 std::uintptr_t gpr_site_return = 0;
 bool gpr_clobber = false;
-
-// Puts all-ones into every vector register (and changes MXCSR): what a hook that broke the
-// rule would leak. Compiled normally; the hooks below call it only when told to.
-__attribute__((noinline)) void clobber_vector_registers() {
-  if (have_avx()) {
-    asm volatile(
-        "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
-        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
-        "vmovdqa %%ymm0, %%ymm\\n\n"
-        ".endr\n" ::
-            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-  } else {
-    asm volatile(
-        "pcmpeqd %%xmm0, %%xmm0\n"
-        ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"
-        "movdqa %%xmm0, %%xmm\\n\n"
-        ".endr\n" ::
-            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-  }
-}
 
 ZT_GENERAL_REGISTERS_ONLY long gpr_pass_through(zpoline::Syscall& call) {
   if (call.return_address() == gpr_site_return) {
