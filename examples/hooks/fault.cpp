@@ -46,7 +46,7 @@ extern "C" const char* zpoline_hook_init() noexcept {
   return nullptr;
 }
 
-extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (call.number() == target && seen.fetch_add(1, std::memory_order_relaxed) + 1 == nth) {
     return -error;
   }

@@ -59,7 +59,7 @@ extern "C" const char* zpoline_hook_init() noexcept {
   return nullptr;
 }
 
-extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (const zpoline::SyscallInfo* info = zpoline::syscall_info(call.number())) {
     int dirfd = AT_FDCWD;
     for (int i = 0; i < info->argument_count; ++i) {

@@ -35,7 +35,7 @@ extern "C" const char* zpoline_hook_init() noexcept {
   return nullptr;
 }
 
-extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+extern "C" long zpoline_hook(zpoline::Syscall& call) {
   const long number = call.number();
   // These do not return when they succeed: print them first, as strace does (`= ?`).
   const bool may_not_return = number == SYS_exit || number == SYS_exit_group ||

@@ -26,7 +26,9 @@
 //      zpoline_hook_abi_version  uint32_t, defined by libzpoline-hook; checked first.
 //      zpoline_hook_connect      defined by libzpoline-hook; receives the host's function table.
 //      zpoline_hook              required, yours: the hook. It runs on the thread that made the
-//                                system call, concurrently on all threads; must not throw.
+//                                system call, concurrently on all threads; must not throw. Not
+//                                noexcept: a thread cancelled while blocked in a call the hook
+//                                forwarded unwinds through it (see Syscall::forward()).
 //      zpoline_hook_init         optional, yours: runs once after loading, before the hook is
 //                                installed. Returns nullptr when ready, or a message saying why
 //                                the library cannot run (read its configuration, open files...).
@@ -74,7 +76,7 @@ struct zpoline_hook_host {
   long (*arg)(const zpoline::Syscall* call, int i) noexcept;
   void (*set_arg)(zpoline::Syscall* call, int i, long value) noexcept;
   std::uintptr_t (*return_address)(const zpoline::Syscall* call) noexcept;
-  long (*forward)(zpoline::Syscall* call) noexcept;
+  long (*forward)(zpoline::Syscall* call);
 };
 
 // Defined by libzpoline-hook.
@@ -83,7 +85,7 @@ __attribute__((visibility("default"))) void zpoline_hook_connect(
     const zpoline_hook_host* host) noexcept;
 
 // Defined by the hook library's author (zpoline_hook required, the others optional).
-__attribute__((visibility("default"))) long zpoline_hook(zpoline::Syscall& call) noexcept;
+__attribute__((visibility("default"))) long zpoline_hook(zpoline::Syscall& call);
 __attribute__((visibility("default"))) const char* zpoline_hook_init() noexcept;
 __attribute__((visibility("default"))) void zpoline_hook_fini() noexcept;
 

@@ -23,7 +23,7 @@ struct ContinuationAccess;
 // (zpoline/hook_chain.hpp). run() may set the call's continuation for the hook it calls, and puts
 // it back before returning.
 struct Continuation {
-  long (*run)(const Continuation& self, Syscall& call) noexcept;
+  long (*run)(const Continuation& self, Syscall& call);
 };
 }  // namespace detail
 
@@ -54,8 +54,10 @@ class Syscall {
   // result (a negative errno on failure). clone, clone3 and vfork are forwarded such that a new
   // thread or child starts at the application's return address with the application's registers.
   // Inside a zpoline::HookChain it passes the call to the next hook instead; the last hook's
-  // forward() reaches the kernel.
-  long forward() noexcept;
+  // forward() reaches the kernel. It throws nothing, but is not noexcept: a thread cancelled
+  // (pthread_cancel) while blocked in the call unwinds from here through the hook into the
+  // application, as it would from the system call without hooks.
+  long forward();
 
   // A typed view when this call is system call S, otherwise nothing.
   template <class S>

@@ -61,7 +61,7 @@ unsigned stripe_of_this_thread() noexcept {
 // Passes the call on past the chain: to `outer`, the kernel or an enclosing chain. A thread's
 // exit() does not come back to leave its counter: it leaves first (nothing of the snapshot is
 // used after the call, which cannot fail).
-long leave_chain(Syscall& call, const Continuation* outer, std::atomic<long>& readers) noexcept {
+long leave_chain(Syscall& call, const Continuation* outer, std::atomic<long>& readers) {
   const Continuation*& next = ContinuationAccess::next(call);
   const Continuation* self = next;
   next = outer;
@@ -82,7 +82,7 @@ struct Step : Continuation {
   std::atomic<long>* readers;
 };
 
-long run_step(const Continuation& self, Syscall& call) noexcept {
+long run_step(const Continuation& self, Syscall& call) {
   const Step& step = static_cast<const Step&>(self);
   if (step.position == step.snapshot->entries.size()) {
     return leave_chain(call, step.outer, *step.readers);

@@ -52,7 +52,7 @@ void Syscall::set_arg(int i, long value) noexcept {
 std::uintptr_t Syscall::return_address() const noexcept {
   return host->return_address(this);
 }
-long Syscall::forward() noexcept {
+long Syscall::forward() {
   return host->forward(this);
 }
 

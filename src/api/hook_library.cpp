@@ -33,7 +33,7 @@ const zpoline_hook_host host_table = {
     .arg = [](const Syscall* call, int i) noexcept { return call->arg(i); },
     .set_arg = [](Syscall* call, int i, long value) noexcept { call->set_arg(i, value); },
     .return_address = [](const Syscall* call) noexcept { return call->return_address(); },
-    .forward = [](Syscall* call) noexcept { return call->forward(); },
+    .forward = [](Syscall* call) { return call->forward(); },
 };
 
 // The executable segments of every object in the namespace of `handle`, but those it shares
@@ -71,7 +71,7 @@ std::vector<AddressRange> namespace_code(void* handle) {
 struct LoadedHookLibrary {
   std::string path;
   void* handle = nullptr;
-  long (*hook)(Syscall&) noexcept = nullptr;
+  long (*hook)(Syscall&) = nullptr;
   void (*fini)() noexcept = nullptr;
   std::vector<AddressRange> code;  // excluded from rewriting while it is mapped
 
@@ -114,7 +114,7 @@ struct LoadedHookLibrary {
   }
 
   void connect() {
-    hook = symbol<long (*)(Syscall&) noexcept>("zpoline_hook");
+    hook = symbol<long (*)(Syscall&)>("zpoline_hook");
     if (hook == nullptr) {
       fail(path,
            "not a hook library: it does not define zpoline_hook (extern \"C\" long "

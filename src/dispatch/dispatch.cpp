@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <unwind.h>
 
+#include <cxxabi.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -20,7 +22,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "dispatch/thread_records.hpp"
 #include "platform/memory.hpp"
+#include "platform/signals.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 
@@ -47,53 +51,14 @@ InstalledHook* load_current_hook() {
   return __atomic_load_n(&zpoline_detail_current_hook, __ATOMIC_ACQUIRE);
 }
 
-// Whether each thread is inside the hook, for retract_hook(). Records live on the heap and are
-// never freed (a thread may die without notice, e.g. by a raw exit); a new thread reuses the
-// record of a thread that no longer exists. The hot path only writes its own record.
-// A cache line each: the owner writes it on every hooked call.
-struct alignas(64) HookActivity {
-  std::uint32_t in_hook = 0;
-  pid_t tid = 0;
-  // Calls that reached the hook on this thread (and on the threads that used the record before),
-  // for the coverage report. Written only by the owning thread, read under activities_lock().
-  std::uint64_t calls_through_sites = 0;
-  std::uint64_t calls_through_net = 0;
-};
-// Never destroyed: hooked syscalls keep arriving while exit handlers run.
-std::mutex& activities_lock() {
-  static auto* lock = new std::mutex;  // a function: usable from static constructors too
-  return *lock;
-}
-std::vector<HookActivity*>& activities() {
-  static auto* records = new std::vector<HookActivity*>;
-  return *records;
-}
-__thread HookActivity* thread_activity = nullptr;
+__thread ThreadRecord* thread_record = nullptr;
 __thread bool dispatching_for_net = false;
+__thread bool creating_library_thread = false;
 // The stub's fast path finds the record through ThreadState::in_hook and counts the call itself.
-static_assert(offsetof(HookActivity, in_hook) == 0);
-static_assert(offsetof(HookActivity, calls_through_sites) == 8);
+static_assert(offsetof(ThreadRecord, in_hook) == 0);
+static_assert(offsetof(ThreadRecord, calls_through_sites) == 8);
 
 long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0);
-
-bool thread_exists(pid_t tid) {
-  return raw(SYS_tgkill, raw(SYS_getpid), tid, 0) == 0;  // not cached: fork changes it
-}
-
-HookActivity* register_thread() {
-  const pid_t tid = static_cast<pid_t>(raw(SYS_gettid));
-  std::lock_guard lock(activities_lock());
-  for (HookActivity* record : activities()) {
-    if (!thread_exists(record->tid)) {
-      record->tid = tid;
-      __atomic_store_n(&record->in_hook, 0, __ATOMIC_RELEASE);
-      return record;
-    }
-  }
-  auto* record = new HookActivity{0, tid, 0, 0};
-  activities().push_back(record);
-  return record;
-}
 
 // The writer side of the in_hook/live handshake uses membarrier, so that the reader side (every
 // hooked call) needs only a compiler barrier. Without membarrier both sides use full fences.
@@ -114,10 +79,11 @@ long raw(long number, long a0, long a1, long a2, long a3, long a4, long a5) {
 
 // vfork, and clones that share the caller's stack with the child (CLONE_VM|CLONE_VFORK without
 // a new stack): the child would overwrite the frames this call returns through. The stub makes
-// such a call itself once the hook has returned, on the application's stack, with its own way
-// back for each side (entry_stub.S, .Lon_application_stack). forward() returns 0 meanwhile.
-long run_on_application_stack() {
-  zpoline_detail_thread_state.run_on_application_stack = 1;
+// such a call itself once the hook has returned from this frame's call, on the application's
+// stack, with its own way back for each side (entry_stub.S, .Lon_application_stack). forward()
+// returns 0 meanwhile.
+long run_on_application_stack(const SyscallFrame& frame) {
+  zpoline_detail_thread_state.vfork_frame = reinterpret_cast<std::uintptr_t>(frame.regs);
   return 0;
 }
 
@@ -131,9 +97,29 @@ bool on_alternate_signal_stack() {
 // its own stack, with the application's registers. The application's return address goes on top
 // of the child's stack, where zpoline_detail_clone_to_site's child `ret`s from.
 long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6],
-                   std::uintptr_t child_stack_top, std::uint64_t flags) {
-  const std::uint64_t return_address = frame.regs->return_address;
-  if (!safe_write(reinterpret_cast<void*>(child_stack_top - 8), &return_address, 8)) {
+                   std::uintptr_t child_stack_top, std::uint64_t flags, std::uint64_t tls) {
+  // Below the return address: the routine that arms the safety net in the child before it
+  // returns (SUD is not inherited), or 0. Not for a child without TLS (CLONE_SETTLS with 0):
+  // the SIGSYS handler needs one. The flag in the child's TLS is set only where the TLS is its
+  // own (a new one, or a copy in a child that does not share memory).
+  const bool has_tls = !(flags & CLONE_SETTLS) || tls != 0;
+  const bool own_tls = (flags & CLONE_SETTLS) || !(flags & CLONE_VM);
+  void (*arm)() = nullptr;
+  if (safety_net_enabled() && has_tls && !creating_library_thread) {
+    arm = own_tls ? &zpoline_detail_arm_and_mark_new_thread : &zpoline_detail_arm_new_thread;
+  }
+  if (creating_library_thread && (flags & CLONE_SETTLS) && tls != 0) {
+    // A thread of the library's own (pthread_create has set up its TLS already): bypassed from
+    // its first instruction, so that no hook sees its start, and not under SUD.
+    std::uintptr_t thread_pointer;  // the x86-64 TLS ABI keeps it at %fs:0
+    asm("mov %%fs:0, %0" : "=r"(thread_pointer));
+    const auto offset =
+        reinterpret_cast<std::uintptr_t>(&zpoline_detail_thread_state) - thread_pointer;
+    auto* child_state = reinterpret_cast<ThreadState*>(tls + offset);
+    child_state->bypass_depth = 1;
+  }
+  const std::uint64_t top[2] = {reinterpret_cast<std::uint64_t>(arm), frame.regs->return_address};
+  if (!safe_write(reinterpret_cast<void*>(child_stack_top - sizeof top), top, sizeof top)) {
     return -EFAULT;
   }
   CloneRequest request{frame.regs, frame.xsave_area, number, {}};
@@ -141,9 +127,15 @@ long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6]
   // A child without CLONE_SETTLS shares this thread's TLS, including the hook state, which says
   // "inside the hook" right now: the child must start with the state of the application code
   // it returns to. With CLONE_VFORK (posix_spawn, system, popen) this thread is suspended until
-  // the child execs or exits, and gets its state back after.
+  // the child execs or exits, and gets its state back after. Without it both run at once on
+  // one hook state: from then on the dispatcher tells them apart by thread id, and only this
+  // thread's calls reach the hook (ThreadState::tls_shared).
   ThreadState& self = zpoline_detail_thread_state;
   const bool shares_state = (flags & CLONE_VM) && !(flags & CLONE_SETTLS);
+  if (shares_state && !(flags & CLONE_VFORK) && !(self.attention & kAttentionTlsShared)) {
+    self.tls_owner = static_cast<pid_t>(raw(SYS_gettid));
+    __atomic_fetch_or(&self.attention, kAttentionTlsShared, __ATOMIC_RELAXED);
+  }
   const ThreadState saved = self;
   if (shares_state) {
     self.hook_frame = 0;
@@ -156,9 +148,8 @@ long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6]
     self.hook_canary_address = saved.hook_canary_address;
     self.bypass_depth = saved.bypass_depth;
     self.vfork_depth = saved.vfork_depth;
-    if (thread_activity)
-      __atomic_store_n(&thread_activity->in_hook, saved.hook_frame != 0 ? 1u : 0u,
-                       __ATOMIC_RELEASE);
+    if (thread_record)
+      __atomic_store_n(&thread_record->in_hook, saved.hook_frame != 0 ? 1u : 0u, __ATOMIC_RELEASE);
   }
   return result;
 }
@@ -170,11 +161,12 @@ long forward_clone(const SyscallFrame& frame) {
   const std::uintptr_t stack = r.rsi;
   if (stack != 0) {
     args[1] = static_cast<long>(stack - 8);
-    return clone_to_site(frame, SYS_clone, args, stack, static_cast<std::uint64_t>(args[0]));
+    return clone_to_site(frame, SYS_clone, args, stack, static_cast<std::uint64_t>(args[0]),
+                         static_cast<std::uint64_t>(args[4]));
   }
-  if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack();
+  if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack(frame);
   const long result = raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
-  if (result == 0) arm_safety_net_after_fork();  // a fork child: SUD is not inherited
+  if (result == 0 && !(args[0] & CLONE_VM)) after_fork_in_child();
   return result;
 }
 
@@ -199,11 +191,11 @@ long forward_clone3(const SyscallFrame& frame) {
     const long args[6] = {reinterpret_cast<long>(&copy), static_cast<long>(size),
                           static_cast<long>(r.rdx),      static_cast<long>(r.r10),
                           static_cast<long>(r.r8),       static_cast<long>(r.r9)};
-    return clone_to_site(frame, SYS_clone3, args, top, copy.flags);
+    return clone_to_site(frame, SYS_clone3, args, top, copy.flags, copy.tls);
   }
-  if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) return run_on_application_stack();
+  if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) return run_on_application_stack(frame);
   const long result = raw(SYS_clone3, r.rdi, r.rsi);
-  if (result == 0) arm_safety_net_after_fork();
+  if (result == 0 && !(copy.flags & CLONE_VM)) after_fork_in_child();
   return result;
 }
 
@@ -240,12 +232,12 @@ static_assert(forwarded_by_library(SYS_clone) && forwarded_by_library(SYS_clone3
               forwarded_by_library(SYS_munmap) && forwarded_by_library(SYS_rt_sigprocmask) &&
               forwarded_by_library(SYS_rt_sigaction) && forwarded_by_library(SYS_rt_sigsuspend) &&
               forwarded_by_library(SYS_ppoll) && forwarded_by_library(SYS_epoll_pwait) &&
-              forwarded_by_library(SYS_epoll_pwait2));
+              forwarded_by_library(SYS_epoll_pwait2) && forwarded_by_library(SYS_fork) &&
+              forwarded_by_library(SYS_prctl));
 static_assert(!forwarded_by_library(SYS_read) && !forwarded_by_library(SYS_getpid) &&
-              !forwarded_by_library(SYS_fork) && !forwarded_by_library(-1) &&
-              !forwarded_by_library(SYS_exit_group));
+              !forwarded_by_library(-1) && !forwarded_by_library(SYS_exit_group));
 
-long forward(const SyscallFrame& frame) noexcept {
+long forward(const SyscallFrame& frame) {
   const RegisterFrame& r = *frame.regs;
   switch (static_cast<long>(r.rax)) {
     case SYS_clone:
@@ -253,7 +245,12 @@ long forward(const SyscallFrame& frame) noexcept {
     case SYS_clone3:
       return forward_clone3(frame);
     case SYS_vfork:
-      return run_on_application_stack();
+      return run_on_application_stack(frame);
+    case SYS_fork: {
+      const long result = raw(SYS_fork);
+      if (result == 0) after_fork_in_child();
+      return result;
+    }
     case SYS_mmap:
     case SYS_mprotect:
     case SYS_pkey_mprotect:
@@ -265,7 +262,10 @@ long forward(const SyscallFrame& frame) noexcept {
     case SYS_ppoll:
     case SYS_epoll_pwait:
     case SYS_epoll_pwait2:
-      if (safety_net_enabled()) return forward_signal_call(r);
+    case SYS_prctl:
+      if (__atomic_load_n(&zpoline_detail_filter_signal_calls, __ATOMIC_ACQUIRE)) {
+        return forward_signal_call(r);
+      }
       return zpoline_detail_forward_syscall(&r);
     default:
       return zpoline_detail_forward_syscall(&r);
@@ -301,6 +301,10 @@ void check_syscall_layout() {
 
 void publish_hook(Hook hook) {
   check_syscall_layout();
+  const std::uintptr_t resume_points[] = {
+      reinterpret_cast<std::uintptr_t>(zpoline_detail_forward_syscall_resume),
+      reinterpret_cast<std::uintptr_t>(zpoline_detail_raw_syscall_resume)};
+  set_syscall_resume_points(resume_points);
   if (!zpoline_detail_membarrier_registered) {
     zpoline_detail_membarrier_registered =
         raw(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0;
@@ -329,13 +333,11 @@ void retract_hook() noexcept {
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
   bool busy = false;
-  {
-    std::lock_guard lock(activities_lock());
-    for (HookActivity* record : activities()) {
-      busy |=
-          __atomic_load_n(&record->in_hook, __ATOMIC_ACQUIRE) != 0 && thread_exists(record->tid);
-    }
-  }
+  for_each_thread_record([&](const ThreadRecord& record) {
+    const pid_t owner = record.owner.load(std::memory_order_acquire);
+    busy |= owner != 0 && __atomic_load_n(&record.in_hook, __ATOMIC_ACQUIRE) != 0 &&
+            thread_exists(owner);
+  });
   InstalledHook* hook =
       __atomic_exchange_n(&zpoline_detail_current_hook, nullptr, __ATOMIC_ACQ_REL);
   if (!busy && hook != nullptr) {
@@ -346,12 +348,34 @@ void retract_hook() noexcept {
 
 HookedCallCounts hooked_call_counts() noexcept {
   HookedCallCounts counts;
-  std::lock_guard lock(activities_lock());
-  for (const HookActivity* record : activities()) {
-    counts.through_sites += __atomic_load_n(&record->calls_through_sites, __ATOMIC_RELAXED);
-    counts.through_net += __atomic_load_n(&record->calls_through_net, __ATOMIC_RELAXED);
-  }
+  for_each_thread_record([&](const ThreadRecord& record) {
+    counts.through_sites += __atomic_load_n(&record.calls_through_sites, __ATOMIC_RELAXED);
+    counts.through_net += __atomic_load_n(&record.calls_through_net, __ATOMIC_RELAXED);
+  });
   return counts;
+}
+
+void leave_hook_state() noexcept {
+  ThreadState& self = zpoline_detail_thread_state;
+  self.hook_frame = 0;
+  self.vfork_frame = 0;
+  if (thread_record) __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
+}
+
+void after_fork_in_child() noexcept {
+  if (thread_record != nullptr) {
+    reset_thread_records_after_fork(thread_record, static_cast<pid_t>(raw(SYS_gettid)));
+  }
+  arm_safety_net_after_fork();
+}
+
+ScopedLibraryThreadCreation::ScopedLibraryThreadCreation() noexcept {
+  ++zpoline_detail_thread_state.bypass_depth;
+  creating_library_thread = true;
+}
+ScopedLibraryThreadCreation::~ScopedLibraryThreadCreation() {
+  creating_library_thread = false;
+  --zpoline_detail_thread_state.bypass_depth;
 }
 
 NetDispatchScope::NetDispatchScope() noexcept : outer_(dispatching_for_net) {
@@ -377,6 +401,22 @@ using namespace zpoline::detail;
 extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   ThreadState& self = zpoline_detail_thread_state;
   SyscallFrame frame{regs, xsave_area};
+  if (const std::uint32_t attention = __atomic_load_n(&self.attention, __ATOMIC_ACQUIRE)) {
+    if ((attention & kAttentionTlsShared) && raw(SYS_gettid) != self.tls_owner) {
+      // A thread made by clone(CLONE_VM) without CLONE_SETTLS, running on its creator's TLS:
+      // the hook state here is the creator's, so its calls go straight to the kernel.
+      const long result = forward(frame);
+      return self.vfork_frame == reinterpret_cast<std::uintptr_t>(regs)
+                 ? static_cast<long>(regs->rax)
+                 : result;
+    }
+    if (attention & kAttentionArmSafetyNet) {
+      __atomic_fetch_and(&self.attention, ~kAttentionArmSafetyNet, __ATOMIC_RELAXED);
+    }
+  }
+  // A thread the safety net could not ask to arm SUD (it blocked the request signal), or that has
+  // made no hooked call before: arm it now.
+  arm_safety_net_if_needed();
   const auto call_frame = reinterpret_cast<std::uintptr_t>(regs);
   bool run_hook = self.bypass_depth == 0;
   if (run_hook && self.hook_frame != 0) {
@@ -389,19 +429,19 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
       run_hook = false;
     } else {
       self.hook_frame = 0;
-      if (thread_activity) __atomic_store_n(&thread_activity->in_hook, 0, __ATOMIC_RELEASE);
+      if (thread_record) __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
     }
   }
   run_hook = run_hook && __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE);
+  const auto this_frame = reinterpret_cast<std::uintptr_t>(regs);
   if (!run_hook) {
     const long result = forward(frame);
-    return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
+    return self.vfork_frame == this_frame ? static_cast<long>(regs->rax) : result;
   }
-  if (thread_activity == nullptr) {
-    ++self.bypass_depth;  // registering allocates and locks
-    thread_activity = register_thread();
-    self.in_hook = &thread_activity->in_hook;
-    --self.bypass_depth;
+  if (thread_record == nullptr) {
+    // Allocation-free and lock-free: this may be a call from inside malloc.
+    thread_record = claim_thread_record(static_cast<pid_t>(raw(SYS_gettid)), &self.attention);
+    self.in_hook = &thread_record->in_hook;
   }
   // From here on, syscalls from below this frame are the hook's own, while the canary in this
   // frame is intact.
@@ -409,10 +449,10 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   self.hook_canary = canary;
   self.hook_canary_address = reinterpret_cast<std::uintptr_t>(&canary);
   self.hook_frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  __atomic_store_n(&thread_activity->in_hook, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&thread_record->in_hook, 1, __ATOMIC_RELAXED);
   // Only this thread writes its counters; relaxed atomic stores keep the reader's loads defined.
-  std::uint64_t& tally = dispatching_for_net ? thread_activity->calls_through_net
-                                             : thread_activity->calls_through_sites;
+  std::uint64_t& tally =
+      dispatching_for_net ? thread_record->calls_through_net : thread_record->calls_through_sites;
   __atomic_store_n(&tally, tally + 1, __ATOMIC_RELAXED);
   reader_barrier();
   long result;
@@ -421,27 +461,39 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     zpoline::Syscall call(frame);
     try {
       result = (*hook->hook)(call);
+    } catch (abi::__forced_unwind&) {
+      // pthread_cancel or pthread_exit while the hook ran (blocked in a forwarded read, say):
+      // the thread leaves the hook for good and unwinds into the application.
+      leave_hook_state();
+      throw;
     } catch (...) {
       report_exception_from_hook(call.name());
     }
   } else {
     result = forward(frame);
   }
-  __atomic_store_n(&thread_activity->in_hook, 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
   self.hook_frame = 0;
   // For vfork, the stub makes the call now that the hook is done; it needs the number.
-  return self.run_on_application_stack ? static_cast<long>(regs->rax) : result;
+  return self.vfork_frame == this_frame ? static_cast<long>(regs->rax) : result;
 }
 
-extern "C" long zpoline_detail_forward_frame(const SyscallFrame* frame) noexcept {
+extern "C" long zpoline_detail_forward_frame(const SyscallFrame* frame) {
   return forward(*frame);
 }
 
 // The personality routine of the entry stub's frame (entry_stub.S, .cfi_personality): an
-// exception that leaves the hook the stub called reaches it in the unwinder's search phase.
+// exception that leaves the hook the stub called reaches it in the unwinder's search phase and is
+// reported. A forced unwind (pthread_cancel or pthread_exit while the hook runs, typically blocked
+// in a forwarded call) has no search phase: it passes this frame on its way to the application,
+// and the thread's hook state is reset on the way.
 extern "C" __attribute__((visibility("hidden"))) _Unwind_Reason_Code
-zpoline_detail_stub_personality(int, _Unwind_Action, _Unwind_Exception_Class, _Unwind_Exception*,
-                                _Unwind_Context* context) {
+zpoline_detail_stub_personality(int, _Unwind_Action actions, _Unwind_Exception_Class,
+                                _Unwind_Exception*, _Unwind_Context* context) {
+  if (actions & _UA_FORCE_UNWIND) {
+    leave_hook_state();
+    return _URC_CONTINUE_UNWIND;
+  }
   constexpr int kDwarfRbx = 3;  // the stub keeps its RegisterFrame in rbx
   const auto* regs = reinterpret_cast<const RegisterFrame*>(_Unwind_GetGR(context, kDwarfRbx));
   report_exception_from_hook(zpoline::syscall_name(static_cast<long>(regs->rax)));
@@ -504,7 +556,7 @@ ZPOLINE_GENERAL_REGISTERS_ONLY std::uintptr_t Syscall::return_address() const no
 // Most calls go straight to the kernel, by tail calls: the stub's `ret`-less return path
 // (entry_stub.S). The numbers detail::forward() handles itself run library C++ code: where the
 // stub saved no vector state (Options::general_registers_only), it is saved around it.
-ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() noexcept {
+ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() {
   if (next_ != nullptr) return next_->run(*next_, *this);
   const RegisterFrame& r = *frame_->regs;
   if (!detail::forwarded_by_library(static_cast<long>(r.rax))) {

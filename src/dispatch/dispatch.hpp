@@ -21,21 +21,34 @@ void publish_hook(Hook hook);
 // running it, perhaps blocked in a forwarded read(), finishes safely.
 void retract_hook() noexcept;
 
-// Runs the system call described by `frame` in the kernel and returns the raw result.
-long forward(const SyscallFrame& frame) noexcept;
+// Runs the system call described by `frame` in the kernel and returns the raw result. Not
+// noexcept, nor is anything on the way from the hook to the kernel: a thread cancelled while
+// blocked in the call unwinds through it (a forced unwind, not an exception).
+long forward(const SyscallFrame& frame);
+
+// ThreadState::attention bits.
+inline constexpr std::uint32_t kAttentionTlsShared = 1;     // see clone_to_site()
+inline constexpr std::uint32_t kAttentionArmSafetyNet = 2;  // arm SUD at the next call
+
+// The thread leaves the hook for good (a forced unwind passes the frame that called it).
+void leave_hook_state() noexcept;
+
+// In a child made by fork (or clone without CLONE_VM), right after the call: the records of the
+// parent's other threads are freed, and SUD is armed again when the safety net is on.
+void after_fork_in_child() noexcept;
 
 // Code on the stub's fast path uses general registers only: with
 // Options::general_registers_only the stub saves no vector state around it (entry_stub.S).
 #define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
 
-// The numbers forward() does more for than the system call (clone, clone3, vfork; mmap, mprotect,
-// pkey_mprotect, munmap; the signal calls the safety net filters).
+// The numbers forward() does more for than the system call (clone, clone3, fork, vfork; mmap,
+// mprotect, pkey_mprotect, munmap; the signal calls the safety net filters).
 ZPOLINE_GENERAL_REGISTERS_ONLY constexpr bool forwarded_by_library(long number) {
   constexpr std::uint64_t kLow = (1ull << 9) | (1ull << 10) | (1ull << 11) | (1ull << 13) |
-                                 (1ull << 14) | (1ull << 56) | (1ull << 58);
+                                 (1ull << 14) | (1ull << 56) | (1ull << 57) | (1ull << 58);
   if (static_cast<unsigned long>(number) < 64) return (kLow >> number) & 1;
-  return number == 130 || number == 271 || number == 281 || number == 329 || number == 435 ||
-         number == 441;
+  return number == 130 || number == 157 || number == 271 || number == 281 || number == 329 ||
+         number == 435 || number == 441;
 }
 
 // The kernel's name of a syscall number, or "unknown".
@@ -49,6 +62,16 @@ struct HookedCallCounts {
   std::uint64_t through_net = 0;
 };
 HookedCallCounts hooked_call_counts() noexcept;
+
+// While alive, a thread this thread creates (pthread_create, std::thread) is the library's own: it
+// starts bypassed (ScopedBypass) and without SUD, and its creation bypasses the hook too.
+class ScopedLibraryThreadCreation {
+ public:
+  ScopedLibraryThreadCreation() noexcept;
+  ~ScopedLibraryThreadCreation();
+  ScopedLibraryThreadCreation(const ScopedLibraryThreadCreation&) = delete;
+  ScopedLibraryThreadCreation& operator=(const ScopedLibraryThreadCreation&) = delete;
+};
 
 // While alive, calls dispatched on this thread are counted as the safety net's (the SIGSYS
 // handler runs them). Nests: a trap inside a hook inside a trapped call restores the outer value.

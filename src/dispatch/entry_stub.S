@@ -22,7 +22,7 @@
 /* ThreadState (dispatch/frame.hpp) */
 #define STATE_BYPASS_DEPTH 0
 #define STATE_HOOK_FRAME 8
-#define STATE_RUN_ON_APP_STACK 16
+#define STATE_SUD_ARMED 16
 #define STATE_VFORK_DEPTH 20
 #define STATE_VFORK_RETURNS 64
 #define VFORK_RETURN_ADDRESS 0
@@ -34,6 +34,7 @@
 #define STATE_HOOK_CANARY 32
 #define STATE_HOOK_ENTRIES 40
 #define STATE_IN_HOOK 48
+#define STATE_VFORK_FRAME 56
 /* HookCall (dispatch/frame.hpp) */
 #define HOOK_CALL_SIZE 64
 #define HOOK_CALL_REGS 0
@@ -373,6 +374,12 @@ zpoline_detail_entry:
         cmp $15, %rax                           /* rt_sigreturn: run it on the signal frame */
         je .Lsigreturn
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        /* The first access to this thread's TLS. A thread whose TLS base is 0 (a raw clone with
+         * CLONE_SETTLS and no TLS) faults here: the SIGSEGV handler (fault_redirect.cpp) resumes
+         * it at zpoline_detail_no_tls. No cost for every other thread. */
+        .globl zpoline_detail_tls_probe
+        .hidden zpoline_detail_tls_probe
+zpoline_detail_tls_probe:
         cmpl $0, %fs:STATE_BYPASS_DEPTH(%r11)   /* ScopedBypass on this thread */
         jne .Lbypass
         mov %fs:STATE_HOOK_FRAME(%r11), %rcx    /* is the hook running on this thread? */
@@ -473,15 +480,15 @@ zpoline_detail_entry:
         mov %fs:STATE_IN_HOOK(%r15), %rcx
         movl $0, (%rcx)
         movq $0, %fs:STATE_HOOK_FRAME(%r15)
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
-        cmovne FRAME_RAX(%rbx), %rax            /* vfork: the stub makes the call below */
+        cmp %rbx, %fs:STATE_VFORK_FRAME(%r15)   /* vfork of this frame: the stub makes the */
+        cmove FRAME_RAX(%rbx), %rax             /* call below */
 .Lresult:
         mov %rax, FRAME_RAX(%rbx)               /* the result, or the number for a vfork */
         test %r14, %r14
         jz .Lvectors_restored
         RESTORE_VECTOR_STATE .Lrestore_other_vectors, .Lvectors_restored
-        cmpl $0, %fs:STATE_RUN_ON_APP_STACK(%r15)
-        jne .Lrestore_for_application_stack
+        cmp %rbx, %fs:STATE_VFORK_FRAME(%r15)
+        je .Lrestore_for_application_stack
         mov %rbx, %rsp
         .cfi_def_cfa_register %rsp
         pop %r9
@@ -581,6 +588,7 @@ zpoline_detail_entry:
         .cfi_offset %r14, -FRAME_SIZE+56
         .cfi_offset %r15, -FRAME_SIZE+48
         mov %r15, %r11
+        movq $0, %fs:STATE_VFORK_FRAME(%r11)
         mov %rbx, %rsp
         .cfi_def_cfa_register %rsp
         pop %r9
@@ -648,8 +656,10 @@ zpoline_detail_entry:
         je .Lfull
         cmp $435, %rax
         je .Lfull
-        cmpb $0, zpoline_detail_sud_enabled(%rip) /* under the SUD safety net, signal mask */
-        je 3f                                   /* and disposition calls (SIGSYS stays open) */
+        cmp $57, %rax                           /* fork: the child's thread records and SUD */
+        je .Lfull
+        cmpb $0, zpoline_detail_filter_signal_calls(%rip) /* once the library has taken */
+        je 3f                                   /* signals, mask and disposition calls */
         cmp $13, %rax
         je .Lfull
         cmp $14, %rax
@@ -669,6 +679,23 @@ zpoline_detail_entry:
 1:      syscall
         jmp .Lreturn
 
+        /* A thread without TLS (see zpoline_detail_tls_probe): it has no hook state, so its
+         * calls go straight to the kernel; clone, clone3 and vfork, whose child would return
+         * through this frame or need the TLS, fail with ENOSYS. */
+        .globl zpoline_detail_no_tls
+        .hidden zpoline_detail_no_tls
+zpoline_detail_no_tls:
+        cmp $56, %rax
+        je 1f
+        cmp $58, %rax
+        je 1f
+        cmp $435, %rax
+        je 1f
+        syscall
+        jmp .Lreturn
+1:      mov $-38, %rax
+        jmp .Lreturn
+
 .Lvfork_bypassed:
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
 .Lon_application_stack:
@@ -680,7 +707,6 @@ zpoline_detail_entry:
          * TLS and may change it before it execs or exits). The parent pops the entry; the child
          * leaves it. After the popfq no instruction touches the flags (mov, lea, jrcxz, jmp).
          * r11 = the TLS offset of ThreadState; (%rsp) = saved RFLAGS. */
-        movl $0, %fs:STATE_RUN_ON_APP_STACK(%r11)
         mov %fs:STATE_VFORK_DEPTH(%r11), %ecx
         cmp $VFORK_MAX, %ecx
         jae .Lvfork_too_deep
@@ -728,7 +754,16 @@ zpoline_detail_vfork_syscall:
         lea -1(%rax), %eax
         mov %eax, %fs:STATE_VFORK_DEPTH(%rcx)
         mov %fs:VFORK_RESULT(%r11), %rax
-6:      mov %fs:VFORK_RETURN_ADDRESS(%r11), %rcx /* rcx = return address, as `syscall` leaves it */
+        mov %fs:VFORK_RETURN_ADDRESS(%r11), %rcx /* rcx = return address, as `syscall` leaves it */
+        jmp *%rcx
+6:      mov %fs:VFORK_RETURN_ADDRESS(%r11), %rax /* the child: arms SUD for itself (not */
+        movzbl zpoline_detail_sud_enabled(%rip), %ecx /* inherited) below the red zone, no flag */
+        jrcxz 7f                                /* changed; the TLS is the parent's: unmarked */
+        lea -RED_ZONE(%rsp), %rsp
+        call zpoline_detail_arm_new_thread
+        lea RED_ZONE(%rsp), %rsp
+7:      mov %rax, %rcx
+        mov $0, %eax                            /* the child's result */
         jmp *%rcx
 
 .Lvfork_too_deep:                               /* more nested vforks than slots: EAGAIN */
@@ -775,7 +810,14 @@ zpoline_detail_forward_syscall:
         mov 24(%rdi), %rdx
         mov 32(%rdi), %rsi
         mov 40(%rdi), %rdi
+        push %rax                               /* the number, for a restart after the */
+        .cfi_adjust_cfa_offset 8                /* library's request signal (platform/signals) */
         syscall
+        .globl zpoline_detail_forward_syscall_resume
+        .hidden zpoline_detail_forward_syscall_resume
+zpoline_detail_forward_syscall_resume:
+        lea 8(%rsp), %rsp
+        .cfi_adjust_cfa_offset -8
         pop %rcx
         .cfi_adjust_cfa_offset -8
         .cfi_register %rip, %rcx
@@ -841,6 +883,7 @@ zpoline_detail_forward_saving_vectors:
         .type zpoline_detail_raw_syscall, @function
         .p2align 4
 zpoline_detail_raw_syscall:
+        .cfi_startproc                          /* a cancelled thread unwinds through it */
         mov %rdi, %rax
         mov %rsi, %rdi
         mov %rdx, %rsi
@@ -848,9 +891,76 @@ zpoline_detail_raw_syscall:
         mov %r8, %r10
         mov %r9, %r8
         mov 8(%rsp), %r9
+        push %rax                               /* the number, as above */
+        .cfi_adjust_cfa_offset 8
         syscall
+        .globl zpoline_detail_raw_syscall_resume
+        .hidden zpoline_detail_raw_syscall_resume
+zpoline_detail_raw_syscall_resume:
+        lea 8(%rsp), %rsp
+        .cfi_adjust_cfa_offset -8
         ret
+        .cfi_endproc
         .size zpoline_detail_raw_syscall, .-zpoline_detail_raw_syscall
+
+/* zpoline_detail_arm_new_thread, zpoline_detail_arm_and_mark_new_thread (frame.hpp): SIGSYS
+ * unblocked first, since a trap while it is blocked kills the process (a new thread starts with
+ * whatever mask its creator had, pthread_create's "block all" included). */
+        .globl zpoline_detail_arm_and_mark_new_thread
+        .hidden zpoline_detail_arm_and_mark_new_thread
+        .type zpoline_detail_arm_and_mark_new_thread, @function
+zpoline_detail_arm_and_mark_new_thread:
+        .cfi_startproc
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11
+        movl $1, %fs:STATE_SUD_ARMED(%r11)
+        .globl zpoline_detail_arm_new_thread
+        .hidden zpoline_detail_arm_new_thread
+zpoline_detail_arm_new_thread:
+        pushfq
+        .cfi_adjust_cfa_offset 8
+        push %rax
+        .cfi_adjust_cfa_offset 8
+        push %rdi
+        .cfi_adjust_cfa_offset 8
+        push %rsi
+        .cfi_adjust_cfa_offset 8
+        push %rdx
+        .cfi_adjust_cfa_offset 8
+        push %r10
+        .cfi_adjust_cfa_offset 8
+        push %r8
+        .cfi_adjust_cfa_offset 8
+        mov $14, %eax                           /* rt_sigprocmask(SIG_UNBLOCK, {SIGSYS}, 0, 8) */
+        mov $1, %edi
+        lea zpoline_detail_sigsys_set(%rip), %rsi
+        xor %edx, %edx
+        mov $8, %r10d
+        syscall
+        mov $157, %eax                          /* prctl */
+        mov $59, %edi                           /* PR_SET_SYSCALL_USER_DISPATCH */
+        mov $1, %esi                            /* PR_SYS_DISPATCH_ON */
+        lea zpoline_detail_code_begin(%rip), %rdx
+        lea zpoline_detail_code_end(%rip), %r10
+        sub %rdx, %r10                          /* the library's own code may make syscalls */
+        lea zpoline_detail_sud_selector(%rip), %r8
+        syscall
+        pop %r8
+        .cfi_adjust_cfa_offset -8
+        pop %r10
+        .cfi_adjust_cfa_offset -8
+        pop %rdx
+        .cfi_adjust_cfa_offset -8
+        pop %rsi
+        .cfi_adjust_cfa_offset -8
+        pop %rdi
+        .cfi_adjust_cfa_offset -8
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        popfq
+        .cfi_adjust_cfa_offset -8
+        ret
+        .cfi_endproc
+        .size zpoline_detail_arm_and_mark_new_thread, .-zpoline_detail_arm_and_mark_new_thread
 
 /* long zpoline_detail_clone_to_site(const CloneRequest* request)
  * Makes a clone/clone3 whose child starts on a new stack. The request's stack already holds the
@@ -862,13 +972,27 @@ zpoline_detail_raw_syscall:
         .type zpoline_detail_clone_to_site, @function
         .p2align 4
 zpoline_detail_clone_to_site:
+        .cfi_startproc
         push %rbx
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbx, 0
         push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
         push %r12
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r12, 0
         push %r13
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r13, 0
         push %r14
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r14, 0
         push %r15
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %r15, 0
         push %rdi
+        .cfi_adjust_cfa_offset 8
         mov 8(%rdi), %rcx                       /* the application's vector state */
         movzbl zpoline_detail_xsave_mode(%rip), %eax
         cmp $3, %eax
@@ -904,41 +1028,37 @@ zpoline_detail_clone_to_site:
         mov 64(%rdi), %r9
         mov 24(%rdi), %rdi
         syscall
-        test %rax, %rax
-        jnz 3f
-        /* The child. Syscall User Dispatch is not inherited: arm it for this thread too when the
-         * safety net is on. The child's stack holds only the return address so far, so the
-         * registers can be saved below it. */
-        cmpb $0, zpoline_detail_sud_enabled(%rip)
-        je 4f
-        push %rdi
-        push %rsi
-        push %rdx
-        push %r10
-        push %r8
-        mov $157, %eax                          /* prctl */
-        mov $59, %edi                           /* PR_SET_SYSCALL_USER_DISPATCH */
-        mov $1, %esi                            /* PR_SYS_DISPATCH_ON */
-        lea zpoline_detail_code_begin(%rip), %rdx
-        lea zpoline_detail_code_end(%rip), %r10
-        sub %rdx, %r10                          /* the library's own code may make syscalls */
-        lea zpoline_detail_sud_selector(%rip), %r8
-        syscall
-        pop %r8
-        pop %r10
-        pop %rdx
-        pop %rsi
+        mov %rax, %rcx                          /* no flag changes: the child gets the */
+        jrcxz 5f                                /* application's flags */
         pop %rdi
-        xor %eax, %eax                          /* the child's clone result */
-4:      ret                                     /* to the application */
-3:      pop %rdi
+        .cfi_adjust_cfa_offset -8
         pop %r15
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r15
         pop %r14
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r14
         pop %r13
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r13
         pop %r12
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %r12
         pop %rbp
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbp
         pop %rbx
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
         ret
+        /* The child, on its own stack: (%rsp) = the application's return address, and below it
+         * the routine that arms the safety net for it, or 0 (dispatch.cpp, clone_to_site). */
+5:      .cfi_undefined %rip
+        mov -8(%rsp), %rcx
+        jrcxz 4f
+        call *%rcx
+4:      ret                                     /* to the application */
+        .cfi_endproc
         .size zpoline_detail_clone_to_site, .-zpoline_detail_clone_to_site
 
 /* rt_sigreturn for a signal restorer whose syscall was not rewritten and trapped under Syscall
@@ -947,7 +1067,11 @@ zpoline_detail_clone_to_site:
         .hidden zpoline_detail_sigreturn_gadget
         .type zpoline_detail_sigreturn_gadget, @function
 zpoline_detail_sigreturn_gadget:
-        mov $15, %eax
+        /* `mov $15, %rax; syscall` in exactly the encoding of the kernel's and glibc's restorer:
+         * unwinders (libgcc, LLVM libunwind) recognise a signal frame by these bytes when no FDE
+         * covers the address, so a thread cancelled inside a SIGSYS handler unwinds through the
+         * signal frame into the interrupted code. Keep it outside any .cfi_startproc. */
+        .byte 0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00
         syscall
         ud2
         .size zpoline_detail_sigreturn_gadget, .-zpoline_detail_sigreturn_gadget
@@ -955,6 +1079,11 @@ zpoline_detail_sigreturn_gadget:
         .globl zpoline_detail_code_end
         .hidden zpoline_detail_code_end
 zpoline_detail_code_end:
+
+        .section .rodata
+        .p2align 3
+zpoline_detail_sigsys_set:                      /* sigset_t with SIGSYS (31) alone */
+        .quad 1 << 30
 
 /* The globals the stub reads on every call, in one cache line (declared in dispatch/frame.hpp). */
         .data

@@ -2,9 +2,12 @@
 // between the stub and the C++ side. Offsets here are hard-coded in entry_stub.S.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 
+#include "platform/raw_syscall.hpp"
 #include "zpoline/syscall.hpp"
 
 namespace zpoline::detail {
@@ -61,15 +64,18 @@ inline constexpr unsigned kMaxVforkDepth = 16;
 // What every hooked call reads and writes comes first, in one cache line.
 struct alignas(64) ThreadState {
   std::uint32_t bypass_depth;  // ScopedBypass nesting: > 0 skips the hook (read by the stub)
-  std::uint32_t reserved;
+  // Bits (kAttention*, dispatch.hpp) asking the dispatcher to look at this thread: the stub's
+  // fast path reads them with bypass_depth (one 8-byte word) and leaves the call to the
+  // dispatcher when any is set. Other threads set bits here (through the ThreadRecord).
+  std::uint32_t attention;
   // While the hook runs: an address in the frame of the stub or dispatcher that called it. A
   // syscall from below it is the hook's own. One from above it comes from a signal handler on an
   // alternate stack, or the hook was left without returning (siglongjmp out of a handler that
   // interrupted it). 0 otherwise.
   std::uint64_t hook_frame;
-  // Set by forward() for vfork and vfork-like clones: when the hook returns, the stub makes the
-  // syscall itself on the application's stack (see entry_stub.S, .Lon_application_stack).
-  std::uint32_t run_on_application_stack;
+  // Whether this thread has armed Syscall User Dispatch for itself (safety_net.cpp). Not shared
+  // with a vfork child, which arms itself without looking at it.
+  std::uint32_t sud_armed;
   std::uint32_t vfork_depth;
   // While the hook runs: a word in that frame and the value it holds. A syscall from below
   // hook_frame is the hook's own only while that word is intact; after a siglongjmp out of the
@@ -77,9 +83,14 @@ struct alignas(64) ThreadState {
   std::uint64_t hook_canary_address;
   std::uint64_t hook_canary;
   std::uint64_t hook_entries;  // hooked calls on this thread: varies the canary
-  // This thread's "inside the hook" flag (read by retract_hook), null until the thread's first
-  // hooked call registers the thread: the stub's fast path writes it.
+  // This thread's "inside the hook" flag (ThreadRecord::in_hook, read by retract_hook), null
+  // until the thread's first hooked call claims a record: the stub's fast path writes it.
   std::uint32_t* in_hook;
+  // Set by forward() for vfork and vfork-like clones to the RegisterFrame of that call: when the
+  // hook has returned from that call, its stub makes the syscall itself on the application's
+  // stack (see entry_stub.S, .Lon_application_stack). Tied to the frame, so that the hook's own
+  // calls made after forward() are not taken for it.
+  std::uint64_t vfork_frame;
   // One per vfork in progress on this thread: the way back, which must not live on the stack the
   // child shares, and the hook state to give back to the parent (the child shares this TLS too).
   struct VforkReturn {
@@ -89,13 +100,15 @@ struct alignas(64) ThreadState {
     std::uint64_t result;  // parked while the parent restores the above
   };
   alignas(64) VforkReturn vfork_returns[kMaxVforkDepth];
+  pid_t tls_owner;  // with kAttentionTlsShared: the thread this TLS belongs to
 };
 static_assert(offsetof(ThreadState, hook_frame) == 8);
-static_assert(offsetof(ThreadState, run_on_application_stack) == 16);
+static_assert(offsetof(ThreadState, sud_armed) == 16);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);
 static_assert(offsetof(ThreadState, hook_canary_address) == 24);
 static_assert(offsetof(ThreadState, hook_canary) == 32);
 static_assert(offsetof(ThreadState, hook_entries) == 40 && offsetof(ThreadState, in_hook) == 48);
+static_assert(offsetof(ThreadState, vfork_frame) == 56);
 static_assert(offsetof(ThreadState, vfork_returns) == 64 && sizeof(ThreadState::VforkReturn) == 32);
 
 }  // namespace zpoline::detail
@@ -120,26 +133,37 @@ extern std::uint64_t zpoline_detail_xsave_mask __attribute__((visibility("hidden
 extern unsigned char zpoline_detail_xsave_mode __attribute__((visibility("hidden")));
 // Options::general_registers_only: the stub's fast path saves no vector state.
 extern unsigned char zpoline_detail_general_registers_only __attribute__((visibility("hidden")));
+// Set once the library has taken a signal (platform/signals.cpp): signal mask and disposition
+// calls then go through forward() even where no hook runs.
+extern unsigned char zpoline_detail_filter_signal_calls __attribute__((visibility("hidden")));
 // RFLAGS bits that make the stub restore the flags with popfq (slow) instead of sahf and an add
 // (the arithmetic flags only): TF, DF and AC; every bit where the CPU lacks LAHF/SAHF in 64-bit
 // mode.
 extern std::uint32_t zpoline_detail_popf_flags __attribute__((visibility("hidden")));
 
 extern char zpoline_detail_code_begin[] __attribute__((visibility("hidden")));
+// The instructions right after the `syscall` of zpoline_detail_forward_syscall and
+// zpoline_detail_raw_syscall, which keep the number at (%rsp) while it runs.
+extern char zpoline_detail_forward_syscall_resume[] __attribute__((visibility("hidden")));
+extern char zpoline_detail_raw_syscall_resume[] __attribute__((visibility("hidden")));
 extern char zpoline_detail_code_end[] __attribute__((visibility("hidden")));
 void zpoline_detail_entry() __attribute__((visibility("hidden")));
-long zpoline_detail_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
-    __attribute__((visibility("hidden")));
 long zpoline_detail_clone_to_site(const zpoline::detail::CloneRequest* request)
     __attribute__((visibility("hidden")));
+// Run by a new thread or child before it returns to the application (entry_stub.S): unblock
+// SIGSYS and arm Syscall User Dispatch for the calling thread; the second also sets sud_armed in
+// its TLS (only for a thread with TLS of its own). Preserve every register but rcx and r11, and
+// the flags. Not C functions: only called from the stub's assembly.
+void zpoline_detail_arm_new_thread() __attribute__((visibility("hidden")));
+void zpoline_detail_arm_and_mark_new_thread() __attribute__((visibility("hidden")));
 // The system call `regs` describes (number and six arguments), made from the library's code
 // range. Returns with an indirect jump instead of `ret` (entry_stub.S says why).
-long zpoline_detail_forward_syscall(const zpoline::detail::RegisterFrame* regs) noexcept
+long zpoline_detail_forward_syscall(const zpoline::detail::RegisterFrame* regs)
     __attribute__((visibility("hidden")));
 // forward() with the vector state saved around it, for a SyscallFrame without a save area
 // (Options::general_registers_only): calls zpoline_detail_forward_frame.
-long zpoline_detail_forward_saving_vectors(const zpoline::detail::SyscallFrame* frame) noexcept
+long zpoline_detail_forward_saving_vectors(const zpoline::detail::SyscallFrame* frame)
     __attribute__((visibility("hidden")));
-long zpoline_detail_forward_frame(const zpoline::detail::SyscallFrame* frame) noexcept
+long zpoline_detail_forward_frame(const zpoline::detail::SyscallFrame* frame)
     __attribute__((visibility("hidden")));
 }

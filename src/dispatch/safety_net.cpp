@@ -2,8 +2,9 @@
 
 #include "dispatch/dispatch.hpp"
 
-#include <dirent.h>
+#include <asm/prctl.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
@@ -19,13 +20,19 @@
 
 #include <linux/futex.h>
 
+#include "dispatch/thread_records.hpp"
 #include "platform/memory.hpp"
+#include "platform/signals.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 #include "zpoline/zpoline.hpp"
 
 unsigned char zpoline_detail_sud_enabled = 0;
-char zpoline_detail_sud_selector = 1;  // SYSCALL_DISPATCH_FILTER_BLOCK, never changed
+// The selector of every thread's Syscall User Dispatch: one byte for the whole process, so that
+// turning the net off (ALLOW) or on again (BLOCK) needs nothing from the other threads. A thread
+// that has armed SUD keeps it armed; while the net is off it only pays the kernel's slower
+// system call entry.
+char zpoline_detail_sud_selector = 0;
 
 namespace zpoline::detail {
 namespace {
@@ -33,65 +40,60 @@ namespace {
 constexpr int kSetSyscallUserDispatch = 59;  // PR_SET_SYSCALL_USER_DISPATCH
 constexpr int kDispatchOff = 0;
 constexpr int kDispatchOn = 1;
+constexpr char kSelectorAllow = 0;   // SYSCALL_DISPATCH_FILTER_ALLOW
+constexpr char kSelectorBlock = 1;   // SYSCALL_DISPATCH_FILTER_BLOCK
 constexpr int kSysUserDispatch = 2;  // si_code of a SUD SIGSYS
-// si_value of the signal that asks a thread to apply the current SUD setting to itself.
-constexpr std::uintptr_t kApplyRequest = 0x7a706f6c696e65;  // "zpoline"
+constexpr std::uint64_t kSigsysBit = 1ull << (SIGSYS - 1);
 
 std::atomic<std::size_t> traps{0}, sites_rewritten_on_trap{0}, emulated{0};
-std::atomic<int> pending_acks{0};
-
-// The application's own SIGSYS disposition, as rt_sigaction sees it (kernel layout).
-struct KernelSigaction {
-  void* handler;
-  unsigned long flags;
-  void* restorer;
-  std::uint64_t mask;
-};
-KernelSigaction application_sigsys{};  // SIG_DFL
-constexpr unsigned long kSaSiginfo = SA_SIGINFO;
-constexpr std::uint64_t kSigsysBit = 1ull << (SIGSYS - 1);
 
 long raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
   return zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, 0);
 }
 
-long apply_to_this_thread(bool on) {
-  const auto begin = reinterpret_cast<long>(zpoline_detail_code_begin);
-  const auto length = reinterpret_cast<long>(zpoline_detail_code_end) - begin;
-  return on ? raw(SYS_prctl, kSetSyscallUserDispatch, kDispatchOn, begin, length,
-                  reinterpret_cast<long>(&zpoline_detail_sud_selector))
-            : raw(SYS_prctl, kSetSyscallUserDispatch, kDispatchOff, 0, 0, 0);
+bool net_on() {
+  return __atomic_load_n(&zpoline_detail_sud_enabled, __ATOMIC_ACQUIRE) != 0;
 }
 
-// Each other thread of the process applies the current setting to itself when it takes this
-// signal (SUD can only be changed by the thread it applies to).
-void ask_other_threads() {
-  const long pid = raw(SYS_getpid);
-  const long self = raw(SYS_gettid);
-  DIR* tasks = opendir("/proc/self/task");
-  if (tasks == nullptr) return;
-  int asked = 0;
-  while (dirent* entry = readdir(tasks)) {
-    const long tid = std::strtol(entry->d_name, nullptr, 10);
-    if (tid <= 0 || tid == self) continue;
-    siginfo_t info{};
-    info.si_signo = SIGSYS;
-    info.si_code = SI_QUEUE;
-    info.si_pid = static_cast<pid_t>(pid);
-    info.si_value.sival_ptr = reinterpret_cast<void*>(kApplyRequest);
-    pending_acks.fetch_add(1);
-    if (raw(SYS_rt_tgsigqueueinfo, pid, tid, SIGSYS, reinterpret_cast<long>(&info)) == 0) {
-      ++asked;
-    } else {
-      pending_acks.fetch_sub(1);  // the thread has exited meanwhile
+// Arms SUD for the calling thread. SIGSYS first leaves its signal mask: a trap while SIGSYS is
+// blocked kills the process (the thread may have blocked every signal before install).
+void arm_this_thread() {
+  raw(SYS_rt_sigprocmask, SIG_UNBLOCK, reinterpret_cast<long>(&kSigsysBit), 0, sizeof kSigsysBit);
+  const auto begin = reinterpret_cast<long>(zpoline_detail_code_begin);
+  const auto length = reinterpret_cast<long>(zpoline_detail_code_end) - begin;
+  raw(SYS_prctl, kSetSyscallUserDispatch, kDispatchOn, begin, length,
+      reinterpret_cast<long>(&zpoline_detail_sud_selector));
+  zpoline_detail_thread_state.sud_armed = 1;
+}
+
+bool this_thread_has_tls() {
+  unsigned long base = 0;
+  return raw(SYS_arch_prctl, ARCH_GET_FS, reinterpret_cast<long>(&base)) == 0 && base != 0;
+}
+
+// What another thread runs when asked (platform/signals.hpp): arm SUD, with SIGSYS out of the
+// mask the handler's return restores too.
+void arm_on_request(ucontext_t& interrupted) {
+  if (!net_on() || !this_thread_has_tls()) return;
+  std::uint64_t mask = 0;
+  std::memcpy(&mask, &interrupted.uc_sigmask, sizeof mask);
+  mask &= ~kSigsysBit;
+  std::memcpy(&interrupted.uc_sigmask, &mask, sizeof mask);
+  if (!zpoline_detail_thread_state.sud_armed) arm_this_thread();
+}
+
+// Handlers the application installed before the net went on keep their masks: SIGSYS leaves
+// them (later ones lose it in forward_signal_call).
+void unblock_sigsys_in_existing_handlers() {
+  for (int signal = 1; signal <= 64; ++signal) {
+    if (signal == SIGKILL || signal == SIGSTOP || signal == SIGSYS || signal_taken(signal)) {
+      continue;
     }
+    KernelSigaction action{};
+    if (raw_sigaction(signal, nullptr, &action) != 0 || !(action.mask & kSigsysBit)) continue;
+    action.mask &= ~kSigsysBit;
+    raw_sigaction(signal, &action, nullptr);
   }
-  closedir(tasks);
-  // Wait for the threads to take the signal (a thread blocked in a syscall takes it at once;
-  // SA_RESTART restarts the call). A thread that exits meanwhile never answers: give up after
-  // a bounded number of yields.
-  for (int spins = 0; pending_acks.load() > 0 && spins < 200000; ++spins) raw(SYS_sched_yield);
-  pending_acks.store(0);
 }
 
 // Trapped sites are rewritten by a thread of the library's own, never in the signal handler:
@@ -137,6 +139,9 @@ std::string image_of(std::uintptr_t site) {
 
 void rewrite_queued_sites() {
   zpoline::ScopedBypass bypass;  // this thread's syscalls are the library's own
+  // A file table of its own: the files it opens (/proc/self/maps, the libraries it decodes) must
+  // not take descriptor numbers the application's next open() expects (the lowest free one).
+  raw(SYS_unshare, CLONE_FILES);
   while (!rewriter_stop.load()) {
     const std::uint32_t seen = queue_signal.load(std::memory_order_acquire);
     for (auto& slot : queued_sites) {
@@ -160,33 +165,19 @@ void rewrite_queued_sites() {
   }
 }
 
-void pass_to_application(int signal, siginfo_t* info, void* context) {
-  const KernelSigaction action = application_sigsys;
-  if (action.handler == reinterpret_cast<void*>(SIG_IGN)) return;
-  if (action.handler == reinterpret_cast<void*>(SIG_DFL)) {
-    // Default action of SIGSYS: terminate with a core dump. Re-raise with the default.
-    struct sigaction default_action {};
-    default_action.sa_handler = SIG_DFL;
-    sigaction(SIGSYS, &default_action, nullptr);
-    raw(SYS_tgkill, raw(SYS_getpid), raw(SYS_gettid), SIGSYS);
-    return;
-  }
-  if (action.flags & kSaSiginfo) {
-    reinterpret_cast<void (*)(int, siginfo_t*, void*)>(action.handler)(signal, info, context);
-  } else {
-    reinterpret_cast<void (*)(int)>(action.handler)(signal);
-  }
-}
-
 // The application's vector state in the layout the stub uses (needed if the call is a clone
 // whose child starts on its own stack: the child gets these registers). The signal frame holds
 // it in the kernel's XSAVE layout; in the "registers" modes it is converted.
-void* vector_area(ucontext_t& context) {
+// `area` is the caller's (on its stack: a trap nested in the hook gets its own).
+struct alignas(64) RegisterModeArea {
+  unsigned char bytes[576];
+};
+void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
   auto* fpstate = reinterpret_cast<unsigned char*>(context.uc_mcontext.fpregs);
   const unsigned char mode = zpoline_detail_xsave_mode;
   if (mode != 3 && mode != 4) return fpstate;
-  static thread_local unsigned char area[576] __attribute__((aligned(64)));
-  std::memset(area, 0, sizeof area);
+  unsigned char* area = converted.bytes;
+  std::memset(area, 0, sizeof converted.bytes);
   std::uint64_t present = 0;
   std::memcpy(&present, fpstate + 512, sizeof present);  // XSTATE_BV of the XSAVE header
   for (int i = 0; i < 16; ++i) {
@@ -220,7 +211,8 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   long result;
   {
     NetDispatchScope net;
-    result = zpoline_detail_dispatch(&frame, vector_area(context));
+    RegisterModeArea converted;
+    result = zpoline_detail_dispatch(&frame, vector_area(context, converted));
   }
   g[REG_RDI] = frame.rdi;
   g[REG_RSI] = frame.rsi;
@@ -228,14 +220,22 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   g[REG_R10] = frame.r10;
   g[REG_R8] = frame.r8;
   g[REG_R9] = frame.r9;
+  if (number == SYS_rt_sigprocmask && result == 0) {
+    // The call changed this thread's mask inside the handler, which started with the trapped
+    // code's mask; the handler's return restores the mask saved in the signal frame: it must be
+    // the new one. (pthread_create's child unblocks its signals this way in lazy mode.)
+    std::uint64_t mask = 0;
+    raw(SYS_rt_sigprocmask, SIG_BLOCK, 0, reinterpret_cast<long>(&mask), sizeof mask);
+    std::memcpy(&context.uc_sigmask, &mask, sizeof mask);
+  }
   ThreadState& self = zpoline_detail_thread_state;
-  if (!self.run_on_application_stack) {
+  if (self.vfork_frame != reinterpret_cast<std::uintptr_t>(&frame)) {
     g[REG_RAX] = result;
     return;
   }
   // vfork: the call is made on the application's stack once the signal frame is gone, with the
   // way back in this thread's vfork_returns stack, as entry_stub.S does.
-  self.run_on_application_stack = 0;
+  self.vfork_frame = 0;
   if (self.vfork_depth >= kMaxVforkDepth) {
     g[REG_RAX] = -EAGAIN;
     return;
@@ -251,12 +251,6 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
 
 void on_sigsys(int signal, siginfo_t* info, void* raw_context) {
   auto& context = *static_cast<ucontext_t*>(raw_context);
-  if (info->si_code == SI_QUEUE && info->si_pid == raw(SYS_getpid) &&
-      reinterpret_cast<std::uintptr_t>(info->si_value.sival_ptr) == kApplyRequest) {
-    apply_to_this_thread(__atomic_load_n(&zpoline_detail_sud_enabled, __ATOMIC_ACQUIRE) != 0);
-    pending_acks.fetch_sub(1);
-    return;
-  }
   if (info->si_code != kSysUserDispatch) {
     pass_to_application(signal, info, raw_context);
     return;
@@ -289,27 +283,6 @@ void on_sigsys(int signal, siginfo_t* info, void* raw_context) {
   errno = saved_errno;
 }
 
-bool handler_installed = false;
-
-void install_handler() {
-  if (handler_installed) return;
-  // Installed with the library's own signal restorer: returning from this handler must not
-  // itself trap (in lazy mode libc's restorer is not rewritten until it traps). SA_NODEFER: a
-  // syscall that traps while the handler runs (the hook's own, say) must be deliverable, since
-  // a blocked SIGSYS from SUD kills the process.
-  constexpr unsigned long kSaRestorer = 0x04000000;
-  KernelSigaction action{};
-  action.handler = reinterpret_cast<void*>(&on_sigsys);
-  action.flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER | kSaRestorer;
-  action.restorer = reinterpret_cast<void*>(&zpoline_detail_sigreturn_gadget);
-  KernelSigaction previous{};
-  if (raw(SYS_rt_sigaction, SIGSYS, reinterpret_cast<long>(&action),
-          reinterpret_cast<long>(&previous), sizeof action.mask) == 0) {
-    application_sigsys = previous;
-  }
-  handler_installed = true;
-}
-
 }  // namespace
 
 bool safety_net_supported() noexcept {
@@ -318,19 +291,32 @@ bool safety_net_supported() noexcept {
 }
 
 void enable_safety_net() {
-  install_handler();
-  rewriter_stop.store(false);
-  if (rewriter_thread == nullptr) rewriter_thread = new std::thread(rewrite_queued_sites);
+  // Not SA_ONSTACK: the handler runs the hook for the trapped call, and a small alternate stack
+  // (glibc's SIGSTKSZ is 8 KiB) would overflow. It runs where the trapped code ran. SA_NODEFER:
+  // a syscall that traps while the handler runs (the hook's own, say) must be deliverable.
+  take_signal(SIGSYS, on_sigsys, SA_NODEFER, 0);
+  set_request_action(ThreadRequest::arm_safety_net, arm_on_request);
   __atomic_store_n(&zpoline_detail_sud_enabled, 1, __ATOMIC_RELEASE);
-  apply_to_this_thread(true);
-  ask_other_threads();
+  __atomic_store_n(&zpoline_detail_sud_selector, kSelectorBlock, __ATOMIC_RELEASE);
+  unblock_sigsys_in_existing_handlers();
+  arm_this_thread();
+  rewriter_stop.store(false);
+  if (rewriter_thread == nullptr) {
+    ScopedLibraryThreadCreation library_thread;
+    rewriter_thread = new std::thread(rewrite_queued_sites);
+  }
+  // The other threads arm SUD themselves; those that block the request signal do it at their
+  // next call through the stub (ThreadState::attention).
+  for (const pid_t tid : ask_other_threads(ThreadRequest::arm_safety_net).not_reached) {
+    request_attention(tid, kAttentionArmSafetyNet);
+  }
 }
 
 void disable_safety_net() noexcept {
-  if (!__atomic_load_n(&zpoline_detail_sud_enabled, __ATOMIC_ACQUIRE)) return;
+  if (!net_on()) return;
+  // Every armed thread stops trapping at once; none needs to be asked.
+  __atomic_store_n(&zpoline_detail_sud_selector, kSelectorAllow, __ATOMIC_RELEASE);
   __atomic_store_n(&zpoline_detail_sud_enabled, 0, __ATOMIC_RELEASE);
-  apply_to_this_thread(false);
-  ask_other_threads();
   if (rewriter_thread != nullptr) {
     rewriter_stop.store(true);
     queue_signal.fetch_add(1);
@@ -342,15 +328,22 @@ void disable_safety_net() noexcept {
 }
 
 bool safety_net_enabled() noexcept {
-  return __atomic_load_n(&zpoline_detail_sud_enabled, __ATOMIC_ACQUIRE) != 0;
+  return net_on();
 }
 
 void arm_safety_net_after_fork() noexcept {
-  if (safety_net_enabled()) apply_to_this_thread(true);
+  // SUD is not inherited, whatever the copied TLS says.
+  zpoline_detail_thread_state.sud_armed = 0;
+  if (net_on()) arm_this_thread();
 }
 
-long forward_signal_call(const RegisterFrame& r) noexcept {
+void arm_safety_net_if_needed() noexcept {
+  if (net_on() && !zpoline_detail_thread_state.sud_armed) arm_this_thread();
+}
+
+long forward_signal_call(const RegisterFrame& r) {
   const long number = static_cast<long>(r.rax);
+  const bool net = net_on();
   // Calls that block signals for their duration: the mask argument loses SIGSYS.
   const int mask_argument = number == SYS_rt_sigsuspend                                 ? 0
                             : number == SYS_ppoll                                       ? 3
@@ -361,7 +354,7 @@ long forward_signal_call(const RegisterFrame& r) noexcept {
                     static_cast<long>(r.r10), static_cast<long>(r.r8),  static_cast<long>(r.r9)};
     std::uint64_t set = 0;
     const auto* requested = reinterpret_cast<const void*>(args[mask_argument]);
-    if (requested != nullptr && safe_read(&set, requested, sizeof set)) {
+    if (net && requested != nullptr && safe_read(&set, requested, sizeof set)) {
       set &= ~kSigsysBit;
       args[mask_argument] = reinterpret_cast<long>(&set);
     }
@@ -371,30 +364,31 @@ long forward_signal_call(const RegisterFrame& r) noexcept {
     // SIGSYS stays deliverable: blocking it would turn the next trap into a kill.
     std::uint64_t set = 0;
     const auto* requested = reinterpret_cast<const void*>(r.rsi);
-    if (requested == nullptr || r.rdi == SIG_UNBLOCK || r.r10 != sizeof set ||
+    if (!net || requested == nullptr || r.rdi == SIG_UNBLOCK || r.r10 != sizeof set ||
         !safe_read(&set, requested, sizeof set)) {
       return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
     }
     set &= ~kSigsysBit;
     return raw(number, r.rdi, reinterpret_cast<long>(&set), r.rdx, r.r10);
   }
-  // rt_sigaction
-  const long signal = static_cast<long>(r.rdi);
+  if (number == SYS_prctl) {
+    // The application must not turn off the net under the library (nor arm SUD of its own).
+    if (net && static_cast<int>(r.rdi) == kSetSyscallUserDispatch) return -EBUSY;
+    return raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8);
+  }
+  // rt_sigaction. The library keeps its handlers for the signals it has taken (SIGSYS, the
+  // request signal); the application reads and sets a disposition of its own for them, used for
+  // the signals that are not the library's (platform/signals.hpp).
+  const int signal = static_cast<int>(r.rdi);
+  if (r.r10 != sizeof(std::uint64_t)) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+  if (signal_taken(signal)) {
+    return application_sigaction(signal, reinterpret_cast<const void*>(r.rsi),
+                                 reinterpret_cast<void*>(r.rdx));
+  }
   KernelSigaction action{};
   const auto* requested = reinterpret_cast<const void*>(r.rsi);
-  auto* old = reinterpret_cast<void*>(r.rdx);
-  if (r.r10 != sizeof action.mask) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
-  if (requested != nullptr && !safe_read(&action, requested, sizeof action)) return -EFAULT;
-  if (signal == SIGSYS) {
-    // The library keeps the kernel's SIGSYS handler; the application's is called from it for
-    // the SIGSYS signals that are not from SUD.
-    if (old != nullptr && !safe_write(old, &application_sigsys, sizeof application_sigsys)) {
-      return -EFAULT;
-    }
-    if (requested != nullptr) application_sigsys = action;
-    return 0;
-  }
-  if (requested == nullptr) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+  if (!net || requested == nullptr) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+  if (!safe_read(&action, requested, sizeof action)) return -EFAULT;
   action.mask &= ~kSigsysBit;  // no handler may block SIGSYS while it runs
   return raw(number, r.rdi, reinterpret_cast<long>(&action), r.rdx, r.r10);
 }

@@ -36,11 +36,14 @@ bool safety_net_enabled() noexcept;
 // After fork, in the child (SUD is not inherited).
 void arm_safety_net_after_fork() noexcept;
 
+// Arms SUD for the calling thread if the net is on and the thread has not armed it yet.
+void arm_safety_net_if_needed() noexcept;
+
 // rt_sigprocmask, rt_sigaction, and the calls that take a temporary signal mask (rt_sigsuspend,
 // ppoll, epoll_pwait, epoll_pwait2) while the net is on: SIGSYS stays deliverable, and the
 // application's SIGSYS disposition is kept apart. Returns the syscall's result. (pselect6 and
 // io_pgetevents pass their mask inside a struct and are not filtered.)
-long forward_signal_call(const RegisterFrame& regs) noexcept;
+long forward_signal_call(const RegisterFrame& regs);
 
 struct SafetyNetCounters {
   std::size_t traps = 0;            // SIGSYS from SUD

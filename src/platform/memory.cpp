@@ -3,7 +3,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 
-#include "dispatch/frame.hpp"
+#include "platform/raw_syscall.hpp"
 
 namespace zpoline::detail {
 namespace {

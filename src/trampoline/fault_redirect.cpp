@@ -7,13 +7,25 @@
 
 #include "dispatch/frame.hpp"
 #include "platform/memory.hpp"
+#include "platform/signals.hpp"
 #include "rewriting/site_registry.hpp"
+
+extern "C" {
+// entry_stub.S: the stub's first access to the thread's TLS, and where a thread without TLS
+// continues when that access faults.
+extern char zpoline_detail_tls_probe[] __attribute__((visibility("hidden")));
+extern char zpoline_detail_no_tls[] __attribute__((visibility("hidden")));
+}
 
 namespace zpoline::detail {
 namespace {
 
-struct sigaction previous_segv;
-struct sigaction previous_ill;
+constexpr std::uint16_t kCallRax = 0xd0ff;  // ff d0, little-endian
+
+bool canonical(std::uint64_t address) {
+  const auto top = static_cast<std::int64_t>(address) >> 47;
+  return top == 0 || top == -1;
+}
 
 // A fault at the address the rewritten call jumped to: rip == rax, and the return address that
 // the call pushed follows a rewritten site.
@@ -25,37 +37,51 @@ bool is_call_to_invalid_entry(const ucontext_t& context) {
   return return_address >= 2 && site_registry().contains(return_address - 2);
 }
 
-void pass_on(int signal, siginfo_t* info, void* context, const struct sigaction& previous) {
-  if (previous.sa_flags & SA_SIGINFO) {
-    previous.sa_sigaction(signal, info, context);
-  } else if (previous.sa_handler == SIG_DFL || previous.sa_handler == SIG_IGN) {
-    // Let the fault happen again with the default action (a synchronous fault cannot be ignored).
-    struct sigaction default_action {};
-    default_action.sa_handler = SIG_DFL;
-    sigaction(signal, &default_action, nullptr);
-  } else {
-    previous.sa_handler(signal);
-  }
+// A rewritten site whose `call *%rax` faulted before calling: a number that is not a canonical
+// address (bit 47 and up not all equal) makes the call raise #GP at the site itself, with
+// nothing pushed. Natively `syscall` takes any rax.
+bool is_site_with_noncanonical_number(const ucontext_t& context) {
+  const greg_t* regs = context.uc_mcontext.gregs;
+  const auto site = static_cast<std::uintptr_t>(regs[REG_RIP]);
+  if (canonical(static_cast<std::uint64_t>(regs[REG_RAX]))) return false;
+  std::uint16_t bytes = 0;
+  return safe_read(&bytes, reinterpret_cast<const void*>(site), sizeof bytes) &&
+         bytes == kCallRax && site_registry().contains(site);
 }
 
 void on_fault(int signal, siginfo_t* info, void* context) {
   auto* uc = static_cast<ucontext_t*>(context);
-  if (is_call_to_invalid_entry(*uc)) {
-    uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
+  greg_t* regs = uc->uc_mcontext.gregs;
+  // First, and without touching TLS: a thread without TLS at the stub's first TLS access.
+  if (regs[REG_RIP] == reinterpret_cast<greg_t>(zpoline_detail_tls_probe)) {
+    regs[REG_RIP] = reinterpret_cast<greg_t>(zpoline_detail_no_tls);
     return;
   }
-  pass_on(signal, info, context, signal == SIGSEGV ? previous_segv : previous_ill);
+  if (is_call_to_invalid_entry(*uc)) {
+    regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
+    return;
+  }
+  if (signal == SIGSEGV && is_site_with_noncanonical_number(*uc)) {
+    // Do what the call would have done: push the return address, enter the stub.
+    const std::uint64_t return_address = static_cast<std::uint64_t>(regs[REG_RIP]) + 2;
+    const auto slot = static_cast<std::uintptr_t>(regs[REG_RSP]) - 8;
+    if (safe_write(reinterpret_cast<void*>(slot), &return_address, sizeof return_address)) {
+      regs[REG_RSP] = static_cast<greg_t>(slot);
+      regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
+      return;
+    }
+  }
+  pass_to_application(signal, info, context);
 }
 
 }  // namespace
 
 void install_fault_redirect() {
-  struct sigaction action {};
-  action.sa_sigaction = on_fault;
-  action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGSEGV, &action, &previous_segv);
-  sigaction(SIGILL, &action, &previous_ill);
+  // On the alternate stack if the thread has one, as the application's own handler for a stack
+  // overflow would want. The application's handlers installed before and after are kept aside
+  // and called for every other fault (platform/signals.hpp).
+  take_signal(SIGSEGV, on_fault, SA_ONSTACK, 0);
+  take_signal(SIGILL, on_fault, SA_ONSTACK, 0);
 }
 
 }  // namespace zpoline::detail

@@ -7,7 +7,7 @@
 #include <zpoline/format.hpp>
 #include <zpoline/hook_library.hpp>
 
-extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (call.number() != SYS_chdir) return call.forward();
   return static_cast<long>(zpoline::format(call, 0).size());
 }

@@ -32,7 +32,7 @@ long read_path(const void* address) {
 
 }  // namespace
 
-extern "C" long zpoline_hook(zpoline::Syscall& call) noexcept {
+extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (call.number() != SYS_chdir) return call.forward();
   return read_path(reinterpret_cast<const void*>(call.arg(0)));
 }
