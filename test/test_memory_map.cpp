@@ -77,3 +77,78 @@ TEST_CASE("mappings are listed with their protection, offset and path") {
   unlink(spaced.c_str());
   rmdir(directory);
 }
+
+TEST_CASE("file mappings name their file's device and inode") {
+  char path[] = "/tmp/zpoline-maps-inode-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, 3 * 4096) == 0);
+  void* first = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+  void* second = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 2 * 4096);
+  REQUIRE(first != MAP_FAILED);
+  REQUIRE(second != MAP_FAILED);
+  void* anonymous = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(anonymous != MAP_FAILED);
+  close(fd);
+
+  const std::vector<Mapping> map = read_memory_map();
+  const Mapping* a = find_mapping(map, reinterpret_cast<std::uintptr_t>(first));
+  const Mapping* b = find_mapping(map, reinterpret_cast<std::uintptr_t>(second));
+  const Mapping* c = find_mapping(map, reinterpret_cast<std::uintptr_t>(anonymous));
+  REQUIRE(a != nullptr);
+  REQUIRE(b != nullptr);
+  REQUIRE(c != nullptr);
+  // Not compared with stat(): on overlayfs the two may name different devices.
+  CHECK(a->inode != 0);
+  CHECK(a->device == b->device);
+  CHECK(a->inode == b->inode);
+  CHECK(b->offset == 2 * 4096);
+  CHECK(c->device == 0);
+  CHECK(c->inode == 0);
+
+  munmap(first, 4096);
+  munmap(second, 4096);
+  munmap(anonymous, 4096);
+  unlink(path);
+}
+
+TEST_CASE("a file's data ends in the page holding its last byte") {
+  Mapping mapping;
+  mapping.begin = 0x10000;
+  mapping.end = 0x20000;  // 16 pages
+  mapping.offset = 0;
+  CHECK(file_data_end(mapping, 0) == 0x10000);
+  CHECK(file_data_end(mapping, 1) == 0x11000);
+  CHECK(file_data_end(mapping, 0x1000) == 0x11000);
+  CHECK(file_data_end(mapping, 0x1001) == 0x12000);
+  CHECK(file_data_end(mapping, 0x10000) == 0x20000);
+  CHECK(file_data_end(mapping, 0x100000) == 0x20000);
+  CHECK(file_data_end(mapping, ~std::uint64_t{0}) == 0x20000);
+  // A mapping of the file from offset 0x3000.
+  mapping.offset = 0x3000;
+  CHECK(file_data_end(mapping, 0x3001) == 0x11000);
+  CHECK(file_data_end(mapping, 0x3000) == 0x10000);
+  CHECK(file_data_end(mapping, 0x1000) == 0x10000);
+  CHECK(file_data_end(mapping, 0x13000) == 0x20000);
+}
+
+TEST_CASE("the page holding a file's last byte can be read to its end") {
+  char path[] = "/tmp/zpoline-maps-end-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, 4096 + 10) == 0);
+  // Four pages of a file of two (the second one partly): pages 3 and 4 would raise SIGBUS.
+  auto* memory =
+      static_cast<unsigned char*>(mmap(nullptr, 4 * 4096, PROT_READ, MAP_PRIVATE, fd, 0));
+  REQUIRE(memory != MAP_FAILED);
+  close(fd);
+  const std::vector<Mapping> map = read_memory_map();
+  const Mapping* mapping = find_mapping(map, reinterpret_cast<std::uintptr_t>(memory));
+  REQUIRE(mapping != nullptr);
+  REQUIRE(mapping->end == reinterpret_cast<std::uintptr_t>(memory) + 4 * 4096);
+  const std::uintptr_t end = file_data_end(*mapping, 4096 + 10);
+  CHECK(end == reinterpret_cast<std::uintptr_t>(memory) + 2 * 4096);
+  CHECK(reinterpret_cast<const unsigned char*>(end)[-1] == 0);  // zeros after the last byte
+  munmap(memory, 4 * 4096);
+  unlink(path);
+}

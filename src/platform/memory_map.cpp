@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +43,16 @@ const char* parse_hex(const char* p, const char* end, std::uint64_t& value) {
   return p > start ? p : nullptr;
 }
 
+// Reads a decimal number at `p`; returns where it ends, or nullptr if there is none.
+const char* parse_decimal(const char* p, const char* end, std::uint64_t& value) {
+  value = 0;
+  const char* start = p;
+  for (; p < end && *p >= '0' && *p <= '9'; ++p) {
+    value = value * 10 + static_cast<unsigned>(*p - '0');
+  }
+  return p > start ? p : nullptr;
+}
+
 const char* skip_field(const char* p, const char* end) {
   while (p < end && *p != ' ') ++p;
   return p;
@@ -52,9 +63,10 @@ const char* skip_spaces(const char* p, const char* end) {
   return p;
 }
 
-// One line: "begin-end perms offset dev inode [path]"; false if it does not look like one.
+// One line: "begin-end perms offset major:minor inode [path]"; false if it does not look like
+// one.
 bool parse_line(const char* p, const char* end, Mapping& mapping) {
-  std::uint64_t begin = 0, finish = 0, offset = 0;
+  std::uint64_t begin = 0, finish = 0, offset = 0, major = 0, minor = 0, inode = 0;
   p = parse_hex(p, end, begin);
   if (p == nullptr || p == end || *p++ != '-') return false;
   p = parse_hex(p, end, finish);
@@ -63,10 +75,18 @@ bool parse_line(const char* p, const char* end, Mapping& mapping) {
   p = skip_spaces(skip_field(p, end), end);
   p = parse_hex(p, end, offset);
   if (p == nullptr) return false;
-  p = skip_spaces(skip_field(skip_spaces(skip_field(skip_spaces(p, end), end), end), end), end);
+  p = parse_hex(skip_spaces(p, end), end, major);
+  if (p == nullptr || p == end || *p++ != ':') return false;
+  p = parse_hex(p, end, minor);
+  if (p == nullptr) return false;
+  p = parse_decimal(skip_spaces(p, end), end, inode);
+  if (p == nullptr) return false;
+  p = skip_spaces(p, end);
   mapping.begin = begin;
   mapping.end = finish;
   mapping.offset = offset;
+  mapping.device = makedev(static_cast<unsigned>(major), static_cast<unsigned>(minor));
+  mapping.inode = inode;
   mapping.protection = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
                        (perms[2] == 'x' ? PROT_EXEC : 0);
   mapping.path.assign(p, end);
@@ -97,6 +117,16 @@ const Mapping* find_mapping(const std::vector<Mapping>& map, std::uintptr_t addr
   if (it == map.begin()) return nullptr;
   --it;
   return address < it->end ? &*it : nullptr;
+}
+
+std::uintptr_t file_data_end(const Mapping& mapping, std::uint64_t file_size) {
+  constexpr std::uint64_t kPageSize = 4096;
+  if (file_size > ~std::uint64_t{0} - (kPageSize - 1)) return mapping.end;
+  const std::uint64_t mapped_end = (file_size + kPageSize - 1) & ~(kPageSize - 1);
+  if (mapped_end <= mapping.offset) return mapping.begin;
+  const std::uint64_t bytes = mapped_end - mapping.offset;
+  return bytes >= mapping.end - mapping.begin ? mapping.end
+                                              : mapping.begin + static_cast<std::uintptr_t>(bytes);
 }
 
 }  // namespace zpoline::detail

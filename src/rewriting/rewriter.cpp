@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,11 +29,18 @@ constexpr std::uintptr_t kPageSize = 4096;
 struct Image {
   std::string path;
   dl_phdr_info info;
+  // A copy of the program headers, which clip_to_readable_memory() may change.
+  std::vector<ElfW(Phdr)> headers;
 };
 
 int collect_image(dl_phdr_info* info, std::size_t, void* data) {
   auto* images = static_cast<std::vector<Image>*>(data);
-  images->push_back({info->dlpi_name ? info->dlpi_name : "", *info});
+  Image& image = images->emplace_back();
+  image.path = info->dlpi_name ? info->dlpi_name : "";
+  image.info = *info;
+  if (info->dlpi_phdr != nullptr) {
+    image.headers.assign(info->dlpi_phdr, info->dlpi_phdr + info->dlpi_phnum);
+  }
   return 0;
 }
 
@@ -91,6 +99,95 @@ struct RewritingScope {
   RewritingScope() { rewriting = true; }
   ~RewritingScope() { rewriting = !entered; }
 };
+
+// The sizes of mapped files, keyed by the device and inode /proc/self/maps gives, so that reads of
+// file-backed memory stop at the file's end: past the page holding its last byte, a mapping of a
+// file raises SIGBUS (the dynamic linker's first mapping of a library spans all its segments and
+// so, for a library with a large .bss, reaches far past its file; see rewrite_new_code()).
+class FileSizes {
+ public:
+  // The size of the file `mapping` maps, or nullopt if it cannot be learned for sure: the path
+  // names no file any more (" (deleted)"), or another one than the mapping's (replaced since, or
+  // a file system such as overlayfs, where stat() and /proc/self/maps may not name the same
+  // device). One stat() per file, no open().
+  std::optional<std::uint64_t> of(const Mapping& mapping) {
+    const auto key = std::make_pair(mapping.device, mapping.inode);
+    auto it = sizes_.find(key);
+    if (it != sizes_.end()) return it->second;
+    std::optional<std::uint64_t> size;
+    struct stat status {};
+    if (stat(mapping.path.c_str(), &status) == 0 && S_ISREG(status.st_mode) &&
+        static_cast<std::uint64_t>(status.st_dev) == mapping.device &&
+        static_cast<std::uint64_t>(status.st_ino) == mapping.inode) {
+      size = static_cast<std::uint64_t>(status.st_size);
+    }
+    return sizes_.emplace(key, size).first->second;
+  }
+  // The size of the file `mapping` maps, learned by fstat() of a descriptor opened on its path.
+  void set(const Mapping& mapping, std::uint64_t size) {
+    sizes_[std::make_pair(mapping.device, mapping.inode)] = size;
+  }
+
+ private:
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::optional<std::uint64_t>> sizes_;
+};
+
+bool is_file_mapping(const Mapping& mapping) {
+  return !mapping.path.empty() && mapping.path.front() == '/';
+}
+
+// The end of the memory from `begin` (up to `end`) that can be read now, as `map` lists it:
+// mapped, readable, and not past the file's end where a file is mapped (a file whose size is not
+// known is trusted to hold what is mapped of it). With `file`, only memory that maps that file
+// (device and inode) at file offset `file_offset` + (address - begin) counts: code of an image the
+// dynamic linker is still mapping, whose first mapping holds the bytes of other file offsets
+// where the later segments will go.
+std::uintptr_t readable_end(const std::vector<Mapping>& map, std::uintptr_t begin,
+                            std::uintptr_t end, FileSizes& sizes, const Mapping* file = nullptr,
+                            std::uint64_t file_offset = 0) {
+  std::uintptr_t at = begin;
+  while (at < end) {
+    const Mapping* mapping = find_mapping(map, at);
+    if (mapping == nullptr || !(mapping->protection & PROT_READ)) break;
+    std::uintptr_t limit = mapping->end;
+    if (file != nullptr) {
+      const bool same_file = is_file_mapping(*mapping) && mapping->device == file->device &&
+                             mapping->inode == file->inode &&
+                             mapping->offset + (at - mapping->begin) == file_offset + (at - begin);
+      if (!same_file) break;
+    }
+    if (is_file_mapping(*mapping)) {
+      if (const std::optional<std::uint64_t> size = sizes.of(*mapping)) {
+        limit = file_data_end(*mapping, *size);
+      }
+    }
+    if (limit <= at) break;
+    at = std::min(limit, end);
+    if (limit < mapping->end) break;
+  }
+  return at;
+}
+
+// Makes `headers` (of an image loaded at `bias`) claim only file bytes that can be read now: each
+// loadable segment's p_filesz becomes the length of the readable memory from its start (see
+// readable_end(); `file` as there). The function table reads .eh_frame_hdr and .eh_frame from the
+// file-backed part of the readable segments (function_table.cpp), the rewriter the code of the
+// executable ones. p_filesz is the one field collect_functions() does not compare with the file.
+void clip_to_readable_memory(std::vector<ElfW(Phdr)>& headers, std::uintptr_t bias,
+                             const std::vector<Mapping>& map, FileSizes& sizes,
+                             const Mapping* file = nullptr) {
+  for (ElfW(Phdr) & segment : headers) {
+    if (segment.p_type != PT_LOAD) continue;
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    if (__builtin_add_overflow(bias, segment.p_vaddr, &begin) ||
+        __builtin_add_overflow(begin, segment.p_filesz, &end)) {
+      segment.p_filesz = 0;
+      continue;
+    }
+    segment.p_filesz = readable_end(map, begin, end, sizes, file, segment.p_offset) - begin;
+  }
+}
 
 // The candidate byte pairs of [begin, end), ascending (see find_candidates()).
 std::vector<std::uintptr_t> candidates_in(std::uintptr_t begin, std::uintptr_t end) {
@@ -159,14 +256,18 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
 
 // The byte search comes first: most images hold no candidate at all, and then need neither a
 // function table nor a decoder.
-void rewrite_image(const Image& image, const std::vector<Mapping>& map, ImageStats& stats) {
+void rewrite_image(const Image& image, const std::vector<Mapping>& map, FileSizes& sizes,
+                   ImageStats& stats) {
   std::optional<FunctionTable> functions;
-  for (int i = 0; i < image.info.dlpi_phnum; ++i) {
-    const ElfW(Phdr)& segment = image.info.dlpi_phdr[i];
+  for (const ElfW(Phdr) & segment : image.headers) {
     if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
-    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
-    const std::uintptr_t end = begin + segment.p_memsz;
     stats.code_bytes += segment.p_memsz;
+    // The dynamic linker has finished with the image: the segment's file bytes are mapped from
+    // the file, and the rest up to p_memsz is zero fill mapped anonymously; both can be read.
+    // Only the readable prefix is scanned all the same, for a segment made unreadable since or a
+    // file shorter than its headers say.
+    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+    const std::uintptr_t end = readable_end(map, begin, begin + segment.p_memsz, sizes);
     const std::vector<std::uintptr_t> candidates = candidates_in(begin, end);
     if (candidates.empty()) continue;
     if (!functions) functions = functions_of(image.info, image.path);
@@ -189,30 +290,25 @@ bool is_excluded(const std::string& path) {
                      [&](const std::string& entry) { return path_matches_exclusion(path, entry); });
 }
 
-bool readable(const std::vector<Mapping>& map, std::uintptr_t begin, std::uintptr_t end) {
-  for (std::uintptr_t at = begin; at < end;) {
-    const Mapping* mapping = find_mapping(map, at);
-    if (mapping == nullptr || !(mapping->protection & PROT_READ)) return false;
-    at = mapping->end;
-  }
-  return true;
-}
-
 // An ELF image being mapped by the dynamic linker (dlopen) or by hand, described from its file:
 // the program headers are read from the file, and the load bias follows from where the file
 // offset of `mapping` ended up.
 struct FileImage {
   std::string path;
+  // p_filesz of each loadable segment clipped to the part found mapped from the file where it
+  // belongs (clip_to_readable_memory()): what of the segment can be read, and holds its bytes.
   std::vector<ElfW(Phdr)> headers;
   dl_phdr_info info{};
 };
 
-bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map,
+bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map, FileSizes& sizes,
                          FileImage& image) {
   const int fd = open(mapping.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return false;
   ElfW(Ehdr) header{};
-  bool ok = pread(fd, &header, sizeof header, 0) == static_cast<ssize_t>(sizeof header) &&
+  struct stat status {};
+  bool ok = fstat(fd, &status) == 0 && S_ISREG(status.st_mode) &&
+            pread(fd, &header, sizeof header, 0) == static_cast<ssize_t>(sizeof header) &&
             std::equal(header.e_ident, header.e_ident + SELFMAG, ELFMAG) &&
             header.e_ident[EI_CLASS] == ELFCLASS64 && header.e_machine == EM_X86_64 &&
             header.e_phentsize == sizeof(ElfW(Phdr)) && header.e_phnum > 0 && header.e_phnum <= 256;
@@ -224,6 +320,10 @@ bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map
   }
   close(fd);
   if (!ok) return false;
+  // The file is open anyway: its size costs one fstat(), and, unlike a stat() compared with
+  // /proc/self/maps, is known on every file system. It is the size of the file the path names
+  // now, which the program headers come from too.
+  sizes.set(mapping, static_cast<std::uint64_t>(status.st_size));
 
   // The segment holding the mapping's first byte gives the load bias.
   bool found = false;
@@ -240,18 +340,33 @@ bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map
     break;
   }
   if (!found) return false;
-  // .eh_frame_hdr is read from memory: keep it only if it is mapped already (the dynamic linker
-  // maps the whole file first, so it normally is); the symbol tables come from the file.
-  std::erase_if(image.headers, [&](const ElfW(Phdr) & segment) {
-    return segment.p_type == PT_GNU_EH_FRAME &&
-           !readable(map, bias + segment.p_vaddr, bias + segment.p_vaddr + segment.p_memsz);
-  });
+  // Code, .eh_frame_hdr and .eh_frame are read from memory (the symbol tables from the file).
+  // While the dynamic linker maps a library, its first mapping spans all the segments with the
+  // bytes of the first one's file offsets, up to the file's end and past it; only the parts of
+  // segments mapped from the right file offsets, within the file, may be read.
+  clip_to_readable_memory(image.headers, bias, map, sizes, &mapping);
   image.path = mapping.path;
   image.info.dlpi_addr = bias;
   image.info.dlpi_name = image.path.c_str();
   image.info.dlpi_phdr = image.headers.data();
   image.info.dlpi_phnum = static_cast<ElfW(Half)>(image.headers.size());
   return true;
+}
+
+// The code of an executable segment of `image` that can be read now: its file bytes, as far as
+// describe_file_image() found them mapped.
+struct Code {
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+};
+std::vector<Code> readable_code(const FileImage& image) {
+  std::vector<Code> code;
+  for (const ElfW(Phdr) & segment : image.headers) {
+    if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X) || segment.p_filesz == 0) continue;
+    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+    code.push_back({begin, begin + segment.p_filesz});
+  }
+  return code;
 }
 
 // Function tables of images whose sites trap one by one (lazy mode): built once per image.
@@ -297,6 +412,7 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
   std::vector<Image> images;
   dl_iterate_phdr(collect_image, &images);
   const std::vector<Mapping> map = read_memory_map();
+  FileSizes sizes;
 
   for (Image& image : images) {
     if (is_special_image(image, map)) continue;
@@ -306,7 +422,12 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
     image_stats.path = image.path;
     image_stats.base = image.info.dlpi_addr;
     image_stats.excluded = is_excluded(image.path);
-    if (!image_stats.excluded && scan) rewrite_image(image, map, image_stats);
+    if (!image_stats.excluded && scan) {
+      // The function table reads .eh_frame_hdr and .eh_frame through these headers.
+      clip_to_readable_memory(image.headers, image.info.dlpi_addr, map, sizes);
+      image.info.dlpi_phdr = image.headers.data();
+      rewrite_image(image, map, sizes, image_stats);
+    }
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));
   }
@@ -320,23 +441,36 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard lock(rewrite_lock());
   const std::vector<Mapping> map = read_memory_map();
+  FileSizes sizes;
   const std::uintptr_t end = begin + length;
   for (std::uintptr_t at = begin & ~(kPageSize - 1); at < end;) {
     const Mapping* mapping = find_mapping(map, at);
     if (mapping == nullptr) break;
     const std::uintptr_t range_end = std::min(end, mapping->end);
     const bool executable = (mapping->protection & PROT_EXEC) && (mapping->protection & PROT_READ);
-    if (executable && !mapping->path.empty() && mapping->path.front() == '/') {
+    if (executable && is_file_mapping(*mapping)) {
       FileImage image;
-      if (describe_file_image(*mapping, map, image)) {
+      if (describe_file_image(*mapping, map, sizes, image)) {
         ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
-        stats.code_bytes += range_end - at;
         stats.excluded = is_excluded(image.path);
-        const std::vector<std::uintptr_t> candidates =
-            stats.excluded ? std::vector<std::uintptr_t>() : candidates_in(at, range_end);
-        if (!candidates.empty()) {
-          const FunctionTable functions = functions_of(image.info, image.path);
-          rewrite_candidates(at, range_end, candidates, functions, map, stats);
+        // Not the whole mapping: only the executable segments' file bytes are code, and only
+        // those describe_file_image() found mapped can be read. The dynamic linker's first
+        // mapping of a library spans all its segments with the code's protection; for a library
+        // whose first segment is its code (-z noseparate-code) and whose .bss is large, most of
+        // it lies past the file's end, where a read raises SIGBUS.
+        std::optional<FunctionTable> functions;
+        for (const Code& code : readable_code(image)) {
+          const std::uintptr_t first = std::max(at, code.begin);
+          const std::uintptr_t last = std::min(range_end, code.end);
+          if (first >= last) continue;
+          stats.code_bytes += last - first;
+          if (stats.excluded) continue;
+          const std::vector<std::uintptr_t> candidates = candidates_in(first, last);
+          if (candidates.empty()) continue;
+          if (!functions) functions = functions_of(image.info, image.path);
+          // Decoded within all of the segment's readable code, so that a function starting
+          // before `first` (mprotect of a few pages) is decoded from its start.
+          rewrite_candidates(code.begin, code.end, candidates, *functions, map, stats);
         }
         stats.time += std::chrono::steady_clock::now() - start;
       }
@@ -362,20 +496,30 @@ bool rewrite_trapped_site(std::uintptr_t site) {
       !(mapping->protection & PROT_READ)) {
     return false;
   }
+  // Both bytes are read below; the second may be the first of the next mapping.
+  const Mapping* second = site + 1 < mapping->end ? mapping : find_mapping(map, site + 1);
+  if (second == nullptr || !(second->protection & PROT_READ)) return false;
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(site);
   if (bytes[0] != 0x0f || (bytes[1] != 0x05 && bytes[1] != 0x34)) return false;
   const std::size_t before = rewritten().size();
-  if (!mapping->path.empty() && mapping->path.front() == '/') {
+  if (is_file_mapping(*mapping)) {
+    FileSizes sizes;
     FileImage image;
-    if (!describe_file_image(*mapping, map, image) || is_excluded(image.path)) return false;
+    if (!describe_file_image(*mapping, map, sizes, image) || is_excluded(image.path)) return false;
     const FunctionTable& functions = cached_functions(image);
     const FunctionRange* function = functions.find(site);
     ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
-    const std::uintptr_t begin = function ? function->begin : site;
-    const std::uintptr_t end = function ? function->end : site + 2;
     if (function == nullptr) return false;
-    const std::uintptr_t range_begin = std::max(begin, mapping->begin);
-    const std::uintptr_t range_end = std::min(end, mapping->end);
+    // The function is decoded as far as it lies in readable code of the site's segment (see
+    // rewrite_new_code()), not past the file's end nor into bytes of other file offsets.
+    const std::vector<Code> code = readable_code(image);
+    const auto holds_site = [&](const Code& part) {
+      return part.begin <= site && site + 2 <= part.end;
+    };
+    const auto part = std::find_if(code.begin(), code.end(), holds_site);
+    if (part == code.end()) return false;
+    const std::uintptr_t range_begin = std::max(function->begin, part->begin);
+    const std::uintptr_t range_end = std::min(function->end, part->end);
     rewrite_candidates(range_begin, range_end, candidates_in(range_begin, range_end), functions,
                        map, stats);
   } else {
