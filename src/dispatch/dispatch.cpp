@@ -165,7 +165,7 @@ long forward_clone(const SyscallFrame& frame) {
                          static_cast<std::uint64_t>(args[4]));
   }
   if ((args[0] & CLONE_VM) && (args[0] & CLONE_VFORK)) return run_on_application_stack(frame);
-  const long result = raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
+  const long result = forward_raw(SYS_clone, args[0], args[1], args[2], args[3], args[4], args[5]);
   if (result == 0 && !(args[0] & CLONE_VM)) after_fork_in_child();
   return result;
 }
@@ -180,7 +180,7 @@ long forward_clone3(const SyscallFrame& frame) {
     // stack, which this library could not hand to the child.
     if (!safe_read(&copy, reinterpret_cast<const void*>(r.rdi), sizeof copy)) return -EFAULT;
     if (copy.stack != 0) return -E2BIG;
-    return raw(SYS_clone3, r.rdi, r.rsi);
+    return forward_raw(SYS_clone3, r.rdi, r.rsi);
   }
   if (!safe_read(&copy, reinterpret_cast<const void*>(r.rdi), size)) return -EFAULT;
   if (copy.stack != 0) {
@@ -194,7 +194,7 @@ long forward_clone3(const SyscallFrame& frame) {
     return clone_to_site(frame, SYS_clone3, args, top, copy.flags, copy.tls);
   }
   if ((copy.flags & CLONE_VM) && (copy.flags & CLONE_VFORK)) return run_on_application_stack(frame);
-  const long result = raw(SYS_clone3, r.rdi, r.rsi);
+  const long result = forward_raw(SYS_clone3, r.rdi, r.rsi);
   if (result == 0 && !(copy.flags & CLONE_VM)) after_fork_in_child();
   return result;
 }
@@ -209,7 +209,7 @@ long forward_memory_change(const RegisterFrame& r) {
   const bool live = __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE) != 0;
   const bool executable = number != SYS_munmap && (r.rdx & PROT_EXEC);
   if (live && number == SYS_mmap && (r.r10 & MAP_FIXED)) forget_code(address, length);
-  const long result = raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+  const long result = forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
   if (!live || (result < 0 && result > -4096)) return result;
   if (number == SYS_munmap) {
     forget_code(address, length);
@@ -220,6 +220,15 @@ long forward_memory_change(const RegisterFrame& r) {
 }
 
 }  // namespace
+
+long forward_raw(long number, long a0, long a1, long a2, long a3, long a4, long a5) {
+  ThreadState& self = zpoline_detail_thread_state;
+  const std::uint8_t outer = self.forwarding;
+  if (outer == kForwardingInLibrary) self.forwarding = kForwardingInKernel;
+  const long result = zpoline_detail_raw_syscall(number, a0, a1, a2, a3, a4, a5);
+  self.forwarding = outer;
+  return result;
+}
 
 const char* syscall_name(long number) noexcept {
   // The names of zpoline/syscalls.hpp are string literals: NUL-terminated.
@@ -247,7 +256,7 @@ long forward(const SyscallFrame& frame) {
     case SYS_vfork:
       return run_on_application_stack(frame);
     case SYS_fork: {
-      const long result = raw(SYS_fork);
+      const long result = forward_raw(SYS_fork);
       if (result == 0) after_fork_in_child();
       return result;
     }
@@ -359,6 +368,7 @@ void leave_hook_state() noexcept {
   ThreadState& self = zpoline_detail_thread_state;
   self.hook_frame = 0;
   self.vfork_frame = 0;
+  self.forwarding = 0;
   if (thread_record) __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
 }
 
@@ -384,6 +394,29 @@ NetDispatchScope::NetDispatchScope() noexcept : outer_(dispatching_for_net) {
 NetDispatchScope::~NetDispatchScope() {
   dispatching_for_net = outer_;
 }
+
+// The state of a hook call that waits in forward() while a signal handler's call runs the hook
+// again on the same thread.
+struct NestedHookCall {
+  bool active = false;
+  std::uint64_t hook_frame, hook_canary, hook_canary_address;
+  void enter(ThreadState& self) noexcept {
+    active = true;
+    hook_frame = self.hook_frame;
+    hook_canary = self.hook_canary;
+    hook_canary_address = self.hook_canary_address;
+    self.forwarding = 0;
+    self.hook_frame = 0;
+  }
+  void leave(ThreadState& self) noexcept {
+    if (!active) return;
+    self.hook_frame = hook_frame;
+    self.hook_canary = hook_canary;
+    self.hook_canary_address = hook_canary_address;
+    self.forwarding = kForwardingInKernel;
+    if (thread_record) __atomic_store_n(&thread_record->in_hook, 1, __ATOMIC_RELEASE);
+  }
+};
 
 [[noreturn]] void report_exception_from_hook(std::string_view call) {
   ++zpoline_detail_thread_state.bypass_depth;
@@ -419,16 +452,26 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   arm_safety_net_if_needed();
   const auto call_frame = reinterpret_cast<std::uintptr_t>(regs);
   bool run_hook = self.bypass_depth == 0;
+  NestedHookCall nested;
   if (run_hook && self.hook_frame != 0) {
     // The hook is running on this thread. A call from below its frame is the hook's own (the
-    // stub sends clone, clone3 and vfork here even then); one from above comes from a signal
-    // handler on an alternate stack, or the hook was left by a siglongjmp and will not return.
+    // stub sends clone, clone3 and vfork here even then), or a signal handler's on this stack;
+    // one from above comes from a signal handler on an alternate stack, or the hook was left by
+    // a siglongjmp and will not return.
     const bool frame_intact = *reinterpret_cast<const volatile std::uint64_t*>(
                                   self.hook_canary_address) == self.hook_canary;
     if ((call_frame < self.hook_frame && frame_intact) || on_alternate_signal_stack()) {
-      run_hook = false;
+      if (self.forwarding == kForwardingInKernel) {
+        // The hook waits in forward() for the kernel, so a signal handler runs: its calls are
+        // the application's and reach the hook, nested in the waiting call, whose state comes
+        // back after.
+        nested.enter(self);
+      } else {
+        run_hook = false;  // the hook's own call, or a handler that interrupted the hook's code
+      }
     } else {
       self.hook_frame = 0;
+      self.forwarding = 0;
       if (thread_record) __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
     }
   }
@@ -436,6 +479,7 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   const auto this_frame = reinterpret_cast<std::uintptr_t>(regs);
   if (!run_hook) {
     const long result = forward(frame);
+    nested.leave(self);
     return self.vfork_frame == this_frame ? static_cast<long>(regs->rax) : result;
   }
   if (thread_record == nullptr) {
@@ -474,6 +518,7 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
   }
   __atomic_store_n(&thread_record->in_hook, 0, __ATOMIC_RELEASE);
   self.hook_frame = 0;
+  nested.leave(self);
   // For vfork, the stub makes the call now that the hook is done; it needs the number.
   return self.vfork_frame == this_frame ? static_cast<long>(regs->rax) : result;
 }
@@ -559,11 +604,19 @@ ZPOLINE_GENERAL_REGISTERS_ONLY std::uintptr_t Syscall::return_address() const no
 ZPOLINE_GENERAL_REGISTERS_ONLY long Syscall::forward() {
   if (next_ != nullptr) return next_->run(*next_, *this);
   const RegisterFrame& r = *frame_->regs;
+  ThreadState& self = zpoline_detail_thread_state;
   if (!detail::forwarded_by_library(static_cast<long>(r.rax))) {
-    return zpoline_detail_forward_syscall(&r);
+    // A signal handler that runs meanwhile interrupted the application's call (dispatch.cpp).
+    self.forwarding = detail::kForwardingInKernel;
+    return zpoline_detail_forward_syscall(&r);  // clears it
   }
-  if (frame_->xsave_area == nullptr) return zpoline_detail_forward_saving_vectors(frame_);
-  return detail::forward(*frame_);
+  // The library's own work for these numbers is not the application's call: only the system
+  // call that makes it is (forward_raw).
+  self.forwarding = detail::kForwardingInLibrary;
+  const long result = frame_->xsave_area == nullptr ? zpoline_detail_forward_saving_vectors(frame_)
+                                                    : detail::forward(*frame_);
+  self.forwarding = 0;
+  return result;
 }
 
 ScopedBypass::ScopedBypass() noexcept {

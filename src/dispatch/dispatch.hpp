@@ -30,6 +30,15 @@ long forward(const SyscallFrame& frame);
 inline constexpr std::uint32_t kAttentionTlsShared = 1;     // see clone_to_site()
 inline constexpr std::uint32_t kAttentionArmSafetyNet = 2;  // arm SUD at the next call
 
+// ThreadState::forwarding.
+inline constexpr std::uint8_t kForwardingInKernel = 1;   // the application's call is in the kernel
+inline constexpr std::uint8_t kForwardingInLibrary = 2;  // forward() runs the library's code for it
+
+// The system call that carries out the application's call inside forward() (for the numbers the
+// library handles itself): marks the thread as waiting in the kernel for it meanwhile.
+long forward_raw(long number, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                 long a5 = 0);
+
 // The thread leaves the hook for good (a forced unwind passes the frame that called it).
 void leave_hook_state() noexcept;
 

@@ -23,6 +23,7 @@
 #define STATE_BYPASS_DEPTH 0
 #define STATE_HOOK_FRAME 8
 #define STATE_SUD_ARMED 16
+#define STATE_FORWARDING 17
 #define STATE_VFORK_DEPTH 20
 #define STATE_VFORK_RETURNS 64
 #define VFORK_RETURN_ADDRESS 0
@@ -387,7 +388,9 @@ zpoline_detail_tls_probe:
         jz 1f
         cmp %rcx, %rsp                          /* yes: above its frame, the dispatcher */
         jae .Lfull                              /* decides; below it, this is the hook's own */
-        mov %fs:STATE_HOOK_CANARY_ADDRESS(%r11), %rcx  /* syscall if the dispatcher's frame */
+        cmpb $0, %fs:STATE_FORWARDING(%r11)     /* syscall, unless the hook waits in forward() */
+        jne .Lfull                              /* (then a signal handler runs: dispatcher) */
+        mov %fs:STATE_HOOK_CANARY_ADDRESS(%r11), %rcx  /* and if the dispatcher's frame */
         mov (%rcx), %rcx                        /* is still intact (else the hook was left by */
         cmp %fs:STATE_HOOK_CANARY(%r11), %rcx   /* a siglongjmp: the dispatcher resets) */
         je .Lbypass
@@ -818,6 +821,8 @@ zpoline_detail_forward_syscall:
 zpoline_detail_forward_syscall_resume:
         lea 8(%rsp), %rsp
         .cfi_adjust_cfa_offset -8
+        mov zpoline_detail_thread_state@gottpoff(%rip), %r11  /* Syscall::forward() set it */
+        movb $0, %fs:STATE_FORWARDING(%r11)
         pop %rcx
         .cfi_adjust_cfa_offset -8
         .cfi_register %rip, %rcx
@@ -912,7 +917,7 @@ zpoline_detail_raw_syscall_resume:
 zpoline_detail_arm_and_mark_new_thread:
         .cfi_startproc
         mov zpoline_detail_thread_state@gottpoff(%rip), %r11
-        movl $1, %fs:STATE_SUD_ARMED(%r11)
+        movb $1, %fs:STATE_SUD_ARMED(%r11)
         .globl zpoline_detail_arm_new_thread
         .hidden zpoline_detail_arm_new_thread
 zpoline_detail_arm_new_thread:

@@ -75,7 +75,13 @@ struct alignas(64) ThreadState {
   std::uint64_t hook_frame;
   // Whether this thread has armed Syscall User Dispatch for itself (safety_net.cpp). Not shared
   // with a vfork child, which arms itself without looking at it.
-  std::uint32_t sud_armed;
+  std::uint8_t sud_armed;
+  // Set while the hook waits in Syscall::forward() for the kernel (cleared by the forwarding
+  // code): a signal handler that runs then interrupted the application's call, not the hook's
+  // code, and its system calls reach the hook again, nested (the dispatcher keeps the outer
+  // call's state).
+  std::uint8_t forwarding;
+  std::uint16_t unused;
   std::uint32_t vfork_depth;
   // While the hook runs: a word in that frame and the value it holds. A syscall from below
   // hook_frame is the hook's own only while that word is intact; after a siglongjmp out of the
@@ -103,7 +109,7 @@ struct alignas(64) ThreadState {
   pid_t tls_owner;  // with kAttentionTlsShared: the thread this TLS belongs to
 };
 static_assert(offsetof(ThreadState, hook_frame) == 8);
-static_assert(offsetof(ThreadState, sud_armed) == 16);
+static_assert(offsetof(ThreadState, sud_armed) == 16 && offsetof(ThreadState, forwarding) == 17);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);
 static_assert(offsetof(ThreadState, hook_canary_address) == 24);
 static_assert(offsetof(ThreadState, hook_canary) == 32);

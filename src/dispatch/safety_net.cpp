@@ -358,7 +358,7 @@ long forward_signal_call(const RegisterFrame& r) {
       set &= ~kSigsysBit;
       args[mask_argument] = reinterpret_cast<long>(&set);
     }
-    return zpoline_detail_raw_syscall(number, args[0], args[1], args[2], args[3], args[4], args[5]);
+    return forward_raw(number, args[0], args[1], args[2], args[3], args[4], args[5]);
   }
   if (number == SYS_rt_sigprocmask) {
     // SIGSYS stays deliverable: blocking it would turn the next trap into a kill.
@@ -366,31 +366,31 @@ long forward_signal_call(const RegisterFrame& r) {
     const auto* requested = reinterpret_cast<const void*>(r.rsi);
     if (!net || requested == nullptr || r.rdi == SIG_UNBLOCK || r.r10 != sizeof set ||
         !safe_read(&set, requested, sizeof set)) {
-      return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+      return forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10);
     }
     set &= ~kSigsysBit;
-    return raw(number, r.rdi, reinterpret_cast<long>(&set), r.rdx, r.r10);
+    return forward_raw(number, r.rdi, reinterpret_cast<long>(&set), r.rdx, r.r10);
   }
   if (number == SYS_prctl) {
     // The application must not turn off the net under the library (nor arm SUD of its own).
     if (net && static_cast<int>(r.rdi) == kSetSyscallUserDispatch) return -EBUSY;
-    return raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8);
+    return forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8);
   }
   // rt_sigaction. The library keeps its handlers for the signals it has taken (SIGSYS, the
   // request signal); the application reads and sets a disposition of its own for them, used for
   // the signals that are not the library's (platform/signals.hpp).
   const int signal = static_cast<int>(r.rdi);
-  if (r.r10 != sizeof(std::uint64_t)) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+  if (r.r10 != sizeof(std::uint64_t)) return forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10);
   if (signal_taken(signal)) {
     return application_sigaction(signal, reinterpret_cast<const void*>(r.rsi),
                                  reinterpret_cast<void*>(r.rdx));
   }
   KernelSigaction action{};
   const auto* requested = reinterpret_cast<const void*>(r.rsi);
-  if (!net || requested == nullptr) return raw(number, r.rdi, r.rsi, r.rdx, r.r10);
+  if (!net || requested == nullptr) return forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10);
   if (!safe_read(&action, requested, sizeof action)) return -EFAULT;
   action.mask &= ~kSigsysBit;  // no handler may block SIGSYS while it runs
-  return raw(number, r.rdi, reinterpret_cast<long>(&action), r.rdx, r.r10);
+  return forward_raw(number, r.rdi, reinterpret_cast<long>(&action), r.rdx, r.r10);
 }
 
 std::vector<LazilyRewrittenSite> lazily_rewritten_sites() {
