@@ -150,6 +150,7 @@ Session install(Hook hook, Options options) {
 
   Session session;
   session.mode_ = mode;
+  session.at_install_ = Session::counters_now();
   session.stats_ = detail::rewrite_loaded_code(rewrite, /*scan=*/mode != Mode::lazy);
   zpoline_detail_general_registers_only = options.general_registers_only ? 1 : 0;
   detail::publish_hook(std::move(hook));
@@ -171,15 +172,21 @@ Session install(Hook hook, Options options) {
 
 Session::Session(Session&& other) noexcept
     : active_(std::exchange(other.active_, false)),
+      ended_(other.ended_),
       mode_(other.mode_),
-      stats_(std::move(other.stats_)) {}
+      stats_(std::move(other.stats_)),
+      at_install_(other.at_install_),
+      at_end_(other.at_end_) {}
 
 Session& Session::operator=(Session&& other) noexcept {
   if (this != &other) {
     detach();
     active_ = std::exchange(other.active_, false);
+    ended_ = other.ended_;
     mode_ = other.mode_;
     stats_ = std::move(other.stats_);
+    at_install_ = other.at_install_;
+    at_end_ = other.at_end_;
   }
   return *this;
 }
@@ -188,23 +195,46 @@ Session::~Session() {
   detach();
 }
 
+Session::Counters Session::counters_now() noexcept {
+  const detail::HookedCallCounts calls = detail::hooked_call_counts();
+  const detail::SafetyNetCounters net = detail::safety_net_counters();
+  Counters counters;
+  counters.calls = {calls.through_sites, calls.through_net};
+  counters.traps = net.traps;
+  counters.sites_rewritten_on_trap = net.sites_rewritten;
+  counters.emulated = net.emulated;
+  return counters;
+}
+
+Session::Counters Session::since_install() const noexcept {
+  if (!active_ && !ended_) return {};
+  const Counters end = active_ ? counters_now() : at_end_;
+  Counters counters;
+  counters.calls = {end.calls.through_sites - at_install_.calls.through_sites,
+                    end.calls.through_net - at_install_.calls.through_net};
+  counters.traps = end.traps - at_install_.traps;
+  counters.sites_rewritten_on_trap =
+      end.sites_rewritten_on_trap - at_install_.sites_rewritten_on_trap;
+  counters.emulated = end.emulated - at_install_.emulated;
+  return counters;
+}
+
 Session::LateCoverage Session::late_coverage() const {
   LateCoverage coverage;
   coverage.images = detail::late_code_stats();
-  const detail::SafetyNetCounters counters = detail::safety_net_counters();
+  const Counters counters = since_install();
   coverage.traps = counters.traps;
-  coverage.sites_rewritten_on_trap = counters.sites_rewritten;
+  coverage.sites_rewritten_on_trap = counters.sites_rewritten_on_trap;
   coverage.emulated = counters.emulated;
   for (detail::LazilyRewrittenSite& site : detail::lazily_rewritten_sites()) {
     coverage.lazily_rewritten.push_back({site.address, std::move(site.image)});
   }
-  coverage.calls = calls();
+  coverage.calls = counters.calls;
   return coverage;
 }
 
 Session::CallCounts Session::calls() const noexcept {
-  const detail::HookedCallCounts counts = detail::hooked_call_counts();
-  return {counts.through_sites, counts.through_net};
+  return since_install().calls;
 }
 
 void Session::detach() noexcept {
@@ -213,6 +243,8 @@ void Session::detach() noexcept {
   std::lock_guard lock(install_lock);
   detail::disable_safety_net();
   detail::retract_hook();
+  at_end_ = counters_now();
+  ended_ = true;
   detail::restore_vdso_calls();
   if (restore_on_detach) {
     try {

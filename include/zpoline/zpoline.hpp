@@ -143,11 +143,12 @@ class [[nodiscard]] Session {
   bool active() const noexcept { return active_; }
   // What install did.
   const InstallStats& stats() const noexcept { return stats_; }
-  // How many calls have reached the hook since install, and by which way: through a rewritten
-  // site, or through the SUD safety net (a trapped `syscall` run from the library's SIGSYS
-  // handler). Counts every thread the process has had; a fork child starts from its parent's
-  // counts. Makes no system call and does not allocate, so it can be read around the code it
-  // measures.
+  // How many calls have reached the hook of this Session, from its install to its end (detach),
+  // and by which way: through a rewritten site, or through the SUD safety net (a trapped
+  // `syscall` run from the library's SIGSYS handler). Counts every thread the process has had; a
+  // fork child starts from its parent's counts. Makes no system call and does not allocate, so it
+  // can be read around the code it measures. An inactive Session that was never installed
+  // reports zeros.
   struct CallCounts {
     std::uint64_t through_sites = 0;
     std::uint64_t through_net = 0;
@@ -160,7 +161,8 @@ class [[nodiscard]] Session {
                                  // site was rewritten; "" for anonymous memory (JIT code)
   };
   // Code that became executable after install and what was done with it, one entry per image;
-  // what the SUD safety net has done (exhaustive and lazy modes); and the call counts above.
+  // what the SUD safety net has done (exhaustive and lazy modes) during this Session; and the
+  // call counts above.
   struct LateCoverage {
     std::vector<ImageStats> images;
     std::size_t traps = 0;                    // syscalls that trapped under SUD
@@ -176,9 +178,18 @@ class [[nodiscard]] Session {
 
  private:
   friend Session install(Hook hook, Options options);
+  // The process-wide counters at install and, once the Session has ended, at its end.
+  struct Counters {
+    CallCounts calls;
+    std::size_t traps = 0, sites_rewritten_on_trap = 0, emulated = 0;
+  };
+  static Counters counters_now() noexcept;
+  Counters since_install() const noexcept;
   bool active_ = false;
+  bool ended_ = false;
   Mode mode_ = Mode::eager;
   InstallStats stats_;
+  Counters at_install_, at_end_;
 };
 
 // Installs `hook` for every system call made by code present in the process. Throws Error.

@@ -314,9 +314,12 @@ void enable_safety_net() {
 
 void disable_safety_net() noexcept {
   if (!net_on()) return;
-  // Every armed thread stops trapping at once; none needs to be asked.
+  // Every armed thread stops trapping at once; none needs to be asked. Traps raised just before
+  // are handled before this returns (their threads run the handler), so that none is counted,
+  // or reaches a hook, after detach.
   __atomic_store_n(&zpoline_detail_sud_selector, kSelectorAllow, __ATOMIC_RELEASE);
   __atomic_store_n(&zpoline_detail_sud_enabled, 0, __ATOMIC_RELEASE);
+  wait_until_no_thread_has_pending(SIGSYS);
   if (rewriter_thread != nullptr) {
     rewriter_stop.store(true);
     queue_signal.fetch_add(1);

@@ -200,6 +200,7 @@ struct TaskState {
   bool exists = false;  // and not a zombie
   bool stopped = false;
   bool blocks_request = false;
+  std::uint64_t pending = 0;  // signals pending for the thread itself
 };
 
 TaskState task_state(long tid) {
@@ -213,6 +214,10 @@ TaskState task_state(long tid) {
     while (*p == ' ' || *p == '\t') ++p;
     state.exists = *p != 'Z' && *p != 'X';
     state.stopped = *p == 'T' || *p == 't';
+  }
+  if (const char* line = std::strstr(text, "\nSigPnd:")) {
+    const char* p = line + 8;
+    state.pending = parse_number(p, 16);
   }
   if (const char* line = std::strstr(text, "\nSigBlk:")) {
     const char* p = line + 8;
@@ -370,6 +375,18 @@ void pass_to_application(int signal, siginfo_t* info, void* context) noexcept {
   }
   raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&previous), 0,
               sizeof previous);
+}
+
+void wait_until_no_thread_has_pending(int signal) {
+  const long deadline = now_ms() + 1000;
+  std::vector<long> threads = other_threads();
+  while (!threads.empty() && now_ms() < deadline) {
+    std::erase_if(threads, [&](long tid) {
+      const TaskState state = task_state(tid);
+      return !state.exists || state.stopped || !(state.pending & signal_bit(signal));
+    });
+    if (!threads.empty()) raw_syscall(SYS_sched_yield);
+  }
 }
 
 void set_request_action(ThreadRequest request, RequestAction action) noexcept {

@@ -80,6 +80,10 @@ struct RequestOutcome {
 // exited). Takes the request signal on first use.
 RequestOutcome ask_other_threads(ThreadRequest request);
 
+// Waits (up to about a second) until no thread of the process has `signal` pending any more: each
+// has started to handle it. For a stopped thread it gives up.
+void wait_until_no_thread_has_pending(int signal);
+
 // Where the library's own `syscall` instructions keep the number while they wait in the kernel:
 // instructions after which (%rsp) holds it (entry_stub.S), so that a call a request interrupted
 // there can be made again.
