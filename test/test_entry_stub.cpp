@@ -81,11 +81,12 @@ extern "C" {
 void zt_register_probe(const ProbeState* in, ProbeState* out);
 extern const unsigned char zt_register_probe_site[];
 
-// Fills the 128 bytes below rsp with red_zone_pattern(i) (16 quadwords, lowest address first)
-// without any visible negative displacement on rsp, runs getpid at zt_red_zone_probe_site and
-// copies the 16 quadwords to out. Returns the syscall's result.
+// Fills the 128 bytes below rsp with red_zone_pattern(i) (16 quadwords, lowest address first),
+// records its rsp in zt_red_zone_probe_rsp, runs getpid at zt_red_zone_probe_site and copies the
+// 15 quadwords below the return-address slot (rsp-8) to out. Returns the syscall's result.
 long zt_red_zone_probe(std::uint64_t* out);
 extern const unsigned char zt_red_zone_probe_site[];
+std::uintptr_t zt_red_zone_probe_rsp = 0;
 
 // Keeps data in the 8 bytes below rsp across a getpid syscall, where `call *%rax` would put its
 // return address: the rewriter must leave this site alone.
@@ -254,29 +255,27 @@ asm(".pushsection .text\n"
     "  ret\n" ZT_END(zt_register_probe)
 
     // ---- zt_red_zone_probe(out = rdi) ----
-    // The red zone is addressed through r9 = rsp - 128 with non-negative displacements only:
-    // the rewriter's red-zone heuristic looks for negative displacements on rsp (or rbp).
+    // A red-zone function whose site the rewriter may rewrite: after the syscall it reads back
+    // only the 120 bytes below the return-address slot, at fixed offsets from rsp (what the
+    // return-slot proof follows). The hook looks at the slot itself, through the recorded rsp.
     ZT_FUNCTION(zt_red_zone_probe)
     "  mov %rdi, %r8\n"
-    "  mov %rsp, %r9\n"
-    "  sub $128, %r9\n"
+    "  lea (%rsp), %r11\n"
+    "  mov %r11, zt_red_zone_probe_rsp(%rip)\n"
     "  movabs $0x5eedf00d00000000, %rdx\n"
     "  xor %ecx, %ecx\n"
     "1:\n"
     "  lea (%rdx,%rcx), %rax\n"
-    "  mov %rax, (%r9,%rcx,8)\n"
+    "  mov %rax, -128(%rsp,%rcx,8)\n"
     "  inc %rcx\n"
     "  cmp $16, %rcx\n"
     "  jne 1b\n"
     "  mov $39, %eax\n" ZT_LABEL(zt_red_zone_probe_site)
     "  syscall\n"
-    "  xor %ecx, %ecx\n"
-    "2:\n"
-    "  mov (%r9,%rcx,8), %rdx\n"
-    "  mov %rdx, (%r8,%rcx,8)\n"
-    "  inc %rcx\n"
-    "  cmp $16, %rcx\n"
-    "  jne 2b\n"
+    "  .irp i, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14\n"
+    "  mov -128+8*\\i(%rsp), %rcx\n"
+    "  mov %rcx, 8*\\i(%r8)\n"
+    "  .endr\n"
     "  ret\n" ZT_END(zt_red_zone_probe)
 
     // ---- zt_red_zone_skip_probe() ----
@@ -578,9 +577,13 @@ TEST_CASE("red_zone_preserved") {
   const long pid = real_getpid();
   const auto site_return = address_of(zt_red_zone_probe_site) + 2;
   std::atomic<long> site_calls{0};
+  std::atomic<std::uint64_t> slot{0};
   auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
     if (call.return_address() == site_return) {
       ++site_calls;
+      // What the call left in the 8 bytes below the probe's rsp (the probe cannot read them
+      // back itself: its site would then not be rewritten).
+      slot = *reinterpret_cast<const volatile std::uint64_t*>(zt_red_zone_probe_rsp - 8);
       // Use plenty of stack, so that a stub that did not step over the red zone would
       // overwrite it here even if its own pushes missed it.
       volatile unsigned char scratch[4096];
@@ -594,22 +597,26 @@ TEST_CASE("red_zone_preserved") {
   REQUIRE(exe != nullptr);
 
   auto check_red_zone = [&](long expected_calls) {
-    std::uint64_t out[16] = {};
+    std::uint64_t out[15] = {};
+    slot = 0;
     const long result = zt_red_zone_probe(out);
     CHECK(result == pid);
     CHECK(site_calls == expected_calls);
-    // out[0] is rsp-128 at the syscall, out[15] is rsp-8: the only quadword the call may touch.
+    // out[0] is rsp-128 at the syscall, out[14] is rsp-16; rsp-8 is the only quadword the call
+    // may touch.
     for (int i = 0; i < 15; ++i) {
       CAPTURE(i);
       CHECK(out[i] == 0x5eedf00d00000000ull + static_cast<unsigned>(i));
     }
-    // The call's return address went there: the site really was entered with a call.
-    CHECK(out[15] == site_return);
   };
   check_red_zone(1);
+  // The call's return address went there: the site really was entered with a call.
+  CHECK(slot == site_return);
   check_red_zone(2);
+  CHECK(slot == site_return);
   {
-    zpoline::ScopedBypass bypass;  // the stub's short path
+    // The stub's short path. No hook runs to look at the slot; the site's bytes show the call.
+    zpoline::ScopedBypass bypass;
     check_red_zone(2);
   }
 }
@@ -627,7 +634,8 @@ TEST_CASE("red_zone_site_skipped") {
   const zpoline::ImageStats* exe = find_executable(session.stats());
   REQUIRE(exe != nullptr);
   CHECK(exe->skipped_red_zone >= 1);
-  // The neighbouring probes without visible red-zone stores were rewritten.
+  // The neighbouring probes, which do not read the 8 bytes below rsp after their syscall, were
+  // rewritten.
   CHECK(is_call_rax(zt_red_zone_probe_site));
   CHECK(is_call_rax(zt_register_probe_site));
   CHECK(exe->sites_rewritten >= 2);

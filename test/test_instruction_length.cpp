@@ -26,7 +26,8 @@ struct Zydis {
 };
 
 // What a full decode says about red-zone evidence (the rule of site_scanner.cpp, restated), as
-// RedZoneHint bits: a sub/lea/and writing rsp, or memory operands below rsp or rbp.
+// RedZoneHint bits: a sub/lea/and writing rsp, memory operands below rsp or rbp, or rsp (or an
+// address off it) put into another operand.
 std::uint8_t red_zone_evidence(const ZydisDecodedInstruction& instruction,
                                const ZydisDecodedOperand* operands) {
   const bool to_rsp = instruction.operand_count_visible > 0 &&
@@ -47,7 +48,28 @@ std::uint8_t red_zone_evidence(const ZydisDecodedInstruction& instruction,
     if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence |= kMayAddressBelowRsp;
     if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence |= kMayAddressBelowRbp;
   }
+  bool from_rsp = false;
+  bool into_other = instruction.mnemonic == ZYDIS_MNEMONIC_PUSH;
+  for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
+    const ZydisDecodedOperand& operand = operands[i];
+    const bool rsp = operand.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                     ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64,
+                                                      operand.reg.value) == ZYDIS_REGISTER_RSP;
+    if (rsp && (operand.actions & ZYDIS_OPERAND_ACTION_MASK_READ) != 0) from_rsp = true;
+    if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.type == ZYDIS_MEMOP_TYPE_AGEN &&
+        operand.mem.base == ZYDIS_REGISTER_RSP) {
+      from_rsp = true;
+    }
+    if (!rsp && (operand.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0) into_other = true;
+  }
+  if (from_rsp && into_other) evidence |= kMayCopyRsp;
   return evidence;
+}
+
+std::uint8_t quick_hints(std::initializer_list<std::uint8_t> bytes) {
+  const std::vector<std::uint8_t> code(bytes);
+  QuickInstruction quick;
+  return decode_quickly(code.data(), code.size(), quick) ? quick.red_zone_hints : 0xff;
 }
 
 struct Comparison {
@@ -136,6 +158,24 @@ TEST_CASE("lengths of some instructions, and what is left to Zydis") {
   CHECK(quick_length({0x48, 0x8b}) == 0);              // cut off
   CHECK(quick_length({0xe8, 1, 2, 3}) == 0);           // cut off
   CHECK(quick_length({0x66, 0xe8, 1, 2, 3, 4}) == 0);  // 66 call: left to Zydis
+}
+
+TEST_CASE("copies of rsp are flagged, the stack pointer's own updates are not") {
+  CHECK(quick_hints({0x49, 0x89, 0xe4}) == kMayCopyRsp);               // mov %rsp,%r12
+  CHECK(quick_hints({0x48, 0x89, 0xe5}) == kMayCopyRsp);               // mov %rsp,%rbp
+  CHECK((quick_hints({0x4c, 0x8d, 0x64, 0x24, 0x08}) & kMayCopyRsp));  // lea 8(%rsp),%r12
+  CHECK(quick_hints({0x48, 0x89, 0x27}) == kMayCopyRsp);               // mov %rsp,(%rdi)
+  CHECK(quick_hints({0x48, 0x01, 0xe0}) == kMayCopyRsp);               // add %rsp,%rax
+  CHECK(quick_hints({0x54}) == kMayCopyRsp);                           // push %rsp
+  CHECK(quick_hints({0x48, 0x94}) == kMayCopyRsp);                     // xchg %rax,%rsp
+  CHECK((quick_hints({0x4c, 0x8d, 0x64, 0x24, 0xf8}) & kMayCopyRsp));  // lea -8(%rsp),%r12
+  CHECK(quick_hints({0x48, 0x83, 0xec, 0x10}) == kMayMoveRspDown);     // sub $16,%rsp
+  CHECK(quick_hints({0x48, 0x83, 0xc4, 0x10}) == 0);                   // add $16,%rsp
+  CHECK(quick_hints({0x48, 0x8b, 0x44, 0x24, 0x10}) == 0);             // mov 16(%rsp),%rax
+  CHECK(quick_hints({0x48, 0x89, 0xc7}) == 0);                         // mov %rax,%rdi
+  CHECK(quick_hints({0x4c, 0x89, 0xe0}) == 0);                         // mov %r12,%rax
+  CHECK(quick_hints({0x41, 0x54}) == 0);                               // push %r12
+  CHECK(quick_hints({0x49, 0x8d, 0x44, 0x24, 0x08}) == 0);             // lea 8(%r12),%rax
 }
 
 TEST_CASE("the quick decoder agrees with Zydis on every function of the loaded libraries") {

@@ -125,6 +125,152 @@ zt_red_zone_below_slot_site:
   .size zt_red_zone_below_slot_getpid, .-zt_red_zone_below_slot_getpid
 )");
 
+// Leaf functions that keep their argument in the 8 bytes below rsp across getpid and return what
+// they find there afterwards, each reaching those bytes in another way. Their sites must be left
+// alone: a rewritten call would put its return address where the value is.
+extern "C" {
+long zt_live_slot_mov_copy(long);       // through a copy of rsp made by mov
+long zt_live_slot_lea_copy(long);       // through a copy made by lea, at another displacement
+long zt_live_slot_frame_copy(long);     // through a copy of the frame pointer
+long zt_live_slot_push(long);           // push -8(%rsp) reads it
+long zt_live_slot_sub_pop(long);        // rsp moved down onto it, then pop
+long zt_live_slot_xmm(long);            // loaded into an xmm register
+long zt_live_slot_cmpxchg(long);        // lock cmpxchg returns it in rax
+long zt_live_slot_add(long);            // added to the argument (the slot holds 0)
+long zt_live_slot_xchg(long);           // swapped into rax
+long zt_live_slot_call_in_frame(long);  // rsp moved below it, a call, then read off rsp
+}
+asm(R"(
+  .text
+  .macro zt_leaf name
+  .globl \name
+  .type \name, @function
+\name:
+  .cfi_startproc
+  .endm
+  .macro zt_leaf_end name
+  .cfi_endproc
+  .size \name, .-\name
+  .endm
+
+  zt_leaf zt_live_slot_mov_copy
+  push %r12
+  .cfi_adjust_cfa_offset 8
+  mov %rsp, %r12
+  mov %rdi, -8(%r12)
+  mov $39, %eax
+  syscall
+  mov -8(%r12), %rax
+  pop %r12
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_mov_copy
+
+  zt_leaf zt_live_slot_lea_copy
+  push %r12
+  .cfi_adjust_cfa_offset 8
+  lea 8(%rsp), %r12
+  mov %rdi, -16(%r12)
+  mov $39, %eax
+  syscall
+  mov -16(%r12), %rax
+  pop %r12
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_lea_copy
+
+  zt_leaf zt_live_slot_frame_copy
+  push %rbp
+  .cfi_adjust_cfa_offset 8
+  mov %rsp, %rbp
+  mov %rbp, %rdx
+  mov %rdi, -8(%rdx)
+  mov $39, %eax
+  syscall
+  mov -8(%rdx), %rax
+  pop %rbp
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_frame_copy
+
+  zt_leaf zt_live_slot_push
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  push -8(%rsp)
+  .cfi_adjust_cfa_offset 8
+  pop %rax
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_push
+
+  zt_leaf zt_live_slot_sub_pop
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  sub $8, %rsp
+  .cfi_adjust_cfa_offset 8
+  pop %rax
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_sub_pop
+
+  zt_leaf zt_live_slot_xmm
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  movq -8(%rsp), %xmm0
+  movq %xmm0, %rax
+  ret
+  zt_leaf_end zt_live_slot_xmm
+
+  zt_leaf zt_live_slot_cmpxchg
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  xor %eax, %eax
+  xor %edx, %edx
+  lock cmpxchg %rdx, -8(%rsp)
+  ret
+  zt_leaf_end zt_live_slot_cmpxchg
+
+  zt_leaf zt_live_slot_add
+  movq $0, -8(%rsp)
+  mov $39, %eax
+  syscall
+  xor %eax, %eax
+  add -8(%rsp), %rax
+  add %rdi, %rax
+  ret
+  zt_leaf_end zt_live_slot_add
+
+  zt_leaf zt_live_slot_xchg
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  xor %eax, %eax
+  xchg %rax, -8(%rsp)
+  ret
+  zt_leaf_end zt_live_slot_xchg
+
+  zt_leaf zt_live_slot_call_in_frame
+  mov %rdi, -8(%rsp)
+  mov $39, %eax
+  syscall
+  sub $8, %rsp
+  .cfi_adjust_cfa_offset 8
+  call zt_live_slot_nothing
+  mov (%rsp), %rax
+  add $8, %rsp
+  .cfi_adjust_cfa_offset -8
+  ret
+  zt_leaf_end zt_live_slot_call_in_frame
+
+  zt_leaf zt_live_slot_nothing
+  ret
+  zt_leaf_end zt_live_slot_nothing
+)");
+
 TEST_CASE("eager_misses_jit_and_unsafe_sites") {
   // The baseline the other modes improve on: eager cannot see these.
   auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::eager));
@@ -147,6 +293,32 @@ TEST_CASE("eager_rewrites_red_zone_sites_whose_return_slot_is_dead") {
   CHECK(getpid_calls.load() == before + 1);
   // glibc's variadic open/openat wrappers have this shape; ground_truth/dlopen_eager shows that
   // the dynamic linker's copies, which open every library dlopen loads, now reach the hook.
+
+  // Where the slot is still live after the syscall, the site stays a syscall and the value kept
+  // there survives, however the function reaches it.
+  const struct {
+    const char* name;
+    long (*function)(long);
+  } live_slot[] = {
+      {"mov copy of rsp", zt_live_slot_mov_copy},
+      {"lea copy of rsp", zt_live_slot_lea_copy},
+      {"copy of the frame pointer", zt_live_slot_frame_copy},
+      {"push -8(%rsp)", zt_live_slot_push},
+      {"sub and pop", zt_live_slot_sub_pop},
+      {"xmm load", zt_live_slot_xmm},
+      {"lock cmpxchg", zt_live_slot_cmpxchg},
+      {"add", zt_live_slot_add},
+      {"xchg", zt_live_slot_xchg},
+      {"call with the slot in the frame", zt_live_slot_call_in_frame},
+  };
+  const long value = 0x1122334455667788;
+  const long calls = getpid_calls.load();
+  for (const auto& function : live_slot) {
+    const std::string name = function.name;
+    CAPTURE(name);
+    CHECK(function.function(value) == value);
+  }
+  CHECK(getpid_calls.load() == calls);  // none of their syscalls went through the hook
 }
 
 TEST_CASE("eager_rewrites_libraries_loaded_later") {

@@ -37,13 +37,46 @@ struct Opcode {
   bool repeat = false;            // f2/f3 prefixes may come with it (string operations, pause)
   bool lockable = false;          // f0 may come with it, with a memory operand
   bool stack_arithmetic = false;  // and, sub, lea: could move rsp down
+  // Where a register operand that is read as a value may be encoded, as kRspIn bits (with_operands
+  // sets the ModRM ones): the reg field where it names a register (not lea's, its destination,
+  // nor one that selects the operation), the r/m register unless the opcode only updates or
+  // compares it with an immediate (the 80/81/83 group: `sub $16, %rsp` copies nothing), and the
+  // register in the opcode of push and xchg with rax.
+  std::uint8_t read_registers = 0;
 };
+
+// Register number 4 (rsp, or esp, ah, r12 with REX, an xmm register...) in an instruction.
+enum : std::uint8_t {
+  kRspInReg = 1,     // ModRM's reg field
+  kRspInRm = 2,      // ModRM's r/m field with mod 3
+  kRspInOpcode = 4,  // the low bits of the opcode
+};
+
+constexpr Opcode with_operands(Opcode info) {
+  info.known = true;
+  if (info.modrm) {
+    info.read_registers =
+        static_cast<std::uint8_t>((info.group == Group::none ? kRspInReg : 0) |
+                                  (info.group != Group::alu_immediate ? kRspInRm : 0));
+  }
+  return info;
+}
+
+constexpr std::array<std::uint8_t, 256> rsp_in_modrm() {
+  std::array<std::uint8_t, 256> table{};
+  for (unsigned modrm = 0; modrm < 256; ++modrm) {
+    table[modrm] = static_cast<std::uint8_t>((((modrm >> 3) & 7) == 4 ? kRspInReg : 0) |
+                                             (modrm >> 6 == 3 && (modrm & 7) == 4 ? kRspInRm : 0));
+  }
+  return table;
+}
+
+constexpr std::array<std::uint8_t, 256> kRspInModrm = rsp_in_modrm();
 
 constexpr std::array<Opcode, 256> one_byte_opcodes() {
   std::array<Opcode, 256> table{};
   const auto set = [&table](int opcode, Opcode info) {
-    info.known = true;
-    table[static_cast<std::size_t>(opcode)] = info;
+    table[static_cast<std::size_t>(opcode)] = with_operands(info);
   };
   // add or adc sbb and sub xor cmp: r/m,r r,r/m (byte and full), al,ib, eax,iz.
   for (int row = 0; row < 8; ++row) {
@@ -59,6 +92,7 @@ constexpr std::array<Opcode, 256> one_byte_opcodes() {
     set(base + 5, {.immediate = Immediate::full, .operand_size = true});
   }
   for (int opcode = 0x50; opcode <= 0x5f; ++opcode) set(opcode, {.operand_size = true});
+  table[0x54].read_registers = kRspInOpcode;         // push %rsp
   set(0x63, {.modrm = true, .operand_size = true});  // movsxd
   set(0x68, {.immediate = Immediate::full, .operand_size = true});
   set(0x69, {.modrm = true, .immediate = Immediate::full, .operand_size = true});
@@ -82,6 +116,7 @@ constexpr std::array<Opcode, 256> one_byte_opcodes() {
   set(0x8f, {.modrm = true, .group = Group::reg0_only, .operand_size = true});
   set(0x90, {.operand_size = true, .repeat = true});  // nop, pause
   for (int opcode = 0x91; opcode <= 0x97; ++opcode) set(opcode, {.operand_size = true});
+  table[0x94].read_registers = kRspInOpcode;  // xchg %rsp, %rax
   for (int opcode : {0x98, 0x99, 0x9c, 0x9d}) set(opcode, {.operand_size = true});
   for (int opcode : {0xa4, 0xa5, 0xa6, 0xa7, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf}) {
     set(opcode, {.operand_size = true, .repeat = true});
@@ -127,8 +162,7 @@ constexpr std::array<Opcode, 256> one_byte_opcodes() {
 constexpr std::array<Opcode, 256> two_byte_opcodes() {
   std::array<Opcode, 256> table{};
   const auto set = [&table](int opcode, Opcode info) {
-    info.known = true;
-    table[static_cast<std::size_t>(opcode)] = info;
+    table[static_cast<std::size_t>(opcode)] = with_operands(info);
   };
   set(0x0b, {});                                                                   // ud2
   for (int opcode : {0x10, 0x11, 0x28, 0x29, 0x57}) set(opcode, {.modrm = true});  // movups...
@@ -195,8 +229,12 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
   }
   bool prefixed = at > 0;
   bool rex_w = false;
+  // REX.R (bit 2) extends ModRM.reg, REX.B (bit 0) ModRM.rm, SIB.base and the register in the
+  // opcode: register 4 is rsp only without them (r12 with them).
+  unsigned rex = 0;
   if ((bytes[at] & 0xf0) == 0x40) {
-    rex_w = (bytes[at] & 0x08) != 0;
+    rex = bytes[at];
+    rex_w = (rex & 0x08) != 0;
     prefixed = true;
     // A prefix after REX makes the REX prefix void: unusual, left to Zydis.
     if (++at >= limit || is_legacy_prefix(bytes[at]) || (bytes[at] & 0xf0) == 0x40) return false;
@@ -265,11 +303,20 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
                                   ? (reg == 4 || reg == 5) && mod == 3 && rm == 4
                                   : opcode->stack_arithmetic && (reg == 4 || (mod == 3 && rm == 4));
     if (may_move_rsp) hints |= kMayMoveRspDown;
+    // A register operand that may be rsp (or esp, ah, an xmm register...) and may be read.
+    const unsigned rsp_operands = kRspInModrm[modrm] & opcode->read_registers;
+    if (rsp_operands != 0) {
+      const unsigned extended = (rex & 0x04 ? kRspInReg : 0) | (rex & 0x01 ? kRspInRm : 0);
+      if ((rsp_operands & ~extended) != 0) hints |= kMayCopyRsp;
+    }
     if (mod != 3) {
       unsigned base = rm;
       if (rm == 4) {
         if (at >= limit) return false;
         base = bytes[at++] & 7;  // SIB
+        if ((base | (rex & 0x01) << 3) == 4 && opcode->group == Group::memory_only) {
+          hints |= kMayCopyRsp;  // lea off rsp
+        }
       }
       std::size_t displacement = 0;
       if (mod == 1) {
@@ -287,6 +334,8 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
     }
   } else if (lock) {
     return false;
+  } else if ((opcode->read_registers & kRspInOpcode) != 0 && (rex & 0x01) == 0) {
+    hints |= kMayCopyRsp;  // push %rsp, xchg %rsp, %rax
   }
 
   std::size_t immediate_size = 0;

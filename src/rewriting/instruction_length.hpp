@@ -21,6 +21,8 @@ enum RedZoneHint : std::uint8_t {
   kMayMoveRspDown = 1,      // a sub, and or lea that may write rsp
   kMayAddressBelowRsp = 2,  // a negative displacement from a base that may be rsp
   kMayAddressBelowRbp = 4,  // a negative displacement from a base that may be rbp
+  kMayCopyRsp = 8,          // a register operand that may be rsp read as a value, or a lea off a
+                            // base that may be rsp
 };
 
 struct QuickInstruction {

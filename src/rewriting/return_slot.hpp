@@ -21,13 +21,18 @@ namespace zpoline::detail {
 // A conservative proof over one function's code: anything it does not model makes a site unsafe.
 //  - The stack pointer's offset from its value at function entry must be known at every
 //    instruction reached from the entry (push, pop, add/sub of constants, lea off rsp, rbp set
-//    from rsp, leave), the same along every path; rsp is never copied anywhere but rbp.
+//    from rsp, leave), the same along every path; rsp is never copied anywhere but rbp (not by
+//    mov into another register, nor into memory), and while rbp holds a stack offset it is used
+//    only as a base address (never copied, pushed or changed in place).
 //  - No pointer into the stack (a lea off rsp or the frame pointer, copies of it, and 64-bit loads
-//    from the stack once such a pointer was stored there) may be in a syscall argument register
-//    anywhere in the function, since the kernel could write through it.
-//  - On every path from the syscall until a ret, a call, a jump out of the function, or a write
-//    that replaces all 8 bytes of the slot, nothing may read the slot or dereference a stack
-//    pointer.
+//    from the stack or through such a pointer once one was stored in memory) may be in a syscall
+//    argument register anywhere in the function, since the kernel could write through it; nor
+//    may one reach a register the proof does not follow (a vector register).
+//  - On every path from the syscall until a write that replaces all 8 bytes of the slot, or a
+//    ret or a call while the slot lies wholly below rsp (it is the callee's, or nobody's, from
+//    there on), nothing may read the slot (explicit memory operands are evaluated with rsp as
+//    the instruction uses it: before push and call move it, after pop), dereference a stack
+//    pointer, or leave the function.
 class ReturnSlotProof {
  public:
   ReturnSlotProof(const ZydisDecoder& decoder, std::span<const std::uint8_t> code,
@@ -50,8 +55,8 @@ class ReturnSlotProof {
             StackState& state) const;
   std::optional<std::int64_t> stack_offset(const ZydisDecodedOperand& memory,
                                            const StackState& state) const;
-  std::uint32_t new_pointers(const ZydisDecodedInstruction& instruction,
-                             const ZydisDecodedOperand* operands) const;
+  std::optional<std::uint32_t> new_pointers(const ZydisDecodedInstruction& instruction,
+                                            const ZydisDecodedOperand* operands) const;
 
   const ZydisDecoder& decoder_;
   std::span<const std::uint8_t> code_;

@@ -49,28 +49,77 @@ bool is_syscall_mnemonic(ZydisMnemonic mnemonic) {
   return mnemonic == ZYDIS_MNEMONIC_SYSCALL || mnemonic == ZYDIS_MNEMONIC_SYSENTER;
 }
 
-// Red-zone use, judged over the whole function: a memory operand below rsp, or below rbp in a
-// function that never moves rsp down (a leaf with a frame pointer addresses its red zone via rbp).
+// Red-zone use, judged over the whole function: a memory operand below rsp, or, in a function
+// that never moves rsp down, a memory operand below rbp (a leaf with a frame pointer addresses its
+// red zone via rbp) or a copy of rsp (in rbp or any other register, or in memory: whatever is
+// addressed through it may lie below rsp with no displacement showing it). A function that moves
+// rsp down is taken to address its frame, not its red zone, through rbp and copies of rsp.
 struct RedZoneEvidence {
   bool below_rsp = false;
   bool below_rbp = false;
+  bool copies_rsp = false;
   bool moves_rsp_down = false;
-  bool uses_red_zone() const { return below_rsp || (below_rbp && !moves_rsp_down); }
-  // As RedZoneHint bits (instruction_length.hpp).
-  std::uint8_t shown() const {
-    return static_cast<std::uint8_t>((moves_rsp_down ? kMayMoveRspDown : 0) |
-                                     (below_rsp ? kMayAddressBelowRsp : 0) |
-                                     (below_rbp ? kMayAddressBelowRbp : 0));
+  // The kinds of evidence, as RedZoneHint bits (instruction_length.hpp), that could still change
+  // uses_red_zone(): those not shown yet, less rbp and copies once rsp was moved down. Kept up to
+  // date by noted(), so that the check per instruction is one load.
+  std::uint8_t wanted = kMayMoveRspDown | kMayAddressBelowRsp | kMayAddressBelowRbp | kMayCopyRsp;
+  bool uses_red_zone() const { return below_rsp || ((below_rbp || copies_rsp) && !moves_rsp_down); }
+  void noted() {
+    wanted = static_cast<std::uint8_t>(
+        ~((moves_rsp_down ? kMayMoveRspDown | kMayAddressBelowRbp | kMayCopyRsp : 0) |
+          (below_rsp ? kMayAddressBelowRsp : 0) | (below_rbp ? kMayAddressBelowRbp : 0) |
+          (copies_rsp ? kMayCopyRsp : 0)));
   }
 };
 
-// True if `instruction`, decoded in minimal mode, can be red-zone evidence: a memory access at a
-// negative displacement (the only way to address below rsp or rbp), or an instruction that can
-// move rsp down.
-bool may_be_red_zone_evidence(const ZydisDecodedInstruction& instruction) {
-  return (instruction.raw.disp.size != 0 && instruction.raw.disp.value < 0) ||
-         instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
-         instruction.mnemonic == ZYDIS_MNEMONIC_AND;
+// The kinds of red-zone evidence (RedZoneHint bits) `instruction`, decoded in minimal mode, may
+// show: a memory access at a negative displacement (the only way to address below rsp or rbp),
+// an instruction that can move rsp down, or one with a register operand that may be rsp
+// (register number 4 in ModRM's reg or r/m field, or in VEX/EVEX/XOP's inverted vvvv, whatever
+// the prefixes' extension bits; r12, esp, xmm4 and the like are false alarms that the full
+// decode clears).
+std::uint8_t red_zone_hints(const ZydisDecodedInstruction& instruction) {
+  std::uint8_t hints = 0;
+  if (instruction.raw.disp.size != 0 && instruction.raw.disp.value < 0) {
+    hints |= kMayAddressBelowRsp | kMayAddressBelowRbp;
+  }
+  if (instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
+      instruction.mnemonic == ZYDIS_MNEMONIC_AND) {
+    hints |= kMayMoveRspDown | kMayCopyRsp;
+  }
+  if ((instruction.attributes & ZYDIS_ATTRIB_HAS_MODRM) != 0 &&
+      (instruction.raw.modrm.reg == 4 ||
+       (instruction.raw.modrm.mod == 3 && instruction.raw.modrm.rm == 4))) {
+    hints |= kMayCopyRsp;
+  }
+  std::uint8_t vvvv = 0xff;  // inverted: no register
+  if ((instruction.attributes & ZYDIS_ATTRIB_HAS_VEX) != 0) vvvv = instruction.raw.vex.vvvv;
+  if ((instruction.attributes & ZYDIS_ATTRIB_HAS_EVEX) != 0) vvvv = instruction.raw.evex.vvvv;
+  if ((instruction.attributes & ZYDIS_ATTRIB_HAS_XOP) != 0) vvvv = instruction.raw.xop.vvvv;
+  if ((~vvvv & 7) == 4) hints |= kMayCopyRsp;
+  return hints;
+}
+
+// True if the instruction puts a value derived from rsp anywhere but in rsp itself: rsp (or part
+// of it) read as a register operand into another operand (`mov %rsp, %rbp`, `add %rsp, %rax`,
+// `mov %rsp, (%rdi)`, `push %rsp`), or an address computed off rsp (`lea 8(%rsp), %rcx`).
+// `sub $8, %rsp` or `cmp %rsp, %rax` copy nothing.
+bool copies_rsp(const ZydisDecodedInstruction& instruction, const ZydisDecodedOperand* operands) {
+  bool reads_rsp = false;
+  bool writes_other = false;
+  for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
+    const ZydisDecodedOperand& operand = operands[i];
+    const bool is_rsp = operand.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                        ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64,
+                                                         operand.reg.value) == ZYDIS_REGISTER_RSP;
+    if (is_rsp && (operand.actions & ZYDIS_OPERAND_ACTION_MASK_READ) != 0) reads_rsp = true;
+    if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.type == ZYDIS_MEMOP_TYPE_AGEN &&
+        (operand.mem.base == ZYDIS_REGISTER_RSP || operand.mem.index == ZYDIS_REGISTER_RSP)) {
+      reads_rsp = true;
+    }
+    if (!is_rsp && (operand.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0) writes_other = true;
+  }
+  return reads_rsp && (writes_other || instruction.mnemonic == ZYDIS_MNEMONIC_PUSH);
 }
 
 // Adds what the instruction at `bytes` shows to `evidence`, from a full decode. False if the full
@@ -90,6 +139,7 @@ bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes,
       (instruction.mnemonic == ZYDIS_MNEMONIC_SUB || instruction.mnemonic == ZYDIS_MNEMONIC_LEA ||
        instruction.mnemonic == ZYDIS_MNEMONIC_AND)) {
     evidence.moves_rsp_down = true;
+    evidence.noted();
     return true;
   }
   for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
@@ -99,6 +149,8 @@ bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes,
     if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence.below_rsp = true;
     if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence.below_rbp = true;
   }
+  if (copies_rsp(instruction, operands)) evidence.copies_rsp = true;
+  evidence.noted();
   return true;
 }
 
@@ -109,14 +161,14 @@ struct Instruction {
 };
 
 // Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence
-// (decoding it in full only if it may show evidence the function has not shown yet). False if it
-// cannot be decoded.
+// (decoding it in full only if it may show evidence that could still change the function's
+// decision). False if it cannot be decoded.
 bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t available,
             Instruction& out, RedZoneEvidence& evidence) {
   QuickInstruction quick;
   if (decode_quickly(bytes, available, quick)) {
     out = {quick.length, quick.syscall};
-    return (quick.red_zone_hints & ~evidence.shown()) == 0 ||
+    return (quick.red_zone_hints & evidence.wanted) == 0 ||
            note_red_zone_evidence(decoders, bytes, available, evidence);
   }
   ZydisDecodedInstruction instruction;
@@ -125,7 +177,7 @@ bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t ava
     return false;
   }
   out = {instruction.length, is_syscall_mnemonic(instruction.mnemonic)};
-  return !may_be_red_zone_evidence(instruction) ||
+  return (red_zone_hints(instruction) & evidence.wanted) == 0 ||
          note_red_zone_evidence(decoders, bytes, available, evidence);
 }
 
