@@ -118,7 +118,8 @@ TEST_CASE("consecutive_pages_are_made_writable_together") {
     return Patch{reinterpret_cast<std::uintptr_t>(base + offset), kSyscallBytes, kCallRaxBytes};
   };
   // Pages 0, 1 and 2 (a site straddling 1 and 2), then 3: one run. Page 4 has none. Pages 5, 6
-  // and 7 are another run, but page 7's protection differs: two mappings, two mprotects.
+  // and 7 are another run, but page 7's protection differs (execute-only where the CPU can, else
+  // the kernel still keeps it apart): two mappings, two mprotects.
   const std::vector<Patch> patches = {
       site_at(10),
       site_at(kPage + 7),
@@ -129,7 +130,7 @@ TEST_CASE("consecutive_pages_are_made_writable_together") {
       site_at(7 * kPage + 3),
   };
   REQUIRE(mprotect(base, 7 * kPage, PROT_READ | PROT_EXEC) == 0);
-  REQUIRE(mprotect(base + 7 * kPage, kPage, PROT_READ) == 0);
+  REQUIRE(mprotect(base + 7 * kPage, kPage, PROT_EXEC) == 0);
 
   const PatchOutcome outcome = apply_patches(patches, read_memory_map());
   CHECK(outcome.written == patches.size());
@@ -144,6 +145,38 @@ TEST_CASE("consecutive_pages_are_made_writable_together") {
     CAPTURE(page);
     CHECK(protection_at(base + page * kPage) == (PROT_READ | PROT_EXEC));
   }
-  CHECK(protection_at(base + 7 * kPage) == PROT_READ);
+  CHECK(protection_at(base + 7 * kPage) == PROT_EXEC);
   munmap(base, kPages * kPage);
+}
+
+TEST_CASE("pages_changed_since_the_map_was_read") {
+  // A JIT toggles a page to RW (to write code) after the rewriter read the memory map. The
+  // patcher must neither write into it nor put RX back: it reads the protections again when the
+  // map may be stale (no generation given, or code changed since the one given).
+  for (const bool with_generation : {false, true}) {
+    CAPTURE(with_generation);
+    auto* base = static_cast<std::uint8_t*>(
+        mmap(nullptr, 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(base != MAP_FAILED);
+    const Patch patches[] = {
+        {reinterpret_cast<std::uintptr_t>(base + 100), kSyscallBytes, kCallRaxBytes},
+        {reinterpret_cast<std::uintptr_t>(base + kPage + 100), kSyscallBytes, kCallRaxBytes},
+    };
+    for (const Patch& patch : patches)
+      std::memcpy(reinterpret_cast<void*>(patch.address), "\x0f\x05", 2);
+    REQUIRE(mprotect(base, 2 * kPage, PROT_READ | PROT_EXEC) == 0);
+    const std::uint64_t generation = code_change_generation();
+    const auto stale = read_memory_map();
+    REQUIRE(mprotect(base + kPage, kPage, PROT_READ | PROT_WRITE) == 0);
+    note_code_change();  // what the library's forwarding of that mprotect does
+    const PatchOutcome outcome =
+        with_generation ? apply_patches(patches, stale, generation) : apply_patches(patches, stale);
+    CHECK(outcome.written == 1);
+    CHECK(outcome.gone == 1);
+    CHECK(base[100] == 0xff);
+    CHECK(base[kPage + 100] == 0x0f);
+    CHECK(protection_at(base) == (PROT_READ | PROT_EXEC));
+    CHECK(protection_at(base + kPage) == (PROT_READ | PROT_WRITE));
+    munmap(base, 2 * kPage);
+  }
 }

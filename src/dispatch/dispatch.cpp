@@ -24,7 +24,9 @@
 
 #include "dispatch/thread_records.hpp"
 #include "platform/memory.hpp"
+#include "platform/owned_lock.hpp"
 #include "platform/signals.hpp"
+#include "rewriting/patcher.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 
@@ -201,20 +203,44 @@ long forward_clone3(const SyscallFrame& frame) {
 
 // Code can appear after install: the dynamic linker maps every dlopen'ed library with mmap, and
 // programs make memory executable with mprotect. Such code is rewritten right after the call
-// succeeds, before it can run; code that goes away leaves the site registry.
+// succeeds, before it can run. Calls that change existing mappings or protections (a JIT toggling
+// a page between RW and RX, unmapping code it is done with) run under code_change_lock(), so
+// that the rewriter, working on another thread, never writes into a page unmapped meanwhile nor
+// puts back a protection the application has changed (patcher.hpp); code that goes away leaves
+// the site registry.
 long forward_memory_change(const RegisterFrame& r) {
   const long number = static_cast<long>(r.rax);
   const auto address = static_cast<std::uintptr_t>(r.rdi);
   const auto length = static_cast<std::size_t>(r.rsi);
   const bool live = __atomic_load_n(&zpoline_detail_hook_live, __ATOMIC_ACQUIRE) != 0;
-  const bool executable = number != SYS_munmap && (r.rdx & PROT_EXEC);
-  if (live && number == SYS_mmap && (r.r10 & MAP_FIXED)) forget_code(address, length);
-  const long result = forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
-  if (!live || (result < 0 && result > -4096)) return result;
-  if (number == SYS_munmap) {
-    forget_code(address, length);
-  } else if (executable) {
-    rewrite_new_code(number == SYS_mmap ? static_cast<std::uintptr_t>(result) : address, length);
+  const bool executable = number != SYS_munmap && number != SYS_mremap && (r.rdx & PROT_EXEC);
+  const bool replaces = number == SYS_mmap && (r.r10 & MAP_FIXED);
+  if (number == SYS_mmap && !replaces) {
+    // A new mapping never overlaps code the rewriter may be patching.
+    const long result = forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+    if (live && executable && !(result < 0 && result > -4096)) {
+      rewrite_new_code(static_cast<std::uintptr_t>(result), length);
+    }
+    return result;
+  }
+  long result;
+  {
+    // No allocation in here: an allocator may make these calls with its own lock held.
+    OwnedLockGuard guard(code_change_lock());
+    result = forward_raw(number, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+    note_code_change();
+    if (!(result < 0 && result > -4096)) {
+      if (number == SYS_munmap || replaces) note_unmapped_code(address, length);
+      if (number == SYS_mremap && static_cast<std::uintptr_t>(result) != address) {
+        // Moved: the rewritten sites it holds are registered at their new addresses too.
+        register_moved_sites(address, static_cast<std::uintptr_t>(result),
+                             std::min<std::size_t>(length, r.rdx));
+        note_unmapped_code(address, length);
+      }
+    }
+  }
+  if (live && executable && !(result < 0 && result > -4096)) {
+    rewrite_new_code(replaces ? static_cast<std::uintptr_t>(result) : address, length);
   }
   return result;
 }
@@ -242,7 +268,7 @@ static_assert(forwarded_by_library(SYS_clone) && forwarded_by_library(SYS_clone3
               forwarded_by_library(SYS_rt_sigaction) && forwarded_by_library(SYS_rt_sigsuspend) &&
               forwarded_by_library(SYS_ppoll) && forwarded_by_library(SYS_epoll_pwait) &&
               forwarded_by_library(SYS_epoll_pwait2) && forwarded_by_library(SYS_fork) &&
-              forwarded_by_library(SYS_prctl));
+              forwarded_by_library(SYS_prctl) && forwarded_by_library(SYS_mremap));
 static_assert(!forwarded_by_library(SYS_read) && !forwarded_by_library(SYS_getpid) &&
               !forwarded_by_library(-1) && !forwarded_by_library(SYS_exit_group));
 
@@ -264,6 +290,7 @@ long forward(const SyscallFrame& frame) {
     case SYS_mprotect:
     case SYS_pkey_mprotect:
     case SYS_munmap:
+    case SYS_mremap:
       return forward_memory_change(r);
     case SYS_rt_sigprocmask:
     case SYS_rt_sigaction:
@@ -373,6 +400,7 @@ void leave_hook_state() noexcept {
 }
 
 void after_fork_in_child() noexcept {
+  reset_rewriting_after_fork();
   if (thread_record != nullptr) {
     reset_thread_records_after_fork(thread_record, static_cast<pid_t>(raw(SYS_gettid)));
   }

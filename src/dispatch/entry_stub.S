@@ -341,13 +341,11 @@ zpoline_detail_entry:
         pushfq                                  /* from here on flags may change */
         .cfi_adjust_cfa_offset 8
         mov RED_ZONE+8(%rsp), %rcx              /* rcx, r11: free, `syscall` clobbers them */
-        cmpb $0xff, -2(%rcx)                    /* came from a `call *%rax` (ff d0)? Byte */
-        jne .Lstray_call                        /* reads: with AC set (alignment checking), a */
-        cmpb $0xd0, -1(%rcx)                    /* word read at an odd address would fault */
-        jne .Lstray_call
-        /* And from a site the rewriter made, not an ordinary `call *%rax` with a NULL or small
+        /* From a site the rewriter made, not an ordinary `call *%rax` with a NULL or small
          * function pointer in rax? Look the site up in the registry (site_registry.cpp): open
-         * addressing, slot = ((site * K) >> 20) & (capacity - 1), 0 marks an empty slot. */
+         * addressing, slot = ((site * K) >> 20) & (capacity - 1), 0 marks an empty slot. The
+         * site's bytes are not what decides: a site restored to `syscall` (restore_on_detach)
+         * after a thread ran its `call *%rax` stays registered, and that thread is served. */
         push %rdx
         .cfi_adjust_cfa_offset 8
         push %rax
@@ -363,12 +361,13 @@ zpoline_detail_entry:
         dec %rdx                                /* rdx: index mask */
 2:      and %rdx, %rax                          /* the same table for the whole probe: */
         cmp %rcx, SITE_TABLE_SLOTS(%r11,%rax,8) /* a grown table hashes differently */
-        je 3f
+        je .Lsite_registered
         cmpq $0, SITE_TABLE_SLOTS(%r11,%rax,8)
         je .Lnot_registered
         inc %rax
         jmp 2b
-3:      pop %rax
+.Lsite_registered:
+        pop %rax
         .cfi_adjust_cfa_offset -8
         pop %rdx
         .cfi_adjust_cfa_offset -8
@@ -782,6 +781,48 @@ zpoline_detail_vfork_syscall:
 
 .Lnot_registered:
         .cfi_def_cfa_offset 8+RED_ZONE+8+16
+        /* Perhaps a copy of a site (a JIT that moves code the safety net rewrote in place):
+         * rewriter.cpp, adopt_copied_site(), which registers it if so. General registers only;
+         * the caller-saved ones are saved here. */
+        push %rcx
+        .cfi_adjust_cfa_offset 8
+        push %rsi
+        .cfi_adjust_cfa_offset 8
+        push %rdi
+        .cfi_adjust_cfa_offset 8
+        push %r8
+        .cfi_adjust_cfa_offset 8
+        push %r9
+        .cfi_adjust_cfa_offset 8
+        push %r10
+        .cfi_adjust_cfa_offset 8
+        push %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
+        mov %rsp, %rbp
+        .cfi_def_cfa_register %rbp
+        and $-16, %rsp
+        mov %rcx, %rdi
+        call _ZN7zpoline6detail17adopt_copied_siteEm
+        mov %rbp, %rsp
+        .cfi_def_cfa_register %rsp
+        pop %rbp
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbp
+        pop %r10
+        .cfi_adjust_cfa_offset -8
+        pop %r9
+        .cfi_adjust_cfa_offset -8
+        pop %r8
+        .cfi_adjust_cfa_offset -8
+        pop %rdi
+        .cfi_adjust_cfa_offset -8
+        pop %rsi
+        .cfi_adjust_cfa_offset -8
+        pop %rcx
+        .cfi_adjust_cfa_offset -8
+        test %al, %al
+        jnz .Lsite_registered                   /* registered now: a syscall like any other */
         pop %rax
         .cfi_adjust_cfa_offset -8
         pop %rdx

@@ -8,7 +8,8 @@
 namespace zpoline::detail {
 namespace {
 
-bool transfer(long number, void* local, const void* remote, std::size_t size) {
+__attribute__((target("general-regs-only"))) bool transfer(long number, void* local,
+                                                           const void* remote, std::size_t size) {
   iovec local_iov{local, size};
   iovec remote_iov{const_cast<void*>(remote), size};
   const long pid = zpoline_detail_raw_syscall(SYS_getpid, 0, 0, 0, 0, 0, 0);

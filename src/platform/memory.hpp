@@ -7,7 +7,8 @@
 
 namespace zpoline::detail {
 
-bool safe_read(void* destination, const void* source, std::size_t size) noexcept;
+__attribute__((target("general-regs-only"))) bool safe_read(void* destination, const void* source,
+                                                            std::size_t size) noexcept;
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept;
 
 }  // namespace zpoline::detail

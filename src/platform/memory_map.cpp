@@ -2,11 +2,14 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+
+#include "platform/raw_syscall.hpp"
 
 namespace zpoline::detail {
 namespace {
@@ -109,6 +112,75 @@ std::vector<Mapping> read_memory_map() {
     p = line_end + 1;
   }
   return map;
+}
+
+long read_mappings_in(std::uintptr_t begin, std::uintptr_t end, MappingSpan* out,
+                      std::size_t capacity) noexcept {
+  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/maps"),
+                              O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  // Lines are read in chunks; a line cut at the end of a chunk moves to the front of the next.
+  // A line is at most a path (PATH_MAX) plus ~100 bytes.
+  char buffer[8192];
+  std::size_t filled = 0;
+  long found = 0;
+  bool done = false, failed = false;
+  while (!done) {
+    const long n = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buffer + filled),
+                               static_cast<long>(sizeof buffer - filled));
+    if (n < 0) {
+      failed = true;
+      break;
+    }
+    filled += static_cast<std::size_t>(n);
+    const char* p = buffer;
+    const char* const limit = buffer + filled;
+    for (;;) {
+      const char* line_end =
+          static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(limit - p)));
+      if (line_end == nullptr) {
+        if (n == 0)
+          line_end = limit;  // the last line, without a newline
+        else
+          break;
+      }
+      std::uint64_t first = 0, last = 0;
+      const char* q = parse_hex(p, line_end, first);
+      if (q != nullptr && q < line_end && *q == '-') q = parse_hex(q + 1, line_end, last);
+      if (q != nullptr && line_end - q >= 4 && *q == ' ') {
+        if (first >= end) {
+          done = true;
+          break;
+        }
+        if (last > begin) {
+          if (static_cast<std::size_t>(found) == capacity) {
+            failed = true;
+            done = true;
+            break;
+          }
+          out[found++] = {std::max<std::uintptr_t>(first, begin),
+                          std::min<std::uintptr_t>(last, end),
+                          (q[1] == 'r' ? PROT_READ : 0) | (q[2] == 'w' ? PROT_WRITE : 0) |
+                              (q[3] == 'x' ? PROT_EXEC : 0)};
+        }
+      }
+      if (line_end == limit) {
+        p = limit;
+        break;
+      }
+      p = line_end + 1;
+    }
+    if (n == 0) break;
+    const std::size_t rest = static_cast<std::size_t>(limit - p);
+    if (rest == sizeof buffer) {  // a line longer than the buffer: not /proc/self/maps
+      failed = true;
+      break;
+    }
+    std::memmove(buffer, p, rest);
+    filled = rest;
+  }
+  raw_syscall(SYS_close, fd);
+  return failed ? -1 : found;
 }
 
 const Mapping* find_mapping(const std::vector<Mapping>& map, std::uintptr_t address) {

@@ -20,6 +20,19 @@ struct Mapping {
 // Reads /proc/self/maps. Sorted by address, as the kernel lists them.
 std::vector<Mapping> read_memory_map();
 
+// The part of a mapping that lies in a range, with the mapping's protection.
+struct MappingSpan {
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+  int protection = 0;
+};
+// The mappings that overlap [begin, end), clipped to it, in address order, read from
+// /proc/self/maps without allocating (raw system calls, a buffer on the stack): for code that
+// runs where the allocator may be locked. Returns how many were found (at most `capacity`), or -1
+// if the file could not be read or more than `capacity` mappings overlap.
+long read_mappings_in(std::uintptr_t begin, std::uintptr_t end, MappingSpan* out,
+                      std::size_t capacity) noexcept;
+
 // The mapping containing address, or nullptr.
 const Mapping* find_mapping(const std::vector<Mapping>& map, std::uintptr_t address);
 

@@ -1,12 +1,16 @@
 #include "rewriting/patcher.hpp"
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "platform/raw_syscall.hpp"
 #include "zpoline/zpoline.hpp"
 
 namespace zpoline::detail {
@@ -14,6 +18,12 @@ namespace {
 
 constexpr std::uintptr_t kPageSize = 4096;
 constexpr std::uintptr_t kCacheLine = 64;
+// A run of pages lies in at most this many mappings; a longer run is split.
+constexpr std::size_t kMaxSpans = 16;
+// An invalid opcode in 64-bit mode: the first byte of a site while its second byte changes.
+constexpr std::uint8_t kInvalidOpcode = 0x06;
+
+std::atomic<std::uint64_t> generation{0};
 
 std::uintptr_t page_of(std::uintptr_t address) {
   return address & ~(kPageSize - 1);
@@ -27,11 +37,42 @@ std::uintptr_t page_of(std::uintptr_t address) {
                                              std::strerror(error));
 }
 
+long protect(std::uintptr_t begin, std::uintptr_t end, int protection) {
+  return raw_syscall(SYS_mprotect, static_cast<long>(begin), static_cast<long>(end - begin),
+                     protection);
+}
+
+// Makes every thread that runs this process's code see the bytes written so far before it runs
+// another instruction (a serialising IPI to each CPU that runs one of its threads).
+bool sync_cores() {
+  constexpr int kPrivateExpeditedSyncCore = 1 << 5;
+  constexpr int kRegisterPrivateExpeditedSyncCore = 1 << 6;
+  static const bool registered =
+      raw_syscall(SYS_membarrier, kRegisterPrivateExpeditedSyncCore, 0, 0) == 0;
+  return registered && raw_syscall(SYS_membarrier, kPrivateExpeditedSyncCore, 0, 0) == 0;
+}
+
 // Writes one site; false if its bytes are not `expected`.
 bool write_site(const Patch& patch) {
   auto* site = reinterpret_cast<std::uint16_t*>(patch.address);
-  if ((patch.address & (kCacheLine - 1)) == kCacheLine - 1) {
-    // Straddles a cache line (and maybe a page): only a locked operation is atomic here.
+  std::uint16_t current;
+  std::memcpy(&current, site, sizeof current);
+  if (current != patch.expected) return false;
+  if ((patch.address & (kCacheLine - 1)) != kCacheLine - 1) {
+    // Within one cache line a 2-byte store, aligned or not, is a single atomic access on x86.
+    asm volatile("movw %[replacement], %[site]"
+                 : [site] "=m"(*site)
+                 : [replacement] "r"(patch.replacement)
+                 : "memory");
+    return true;
+  }
+  // Straddles a cache line (and maybe a page): no plain store is atomic here, and a locked one
+  // is a split lock (SIGBUS where the kernel has split_lock_detect=fatal). One byte at a time
+  // instead, each step seen by every CPU before the next: first an invalid opcode, so that a
+  // thread executing the site meanwhile faults (and fault_redirect.cpp makes its call), never a
+  // mix of two instructions; then the second byte; then the first.
+  auto* bytes = reinterpret_cast<volatile std::uint8_t*>(patch.address);
+  if (!sync_cores()) {
     std::uint16_t expected = patch.expected;
     asm volatile("lock cmpxchgw %[replacement], %[site]"
                  : [site] "+m"(*site), "+a"(expected)
@@ -39,73 +80,126 @@ bool write_site(const Patch& patch) {
                  : "memory", "cc");
     return expected == patch.expected;
   }
-  std::uint16_t current;
-  std::memcpy(&current, site, sizeof current);
-  if (current != patch.expected) return false;
-  // Within one cache line an aligned-or-not 2-byte store is a single atomic access on x86.
-  asm volatile("movw %[replacement], %[site]"
-               : [site] "=m"(*site)
-               : [replacement] "r"(patch.replacement)
-               : "memory");
+  bytes[0] = kInvalidOpcode;
+  sync_cores();
+  bytes[1] = static_cast<std::uint8_t>(patch.replacement >> 8);
+  sync_cores();
+  bytes[0] = static_cast<std::uint8_t>(patch.replacement & 0xff);
+  sync_cores();
   return true;
 }
 
-// A part of a run of pages made writable, within one mapping.
-struct UnlockedRange {
-  std::uintptr_t begin;
-  std::uintptr_t end;
-  int protection;  // the protection it had, and gets back
-};
-
-void restore(const UnlockedRange& range) {
-  if (mprotect(reinterpret_cast<void*>(range.begin), range.end - range.begin, range.protection) !=
-      0) {
-    throw_protection_error("restore the protection of", range.begin, errno);
+// The mappings of [begin, end), from `map` (known to be current).
+long spans_from_map(const std::vector<Mapping>& map, std::uintptr_t begin, std::uintptr_t end,
+                    MappingSpan* out) {
+  long count = 0;
+  auto it = std::upper_bound(map.begin(), map.end(), begin,
+                             [](std::uintptr_t a, const Mapping& m) { return a < m.begin; });
+  if (it != map.begin()) --it;
+  for (; it != map.end() && it->begin < end; ++it) {
+    if (it->end <= begin) continue;
+    if (count == static_cast<long>(kMaxSpans)) return -1;
+    out[count++] = {std::max(it->begin, begin), std::min(it->end, end), it->protection};
   }
+  return count;
 }
+
+struct Failure {
+  const char* what = nullptr;
+  std::uintptr_t page = 0;
+  int error = 0;
+};
 
 }  // namespace
 
-PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map) {
+OwnedLock& code_change_lock() {
+  static OwnedLock lock;
+  return lock;
+}
+
+std::uint64_t code_change_generation() noexcept {
+  return generation.load(std::memory_order_acquire);
+}
+
+void note_code_change() noexcept {
+  generation.fetch_add(1, std::memory_order_acq_rel);
+}
+
+PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map,
+                           std::optional<std::uint64_t> map_generation) {
   PatchOutcome outcome;
-  std::vector<UnlockedRange> unlocked;
-  std::size_t i = 0;
-  while (i < patches.size()) {
-    // A run: the sites on consecutive pages [first_page, last_page], made writable together.
-    const std::uintptr_t first_page = page_of(patches[i].address);
-    std::uintptr_t last_page = page_of(patches[i].address + 1);
-    std::size_t run_end = i + 1;
-    while (run_end < patches.size() && page_of(patches[run_end].address) <= last_page + kPageSize) {
-      last_page = std::max(last_page, page_of(patches[run_end].address + 1));
-      ++run_end;
-    }
-    // One mprotect per mapping the run lies in; a page no mapping lists gets read+execute back.
-    unlocked.clear();
-    for (std::uintptr_t begin = first_page; begin <= last_page;) {
-      const Mapping* mapping = find_mapping(map, begin);
-      const std::uintptr_t end =
-          mapping ? std::min(mapping->end, last_page + kPageSize) : begin + kPageSize;
-      const int protection = mapping ? mapping->protection : (PROT_READ | PROT_EXEC);
-      if (mprotect(reinterpret_cast<void*>(begin), end - begin, protection | PROT_WRITE) != 0) {
-        const int error = errno;
-        for (const UnlockedRange& done : unlocked) {
-          mprotect(reinterpret_cast<void*>(done.begin), done.end - done.begin, done.protection);
+  Failure failure;
+  {
+    // Nothing below allocates: the application's mprotect/munmap (perhaps made by its allocator,
+    // with the allocator's lock held) waits for this lock.
+    OwnedLockGuard guard(code_change_lock());
+    const bool map_is_current = map_generation && *map_generation == code_change_generation();
+    std::size_t i = 0;
+    while (i < patches.size() && failure.what == nullptr) {
+      // A run: the sites on consecutive pages [first_page, last_page], made writable together.
+      const std::uintptr_t first_page = page_of(patches[i].address);
+      std::uintptr_t last_page = page_of(patches[i].address + 1);
+      std::size_t run_end = i + 1;
+      while (run_end < patches.size() &&
+             page_of(patches[run_end].address) <= last_page + kPageSize) {
+        last_page = std::max(last_page, page_of(patches[run_end].address + 1));
+        ++run_end;
+      }
+      // The run's mappings now. Pages no longer mapped executable (unmapped, or made writable
+      // by a JIT meanwhile) keep their bytes: those sites are gone.
+      MappingSpan spans[kMaxSpans];
+      const std::uintptr_t end = last_page + kPageSize;
+      long count = map_is_current ? spans_from_map(map, first_page, end, spans)
+                                  : read_mappings_in(first_page, end, spans, kMaxSpans);
+      if (count < 0) {
+        // Too many mappings, or /proc unreadable: one page at a time (each one mapping).
+        run_end = i + 1;
+        last_page = page_of(patches[i].address + 1);
+        count = read_mappings_in(first_page, last_page + kPageSize, spans, kMaxSpans);
+        if (count < 0) count = 0;
+      }
+      bool made_writable[kMaxSpans] = {};
+      for (long s = 0; s < count; ++s) {
+        const MappingSpan& span = spans[s];
+        if (!(span.protection & PROT_EXEC)) continue;
+        const long error = protect(span.begin, span.end, span.protection | PROT_WRITE);
+        if (error != 0) {
+          failure = {"make writable", span.begin, static_cast<int>(-error)};
+          break;
         }
-        throw_protection_error("make writable", begin, error);
+        made_writable[s] = true;
+        ++outcome.protection_changes;
       }
-      unlocked.push_back({begin, end, protection});
-      ++outcome.protection_changes;
-      begin = end;
-    }
-    for (; i < run_end; ++i) {
-      if (write_site(patches[i])) {
-        ++outcome.written;
-      } else {
-        ++outcome.mismatched;
+      if (failure.what == nullptr) {
+        for (; i < run_end; ++i) {
+          const Patch& patch = patches[i];
+          const auto writable = [&](std::uintptr_t address) {
+            for (long s = 0; s < count; ++s) {
+              if (made_writable[s] && address >= spans[s].begin && address < spans[s].end) {
+                return true;
+              }
+            }
+            return false;
+          };
+          if (!writable(patch.address) || !writable(patch.address + 1)) {
+            ++outcome.gone;
+          } else if (write_site(patch)) {
+            ++outcome.written;
+          } else {
+            ++outcome.mismatched;
+          }
+        }
+      }
+      for (long s = 0; s < count; ++s) {
+        if (!made_writable[s]) continue;
+        const long error = protect(spans[s].begin, spans[s].end, spans[s].protection);
+        if (error != 0 && failure.what == nullptr) {
+          failure = {"restore the protection of", spans[s].begin, static_cast<int>(-error)};
+        }
       }
     }
-    for (const UnlockedRange& done : unlocked) restore(done);
   }
+  if (failure.what != nullptr) throw_protection_error(failure.what, failure.page, failure.error);
   return outcome;
 }
 

@@ -2,18 +2,29 @@
 //
 // Each page is made writable (keeping its other protection bits, so threads running it continue)
 // only while its sites are written, then gets back exactly the protection it had; consecutive
-// pages with sites are made writable and restored by one mprotect each. Each site is
-// replaced by one atomic store (a locked compare-and-exchange when the two bytes straddle a cache
-// line), so a thread executing the site concurrently sees either the old or the new instruction.
-// Contract: called with the install lock held; `map` describes the current mappings.
+// pages with sites are made writable and restored by one mprotect each. Each site is replaced by
+// one atomic store (byte by byte through an invalid opcode where the two bytes straddle a cache
+// line), so a thread executing the site concurrently runs either the old or the new instruction,
+// or faults on the invalid opcode and has its call made (trampoline/fault_redirect.cpp).
+//
+// The application changes mappings and protections while this happens (a JIT toggling a page
+// between RW and RX, unmapping code it is done with). Its mmap(MAP_FIXED), munmap, mprotect,
+// pkey_mprotect and mremap, made through the library, run under code_change_lock() and each
+// counts one code change; the patcher takes the lock too, so that between reading a page's
+// protection and restoring it no such call can run. The lock is held only around system calls
+// and never while allocating: the application may make these calls from inside its allocator.
+//
+// Contract: apply_patches() is called by rewriting code with the rewriter's own lock held.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "platform/memory_map.hpp"
+#include "platform/owned_lock.hpp"
 
 namespace zpoline::detail {
 
@@ -26,13 +37,23 @@ struct Patch {
 struct PatchOutcome {
   std::size_t written = 0;
   std::size_t mismatched = 0;          // bytes were not `expected` any more: left alone
+  std::size_t gone = 0;                // the page is no longer mapped executable: left alone
   std::size_t protection_changes = 0;  // mprotect calls that made pages writable (each is undone
                                        // by one more)
 };
 
-// `patches` sorted by address. Throws zpoline::Error (rewrite_failed) if a page cannot be made
-// writable or its protection cannot be restored.
-PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map);
+// `patches` sorted by address. `map` describes the mappings as they were at `map_generation`
+// (code_change_generation() read before the map was); where code changed since, or no
+// generation is given, the protections are read again while the lock is held. Throws
+// zpoline::Error (rewrite_failed) if a page cannot be made writable or its protection cannot be
+// restored.
+PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map,
+                           std::optional<std::uint64_t> map_generation = std::nullopt);
+
+OwnedLock& code_change_lock();
+std::uint64_t code_change_generation() noexcept;
+// Called with code_change_lock() held, around each change the application makes.
+void note_code_change() noexcept;
 
 inline constexpr std::uint16_t kSyscallBytes = 0x050f;   // 0f 05
 inline constexpr std::uint16_t kSysenterBytes = 0x340f;  // 0f 34

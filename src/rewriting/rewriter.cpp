@@ -15,7 +15,9 @@
 #include <span>
 
 #include "dispatch/frame.hpp"
+#include "platform/memory.hpp"
 #include "platform/memory_map.hpp"
+#include "platform/owned_lock.hpp"
 #include "rewriting/function_table.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/site_registry.hpp"
@@ -63,24 +65,49 @@ T& never_destroyed() {
 }
 
 // Guards everything below: rewriting at install and rewriting of late code may run on
-// different threads.
+// different threads. An OwnedLock, so that a fork child can tell whether another thread held it
+// (reset_rewriting_after_fork()).
 // (Functions rather than references initialised at start-up: install() may run from another
 // object's static constructor, before this file's globals are initialised.)
-std::mutex& rewrite_lock() {
-  return never_destroyed<std::mutex>();
+OwnedLock& rewrite_lock() {
+  return never_destroyed<OwnedLock>();
 }
 RewriteOptions& current_options() {
   return never_destroyed<RewriteOptions>();
 }
-// Every site rewritten in this process and its original bytes (for restore_rewritten_code()
-// and for forgetting the sites of unmapped code).
+// What the rewriter builds up as it works. Replaced whole in a fork child made while another
+// thread was changing it (reset_rewriting_after_fork()).
+struct Bookkeeping {
+  // Every site rewritten in this process and its original bytes (for restore_rewritten_code()
+  // and for forgetting the sites of unmapped code).
+  std::map<std::uintptr_t, std::uint16_t> rewritten;
+  // Statistics of code that became executable after install, one entry per image.
+  std::vector<ImageStats> late_images;
+  // Function tables of images whose sites trap one by one (lazy mode): built once per image.
+  std::map<std::pair<std::string, std::uintptr_t>, FunctionTable> function_cache;
+};
+Bookkeeping* bookkeeping_instance = nullptr;
+Bookkeeping& bookkeeping() {
+  if (bookkeeping_instance == nullptr) bookkeeping_instance = new Bookkeeping;
+  return *bookkeeping_instance;
+}
 std::map<std::uintptr_t, std::uint16_t>& rewritten() {
-  return never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
+  return bookkeeping().rewritten;
 }
-// Statistics of code that became executable after install, one entry per image.
 std::vector<ImageStats>& late_images() {
-  return never_destroyed<std::vector<ImageStats>>();
+  return bookkeeping().late_images;
 }
+
+// Ranges the application unmapped (munmap, mmap with MAP_FIXED, mremap), noted with
+// code_change_lock() held, where nothing may allocate, and taken out of the bookkeeping by the
+// next holder of rewrite_lock() before it does anything else (forget_unmapped_code()).
+struct UnmappedRanges {
+  static constexpr std::size_t kCapacity = 256;
+  AddressRange ranges[kCapacity];
+  std::size_t count = 0;
+  bool overflowed = false;  // more than kCapacity since the last look: check every site
+};
+UnmappedRanges unmapped;
 // Ranges given to exclude_code(), kept apart from current_options(), which each install replaces.
 // Never destroyed: hook libraries may be unloaded by exit handlers.
 std::vector<AddressRange>& excluded_code() {
@@ -209,7 +236,8 @@ FunctionTable functions_of(const dl_phdr_info& info, const std::string& path) {
 // functions are `functions`, adding to `stats`.
 void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
                         std::span<const std::uintptr_t> candidates, const FunctionTable& functions,
-                        const std::vector<Mapping>& map, ImageStats& stats) {
+                        const std::vector<Mapping>& map, std::uint64_t generation,
+                        ImageStats& stats) {
   const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
   const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
   const ScanResult scan =
@@ -247,17 +275,19 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
         break;
     }
   }
-  for (const Patch& patch : patches) site_registry().add(patch.address);
-  const PatchOutcome outcome = apply_patches(patches, map);
+  for (const Patch& patch : patches) {
+    if (!site_registry().add(patch.address)) throw std::bad_alloc();
+  }
+  const PatchOutcome outcome = apply_patches(patches, map, generation);
   stats.sites_rewritten += outcome.written;
-  stats.skipped_undecodable += outcome.mismatched;
+  stats.skipped_undecodable += outcome.mismatched + outcome.gone;
   for (const Patch& patch : patches) rewritten().emplace(patch.address, patch.expected);
 }
 
 // The byte search comes first: most images hold no candidate at all, and then need neither a
 // function table nor a decoder.
-void rewrite_image(const Image& image, const std::vector<Mapping>& map, FileSizes& sizes,
-                   ImageStats& stats) {
+void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uint64_t generation,
+                   FileSizes& sizes, ImageStats& stats) {
   std::optional<FunctionTable> functions;
   for (const ElfW(Phdr) & segment : image.headers) {
     if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
@@ -271,7 +301,7 @@ void rewrite_image(const Image& image, const std::vector<Mapping>& map, FileSize
     const std::vector<std::uintptr_t> candidates = candidates_in(begin, end);
     if (candidates.empty()) continue;
     if (!functions) functions = functions_of(image.info, image.path);
-    rewrite_candidates(begin, end, candidates, *functions, map, stats);
+    rewrite_candidates(begin, end, candidates, *functions, map, generation, stats);
   }
 }
 
@@ -369,9 +399,8 @@ std::vector<Code> readable_code(const FileImage& image) {
   return code;
 }
 
-// Function tables of images whose sites trap one by one (lazy mode): built once per image.
 const FunctionTable& cached_functions(const FileImage& image) {
-  auto& cache = never_destroyed<std::map<std::pair<std::string, std::uintptr_t>, FunctionTable>>();
+  auto& cache = bookkeeping().function_cache;
   const auto key = std::make_pair(image.path, static_cast<std::uintptr_t>(image.info.dlpi_addr));
   auto it = cache.find(key);
   if (it == cache.end()) it = cache.emplace(key, functions_of(image.info, image.path)).first;
@@ -395,7 +424,166 @@ void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
   rewritten().erase(first, last);
 }
 
+// With rewrite_lock() held, first thing: the sites of code unmapped since the last time leave
+// the bookkeeping and the registry (a later mapping at their address holds other code).
+void forget_unmapped_code() {
+  AddressRange ranges[UnmappedRanges::kCapacity];
+  std::size_t count = 0;
+  bool overflowed = false;
+  {
+    OwnedLockGuard guard(code_change_lock());
+    count = unmapped.count;
+    overflowed = unmapped.overflowed;
+    std::copy(unmapped.ranges, unmapped.ranges + count, ranges);
+    unmapped.count = 0;
+    unmapped.overflowed = false;
+  }
+  for (std::size_t i = 0; i < count; ++i) forget_sites(ranges[i].begin, ranges[i].end);
+  if (!overflowed) return;
+  // Too many to keep: every site that no longer holds its rewritten bytes in executable memory.
+  const std::vector<Mapping> map = read_memory_map();
+  std::vector<std::uintptr_t> gone;
+  for (const auto& [address, original] : rewritten()) {
+    const Mapping* mapping = find_mapping(map, address);
+    std::uint16_t bytes = 0;
+    if (mapping == nullptr || !(mapping->protection & PROT_EXEC) ||
+        !(mapping->protection & PROT_READ) ||
+        !safe_read(&bytes, reinterpret_cast<void*>(address), 2) || bytes != kCallRaxBytes) {
+      gone.push_back(address);
+    }
+  }
+  for (std::uintptr_t address : gone) forget_sites(address, address + 1);
+}
+
+// Holds rewrite_lock() for rewriting work on this thread, after forget_unmapped_code().
+class RewriteLock {
+ public:
+  RewriteLock() {
+    rewrite_lock().lock();
+    forget_unmapped_code();
+  }
+  explicit RewriteLock(std::try_to_lock_t) : owns_(rewrite_lock().try_lock()) {
+    if (owns_) forget_unmapped_code();
+  }
+  ~RewriteLock() {
+    if (owns_) rewrite_lock().unlock();
+  }
+  bool owns_lock() const { return owns_; }
+  RewriteLock(const RewriteLock&) = delete;
+  RewriteLock& operator=(const RewriteLock&) = delete;
+
+ private:
+  bool owns_ = true;
+};
+
+// Sites rewritten in anonymous memory (JIT code, after their first trap), with the bytes before
+// them: a JIT that copies code it generated copies such a site too, and the copy is recognised by
+// those bytes (adopt_copied_site()). A ring; written with rewrite_lock() held, read by any thread.
+// Up to 14 bytes, as many as can be read before the site (a JIT stub may start its page); a copy
+// is recognised by the bytes both have, at least a `mov $number, %eax` (5 bytes).
+struct AnonymousSite {
+  static constexpr std::size_t kContext = 14;
+  static constexpr std::size_t kMinimumContext = 5;
+  std::uint8_t before[kContext];  // the last `length` bytes are the ones before the site
+  std::uint8_t length;
+};
+constexpr std::size_t kAnonymousSites = 256;
+AnonymousSite anonymous_sites[kAnonymousSites];
+std::size_t next_anonymous_site = 0;
+
+__attribute__((target("general-regs-only"))) std::size_t read_context(
+    std::uintptr_t site, std::uint8_t (&before)[AnonymousSite::kContext]) {
+  std::size_t length = AnonymousSite::kContext;
+  while (length >= AnonymousSite::kMinimumContext &&
+         !safe_read(before + AnonymousSite::kContext - length,
+                    reinterpret_cast<const void*>(site - length), length)) {
+    --length;
+  }
+  return length >= AnonymousSite::kMinimumContext ? length : 0;
+}
+
+void remember_anonymous_site(std::uintptr_t site) {
+  AnonymousSite entry{};
+  entry.length = static_cast<std::uint8_t>(read_context(site, entry.before));
+  if (entry.length == 0) return;
+  anonymous_sites[next_anonymous_site++ % kAnonymousSites] = entry;
+}
+
+// The memory map and the code change generation it goes with (read first).
+struct CurrentMap {
+  std::uint64_t generation = code_change_generation();
+  std::vector<Mapping> map = read_memory_map();
+};
+
+// A site an earlier install rewrote that this install's options exclude (by path or range): it
+// gets its instruction back, so that it goes to the kernel and not to the hook.
+void restore_newly_excluded_sites(const std::vector<Image>& images, const std::vector<Mapping>& map,
+                                  std::uint64_t generation) {
+  if (rewritten().empty()) return;
+  std::vector<AddressRange> excluded = current_options().exclude_ranges;
+  for (const Image& image : images) {
+    if (!is_excluded(image.path)) continue;
+    for (const ElfW(Phdr) & segment : image.headers) {
+      if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
+      const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+      excluded.push_back({begin, begin + segment.p_memsz});
+    }
+  }
+  std::vector<Patch> restores;
+  for (const AddressRange& range : excluded) {
+    auto first = rewritten().lower_bound(range.begin > 1 ? range.begin - 1 : 0);
+    for (auto it = first; it != rewritten().end() && it->first < range.end; ++it) {
+      if (overlaps(it->first, it->first + 2, range)) {
+        restores.push_back({it->first, kCallRaxBytes, it->second});
+      }
+    }
+  }
+  if (restores.empty()) return;
+  std::sort(restores.begin(), restores.end(),
+            [](const Patch& a, const Patch& b) { return a.address < b.address; });
+  restores.erase(std::unique(restores.begin(), restores.end(),
+                             [](const Patch& a, const Patch& b) { return a.address == b.address; }),
+                 restores.end());
+  apply_patches(restores, map, generation);
+  for (const Patch& patch : restores) rewritten().erase(patch.address);
+}
+
 }  // namespace
+
+void register_moved_sites(std::uintptr_t from, std::uintptr_t to, std::size_t length) noexcept {
+  MappingSpan spans[4];
+  const long count = read_mappings_in(to, to + length, spans, std::size(spans));
+  for (long s = 0; s < count; ++s) {
+    if ((spans[s].protection & (PROT_EXEC | PROT_READ)) != (PROT_EXEC | PROT_READ)) continue;
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(spans[s].begin);
+    for (std::uintptr_t at = spans[s].begin; at + 1 < spans[s].end; ++at, ++bytes) {
+      if (bytes[0] == 0xff && bytes[1] == 0xd0 && site_registry().contains(at - to + from)) {
+        site_registry().add(at);
+      }
+    }
+  }
+}
+
+bool adopt_copied_site(std::uintptr_t site) noexcept {
+  std::uint8_t instruction[2];
+  if (!safe_read(instruction, reinterpret_cast<const void*>(site), sizeof instruction) ||
+      instruction[0] != 0xff || instruction[1] != 0xd0) {
+    return false;
+  }
+  std::uint8_t before[AnonymousSite::kContext];
+  const std::size_t length = read_context(site, before);
+  for (const AnonymousSite& entry : anonymous_sites) {
+    // The bytes both have: what lies before the code a JIT copies is not copied with it.
+    const std::size_t common = std::min<std::size_t>(entry.length, length);
+    if (common < AnonymousSite::kMinimumContext) continue;
+    bool same = true;
+    for (std::size_t i = AnonymousSite::kContext - common; i < AnonymousSite::kContext; ++i) {
+      same = same && entry.before[i] == before[i];
+    }
+    if (same) return site_registry().add(site);
+  }
+  return false;
+}
 
 bool path_matches_exclusion(const std::string& path, const std::string& entry) {
   if (entry.find('/') != std::string::npos) return path == entry;
@@ -406,17 +594,21 @@ bool path_matches_exclusion(const std::string& path, const std::string& entry) {
 InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
   const auto start = std::chrono::steady_clock::now();
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   current_options() = options;
   InstallStats stats;
   std::vector<Image> images;
   dl_iterate_phdr(collect_image, &images);
-  const std::vector<Mapping> map = read_memory_map();
+  const CurrentMap current;
+  const std::vector<Mapping>& map = current.map;
   FileSizes sizes;
+  std::erase_if(images, [&](const Image& image) { return is_special_image(image, map); });
+  for (Image& image : images) {
+    if (image.path.empty()) image.path = executable_path();
+  }
+  restore_newly_excluded_sites(images, map, current.generation);
 
   for (Image& image : images) {
-    if (is_special_image(image, map)) continue;
-    if (image.path.empty()) image.path = executable_path();
     const auto image_start = std::chrono::steady_clock::now();
     ImageStats image_stats;
     image_stats.path = image.path;
@@ -426,7 +618,7 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
       // The function table reads .eh_frame_hdr and .eh_frame through these headers.
       clip_to_readable_memory(image.headers, image.info.dlpi_addr, map, sizes);
       image.info.dlpi_phdr = image.headers.data();
-      rewrite_image(image, map, sizes, image_stats);
+      rewrite_image(image, map, current.generation, sizes, image_stats);
     }
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));
@@ -439,8 +631,9 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
   if (rewriting || new_code_exclusions != 0) return;
   RewritingScope scope;
   const auto start = std::chrono::steady_clock::now();
-  std::lock_guard lock(rewrite_lock());
-  const std::vector<Mapping> map = read_memory_map();
+  RewriteLock lock;
+  const CurrentMap current;
+  const std::vector<Mapping>& map = current.map;
   FileSizes sizes;
   const std::uintptr_t end = begin + length;
   for (std::uintptr_t at = begin & ~(kPageSize - 1); at < end;) {
@@ -470,7 +663,8 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
           if (!functions) functions = functions_of(image.info, image.path);
           // Decoded within all of the segment's readable code, so that a function starting
           // before `first` (mprotect of a few pages) is decoded from its start.
-          rewrite_candidates(code.begin, code.end, candidates, *functions, map, stats);
+          rewrite_candidates(code.begin, code.end, candidates, *functions, map, current.generation,
+                             stats);
         }
         stats.time += std::chrono::steady_clock::now() - start;
       }
@@ -488,9 +682,10 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
 bool rewrite_trapped_site(std::uintptr_t site) {
   if (rewriting || new_code_exclusions != 0) return false;
   RewritingScope scope;
-  std::unique_lock lock(rewrite_lock(), std::try_to_lock);
+  RewriteLock lock(std::try_to_lock);
   if (!lock.owns_lock()) return false;
-  const std::vector<Mapping> map = read_memory_map();
+  const CurrentMap current;
+  const std::vector<Mapping>& map = current.map;
   const Mapping* mapping = find_mapping(map, site);
   if (mapping == nullptr || !(mapping->protection & PROT_EXEC) ||
       !(mapping->protection & PROT_READ)) {
@@ -521,7 +716,7 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     const std::uintptr_t range_begin = std::max(function->begin, part->begin);
     const std::uintptr_t range_end = std::min(function->end, part->end);
     rewrite_candidates(range_begin, range_end, candidates_in(range_begin, range_end), functions,
-                       map, stats);
+                       map, current.generation, stats);
   } else {
     // Anonymous code (a JIT) has no function boundaries. The trap proves an instruction ending
     // after these two bytes is a syscall; a prefix byte before them would make it longer.
@@ -534,30 +729,34 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     ImageStats& stats = late_stats_for(mapping->path.empty() ? "[anonymous]" : mapping->path, 0);
     const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
     const Patch patch{site, original, kCallRaxBytes};
-    site_registry().add(site);
-    const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map);
+    if (!site_registry().add(site)) return false;
+    const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map, current.generation);
     stats.sites_rewritten += outcome.written;
-    if (outcome.written) rewritten().emplace(site, original);
+    if (outcome.written) {
+      rewritten().emplace(site, original);
+      remember_anonymous_site(site);
+    }
   }
   return rewritten().count(site) != 0 && rewritten().size() > before;
 }
 
-void forget_code(std::uintptr_t begin, std::size_t length) {
-  if (rewriting) return;
-  RewritingScope scope;
-  std::lock_guard lock(rewrite_lock());
-  forget_sites(begin, begin + length);
+void note_unmapped_code(std::uintptr_t begin, std::size_t length) noexcept {
+  if (unmapped.count == UnmappedRanges::kCapacity) {
+    unmapped.overflowed = true;
+    return;
+  }
+  unmapped.ranges[unmapped.count++] = {begin, begin + length};
 }
 
 void exclude_code(AddressRange range) {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   excluded_code().push_back(range);
 }
 
 void include_code_again(AddressRange range) {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   std::erase_if(excluded_code(), [&](const AddressRange& entry) {
     return entry.begin == range.begin && entry.end == range.end;
   });
@@ -571,29 +770,42 @@ ScopedNewCodeExclusion::~ScopedNewCodeExclusion() {
 }
 
 std::vector<ImageStats> late_code_stats() {
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   return late_images();
 }
 
 std::size_t function_tables_built() {
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   return tables_built;
 }
 
 void restore_rewritten_code() {
   RewritingScope scope;
-  std::lock_guard lock(rewrite_lock());
+  RewriteLock lock;
   std::vector<Patch> restores;
   restores.reserve(rewritten().size());
-  const std::vector<Mapping> map = read_memory_map();
+  const CurrentMap current;
   for (const auto& [address, original] : rewritten()) {
     // Skip sites whose library has been unloaded since.
-    const Mapping* mapping = find_mapping(map, address);
+    const Mapping* mapping = find_mapping(current.map, address);
     if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
     restores.push_back({address, kCallRaxBytes, original});
   }
-  apply_patches(restores, map);
+  // The sites stay in the registry: a thread that ran one before its bytes changed back enters
+  // the stub all the same, and is served.
+  apply_patches(restores, current.map, current.generation);
   rewritten().clear();
+}
+
+void reset_rewriting_after_fork() noexcept {
+  code_change_lock().release_after_fork();
+  site_registry().reset_after_fork();
+  if (rewrite_lock().release_after_fork()) {
+    // Another thread was rewriting at the fork, and may have left the bookkeeping half-changed:
+    // the child starts a new one (the old one is leaked). Its sites stay rewritten and registered.
+    bookkeeping_instance = new Bookkeeping;
+    unmapped = UnmappedRanges{};
+  }
 }
 
 }  // namespace zpoline::detail

@@ -29,8 +29,24 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan = true
 // thread that made the mmap/mprotect, right after it succeeded, before the code can run.
 void rewrite_new_code(std::uintptr_t begin, std::size_t length);
 
-// Code that is being unmapped or replaced: its sites leave the registry.
-void forget_code(std::uintptr_t begin, std::size_t length);
+// Code the application unmapped or replaced (munmap, mmap with MAP_FIXED, mremap): its sites leave
+// the bookkeeping and the registry before the rewriter next does anything. Called with
+// code_change_lock() held (patcher.hpp), right after the call; allocates nothing.
+void note_unmapped_code(std::uintptr_t begin, std::size_t length) noexcept;
+
+// mremap moved [from, from + length) to `to`: the rewritten sites there are registered at their
+// new addresses (an executable mapping only; its bytes are not changed). Allocates nothing.
+void register_moved_sites(std::uintptr_t from, std::uintptr_t to, std::size_t length) noexcept;
+
+// The entry stub found no registered site before a `call *%rax` (ff d0) at `site`: a JIT may have
+// copied code holding a site the safety net rewrote. True (and the site registered) if the 14
+// bytes before it are those before such a site; false for anything else (a stray call).
+// General registers only, no allocation, no lock: the stub calls it with nothing saved.
+__attribute__((target("general-regs-only"))) bool adopt_copied_site(std::uintptr_t site) noexcept;
+
+// In a fork child: locks held by threads that do not exist there are freed, and bookkeeping that
+// another thread was changing at the fork is replaced.
+void reset_rewriting_after_fork() noexcept;
 
 // A `syscall` at `site` trapped under Syscall User Dispatch: rewrite it if the rewriter can show
 // it is safe (in a known function: decoded like any other site; in anonymous code: a plain

@@ -1,8 +1,9 @@
 #include "rewriting/site_registry.hpp"
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
-#include <new>
+#include "platform/raw_syscall.hpp"
 
 void* zpoline_detail_site_table = nullptr;
 
@@ -21,12 +22,15 @@ namespace {
 // A removed site's slot: occupied for probing, never equal to a site.
 constexpr std::uintptr_t kRemovedSlot = 1;
 
-std::size_t slot_of(std::uintptr_t site, std::size_t capacity) {
+__attribute__((target("general-regs-only"))) std::size_t slot_of(std::uintptr_t site,
+                                                                 std::size_t capacity) {
   return static_cast<std::size_t>((site * kSiteHashMultiplier) >> 20) & (capacity - 1);
 }
 
 // Returns false when the site was already present.
-bool insert(std::uintptr_t* slots, std::size_t capacity, std::uintptr_t site) {
+__attribute__((target("general-regs-only"))) bool insert(std::uintptr_t* slots,
+                                                         std::size_t capacity,
+                                                         std::uintptr_t site) {
   for (std::size_t i = slot_of(site, capacity);; i = (i + 1) & (capacity - 1)) {
     std::uintptr_t current = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
     if (current == site) return false;
@@ -39,13 +43,14 @@ bool insert(std::uintptr_t* slots, std::size_t capacity, std::uintptr_t site) {
 
 }  // namespace
 
-SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) {
-  // mmap rather than new: the table must never be freed, and this keeps it out of the heap that
-  // the application may be inspecting.
+SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) noexcept {
+  // A raw mmap rather than new: the table must never be freed, this keeps it out of the heap that
+  // the application may be inspecting, and the hook does not see it.
   const std::size_t bytes = sizeof(Table) + capacity * sizeof(std::uintptr_t);
-  void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) throw std::bad_alloc();
-  Table* table = static_cast<Table*>(memory);
+  const long memory = raw_syscall(SYS_mmap, 0, static_cast<long>(bytes), PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory < 0 && memory > -4096) return nullptr;
+  Table* table = reinterpret_cast<Table*>(memory);
   table->capacity = capacity;
   table->count = 0;
   if (old) {
@@ -57,16 +62,33 @@ SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) {
   return table;
 }
 
-void SiteRegistry::add(std::uintptr_t site) {
+bool SiteRegistry::add(std::uintptr_t site) noexcept {
+  while (writing_.exchange(true, std::memory_order_acquire)) __builtin_ia32_pause();
   Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   if (table == nullptr || (table->count + 1) * 2 > table->capacity) {
-    table = grow(table, table ? table->capacity * 2 : 4096);
+    Table* larger = grow(table, table ? table->capacity * 2 : 4096);
+    if (larger == nullptr) {
+      writing_.store(false, std::memory_order_release);
+      return false;
+    }
+    table = larger;
     __atomic_store_n(&zpoline_detail_site_table, static_cast<void*>(table), __ATOMIC_RELEASE);
   }
   if (insert(table->slots(), table->capacity, site)) ++table->count;
+  writing_.store(false, std::memory_order_release);
+  return true;
 }
 
-void SiteRegistry::remove(std::uintptr_t site) {
+void SiteRegistry::reset_after_fork() noexcept {
+  writing_.store(false, std::memory_order_relaxed);
+}
+
+void SiteRegistry::remove(std::uintptr_t site) noexcept {
+  while (writing_.exchange(true, std::memory_order_acquire)) __builtin_ia32_pause();
+  struct Unlock {
+    std::atomic<bool>& flag;
+    ~Unlock() { flag.store(false, std::memory_order_release); }
+  } unlock{writing_};
   Table* table = static_cast<Table*>(__atomic_load_n(&zpoline_detail_site_table, __ATOMIC_ACQUIRE));
   if (table == nullptr || site <= kRemovedSlot) return;
   for (std::size_t i = slot_of(site, table->capacity);; i = (i + 1) & (table->capacity - 1)) {

@@ -49,6 +49,26 @@ bool is_site_with_noncanonical_number(const ucontext_t& context) {
          bytes == kCallRax && site_registry().contains(site);
 }
 
+// A site whose bytes are being changed one at a time (it straddles a cache line: patcher.cpp):
+// its first byte is an invalid opcode for the moment.
+bool is_site_being_written(const ucontext_t& context) {
+  const auto site = static_cast<std::uintptr_t>(context.uc_mcontext.gregs[REG_RIP]);
+  std::uint8_t first = 0;
+  return safe_read(&first, reinterpret_cast<const void*>(site), 1) && first == 0x06 &&
+         site_registry().contains(site);
+}
+
+void make_the_call(greg_t* regs) {
+  // What the call at the site does: push the return address, enter the stub (rax holds the
+  // number, the sled would only lead there).
+  const std::uint64_t return_address = static_cast<std::uint64_t>(regs[REG_RIP]) + 2;
+  const auto slot = static_cast<std::uintptr_t>(regs[REG_RSP]) - 8;
+  if (safe_write(reinterpret_cast<void*>(slot), &return_address, sizeof return_address)) {
+    regs[REG_RSP] = static_cast<greg_t>(slot);
+    regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
+  }
+}
+
 void on_fault(int signal, siginfo_t* info, void* context) {
   auto* uc = static_cast<ucontext_t*>(context);
   greg_t* regs = uc->uc_mcontext.gregs;
@@ -61,15 +81,10 @@ void on_fault(int signal, siginfo_t* info, void* context) {
     regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
     return;
   }
-  if (signal == SIGSEGV && is_site_with_noncanonical_number(*uc)) {
-    // Do what the call would have done: push the return address, enter the stub.
-    const std::uint64_t return_address = static_cast<std::uint64_t>(regs[REG_RIP]) + 2;
-    const auto slot = static_cast<std::uintptr_t>(regs[REG_RSP]) - 8;
-    if (safe_write(reinterpret_cast<void*>(slot), &return_address, sizeof return_address)) {
-      regs[REG_RSP] = static_cast<greg_t>(slot);
-      regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
-      return;
-    }
+  if ((signal == SIGSEGV && is_site_with_noncanonical_number(*uc)) ||
+      (signal == SIGILL && is_site_being_written(*uc))) {
+    make_the_call(regs);
+    return;
   }
   pass_to_application(signal, info, context);
 }
