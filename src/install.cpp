@@ -11,7 +11,7 @@
 #include "dispatch/frame.hpp"
 #include "dispatch/safety_net.hpp"
 #include "platform/cpu.hpp"
-#include "platform/vdso.hpp"
+#include "rewriting/vdso_routing.hpp"
 #include "rewriting/rewriter.hpp"
 #include "trampoline/trampoline.hpp"
 #include "zpoline/zpoline.hpp"

@@ -377,6 +377,20 @@ void pass_to_application(int signal, siginfo_t* info, void* context) noexcept {
               sizeof previous);
 }
 
+std::uintptr_t blocked_pc(pid_t tid) noexcept {
+  char path[64], text[512];
+  task_path(path, tid, "syscall");
+  if (read_file(path, text, sizeof text) == 0 || std::strncmp(text, "running", 7) == 0) return 0;
+  // "nr args... sp pc" in a system call, "-1 sp pc" blocked elsewhere (a page fault, say).
+  const char* p = text;
+  const bool in_call = *p != '-';
+  if (!in_call) ++p;
+  parse_number(p, 10);
+  for (int i = 0; in_call && i < 6; ++i) parse_number(p, 16);
+  parse_number(p, 16);  // sp
+  return parse_number(p, 16);
+}
+
 void wait_until_no_thread_has_pending(int signal) {
   const long deadline = now_ms() + 1000;
   std::vector<long> threads = other_threads();

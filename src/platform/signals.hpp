@@ -80,6 +80,10 @@ struct RequestOutcome {
 // exited). Takes the request signal on first use.
 RequestOutcome ask_other_threads(ThreadRequest request);
 
+// Where thread `tid` is blocked in the kernel (its user pc), or 0 if it is running or runnable,
+// or gone. Read from /proc without allocating.
+std::uintptr_t blocked_pc(pid_t tid) noexcept;
+
 // Waits (up to about a second) until no thread of the process has `signal` pending any more: each
 // has started to handle it. For a stopped thread it gives up.
 void wait_until_no_thread_has_pending(int signal);

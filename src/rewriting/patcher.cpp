@@ -42,15 +42,17 @@ long protect(std::uintptr_t begin, std::uintptr_t end, int protection) {
                      protection);
 }
 
-// Makes every thread that runs this process's code see the bytes written so far before it runs
-// another instruction (a serialising IPI to each CPU that runs one of its threads).
-bool sync_cores() {
+}  // namespace
+
+bool sync_cores() noexcept {
   constexpr int kPrivateExpeditedSyncCore = 1 << 5;
   constexpr int kRegisterPrivateExpeditedSyncCore = 1 << 6;
   static const bool registered =
       raw_syscall(SYS_membarrier, kRegisterPrivateExpeditedSyncCore, 0, 0) == 0;
   return registered && raw_syscall(SYS_membarrier, kPrivateExpeditedSyncCore, 0, 0) == 0;
 }
+
+namespace {
 
 // Writes one site; false if its bytes are not `expected`.
 bool write_site(const Patch& patch) {

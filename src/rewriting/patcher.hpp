@@ -50,6 +50,11 @@ struct PatchOutcome {
 PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Mapping>& map,
                            std::optional<std::uint64_t> map_generation = std::nullopt);
 
+// Makes every thread of the process see the code bytes written so far before it runs another
+// instruction (membarrier: a serialising IPI to each CPU running one of its threads). False where
+// the kernel does not offer it.
+bool sync_cores() noexcept;
+
 OwnedLock& code_change_lock();
 std::uint64_t code_change_generation() noexcept;
 // Called with code_change_lock() held, around each change the application makes.

@@ -9,6 +9,7 @@
 #include "platform/memory.hpp"
 #include "platform/signals.hpp"
 #include "rewriting/site_registry.hpp"
+#include "rewriting/vdso_routing.hpp"
 
 extern "C" {
 // entry_stub.S: the stub's first access to the thread's TLS, and where a thread without TLS
@@ -49,13 +50,11 @@ bool is_site_with_noncanonical_number(const ucontext_t& context) {
          bytes == kCallRax && site_registry().contains(site);
 }
 
-// A site whose bytes are being changed one at a time (it straddles a cache line: patcher.cpp):
-// its first byte is an invalid opcode for the moment.
+// A site whose bytes were being changed one at a time (it straddles a cache line: patcher.cpp),
+// with an invalid opcode as its first byte for the moment. Neither `syscall` nor `call *%rax`
+// raises SIGILL, so the fault came from that byte even if it has been replaced since.
 bool is_site_being_written(const ucontext_t& context) {
-  const auto site = static_cast<std::uintptr_t>(context.uc_mcontext.gregs[REG_RIP]);
-  std::uint8_t first = 0;
-  return safe_read(&first, reinterpret_cast<const void*>(site), 1) && first == 0x06 &&
-         site_registry().contains(site);
+  return site_registry().contains(static_cast<std::uintptr_t>(context.uc_mcontext.gregs[REG_RIP]));
 }
 
 void make_the_call(greg_t* regs) {
@@ -80,6 +79,14 @@ void on_fault(int signal, siginfo_t* info, void* context) {
   if (is_call_to_invalid_entry(*uc)) {
     regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
     return;
+  }
+  if (signal == SIGILL) {
+    // A vDSO function whose entry is changing (rewriting/vdso_routing.hpp): its thunk.
+    if (const std::uintptr_t thunk =
+            vdso_thunk_for_fault(static_cast<std::uintptr_t>(regs[REG_RIP]))) {
+      regs[REG_RIP] = static_cast<greg_t>(thunk);
+      return;
+    }
   }
   if ((signal == SIGSEGV && is_site_with_noncanonical_number(*uc)) ||
       (signal == SIGILL && is_site_being_written(*uc))) {
