@@ -802,8 +802,10 @@ void reset_rewriting_after_fork() noexcept {
   site_registry().reset_after_fork();
   if (rewrite_lock().release_after_fork()) {
     // Another thread was rewriting at the fork, and may have left the bookkeeping half-changed:
-    // the child starts a new one (the old one is leaked). Its sites stay rewritten and registered.
-    bookkeeping_instance = new Bookkeeping;
+    // the child starts a new one (the old one is leaked), made at its first use: nothing may be
+    // allocated here, where libc's fork has not yet made malloc usable in the child. Its sites
+    // stay rewritten and registered.
+    bookkeeping_instance = nullptr;
     unmapped = UnmappedRanges{};
   }
 }

@@ -44,8 +44,9 @@ void register_moved_sites(std::uintptr_t from, std::uintptr_t to, std::size_t le
 // General registers only, no allocation, no lock: the stub calls it with nothing saved.
 __attribute__((target("general-regs-only"))) bool adopt_copied_site(std::uintptr_t site) noexcept;
 
-// In a fork child: locks held by threads that do not exist there are freed, and bookkeeping that
-// another thread was changing at the fork is replaced.
+// In a fork child, right after the call (before libc's fork has made malloc usable there: it
+// allocates nothing): locks held by threads that do not exist there are freed, and bookkeeping
+// that another thread was changing at the fork is replaced.
 void reset_rewriting_after_fork() noexcept;
 
 // A `syscall` at `site` trapped under Syscall User Dispatch: rewrite it if the rewriter can show
