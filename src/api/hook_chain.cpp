@@ -58,17 +58,32 @@ unsigned stripe_of_this_thread() noexcept {
   return thread_stripe - 1;
 }
 
-// Passes the call on past the chain: to `outer`, the kernel or an enclosing chain. A thread's
-// exit() does not come back to leave its counter: it leaves first (nothing of the snapshot is
-// used after the call, which cannot fail).
+// Calls after which, when they succeed, this thread never comes back to leave the chain: exit
+// ends it; exit_group ends the process, whose memory a vfork child shares with its parent; execve
+// replaces the memory of a process, or leaves that of a vfork child's parent (posix_spawn,
+// system, popen run the chain in such a child, on the parent's counters and TLS).
+bool does_not_come_back(long number) {
+  return number == SYS_exit || number == SYS_exit_group || number == SYS_execve ||
+         number == SYS_execveat;
+}
+
+// Passes the call on past the chain: to `outer`, the kernel or an enclosing chain. For calls that
+// do not come back (above) the thread leaves its counter and the chain first (nothing of the
+// snapshot is used after the call), and enters again if the call fails.
 long leave_chain(Syscall& call, const Continuation* outer, std::atomic<long>& readers) {
   const Continuation*& next = ContinuationAccess::next(call);
   const Continuation* self = next;
   next = outer;
-  const bool exits = call.number() == SYS_exit;
-  if (exits) readers.fetch_sub(1, std::memory_order_release);
+  const bool leaves = does_not_come_back(call.number());
+  if (leaves) {
+    readers.fetch_sub(1, std::memory_order_release);
+    --chain_depth;
+  }
   const long result = call.forward();
-  if (exits) readers.fetch_add(1, std::memory_order_seq_cst);
+  if (leaves) {
+    ++chain_depth;
+    readers.fetch_add(1, std::memory_order_seq_cst);
+  }
   next = self;
   return result;
 }

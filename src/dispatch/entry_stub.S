@@ -1109,6 +1109,10 @@ zpoline_detail_clone_to_site:
 
 /* rt_sigreturn for a signal restorer whose syscall was not rewritten and trapped under Syscall
  * User Dispatch: the SIGSYS handler resumes here with the restorer's rsp. */
+        /* An unwinder looks up the frame description of (return address - 1): this byte keeps
+         * that lookup outside every FDE, so that the byte pattern below decides. */
+        .p2align 4
+        int3
         .globl zpoline_detail_sigreturn_gadget
         .hidden zpoline_detail_sigreturn_gadget
         .type zpoline_detail_sigreturn_gadget, @function
