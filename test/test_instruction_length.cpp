@@ -1,6 +1,7 @@
 // The quick length decoder against Zydis: wherever it answers, Zydis must accept the same bytes
-// with the same length, agree on plain syscalls, and find only red-zone evidence of the kinds the
-// quick decoder flagged. Checked on every function of the loaded libraries and on random bytes.
+// with the same length, agree on plain syscalls, find only red-zone evidence of the kinds the
+// quick decoder flagged, and the same displacement where it flagged an access below rsp or rbp.
+// Checked on every function of the loaded libraries and on random bytes.
 #include "rewriting/instruction_length.hpp"
 
 #include <Zydis/Zydis.h>
@@ -93,8 +94,12 @@ std::size_t compare(const Zydis& zydis, const std::uint8_t* bytes, std::size_t a
   const bool syscall = decoded && (instruction.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
                                    instruction.mnemonic == ZYDIS_MNEMONIC_SYSENTER);
   const std::uint8_t evidence = decoded ? red_zone_evidence(instruction, operands) : 0;
+  // The displacement is reported with the hints of an access below rsp or rbp.
+  const bool below = (quick.red_zone_hints & (kMayAddressBelowRsp | kMayAddressBelowRbp)) != 0;
+  const std::int64_t displacement =
+      decoded && below && instruction.raw.disp.size != 0 ? instruction.raw.disp.value : 0;
   const bool agree = decoded && quick.length == instruction.length && quick.syscall == syscall &&
-                     (evidence & ~quick.red_zone_hints) == 0;
+                     (evidence & ~quick.red_zone_hints) == 0 && quick.displacement == displacement;
   if (!agree) {
     ++comparison.disagreements;
     if (comparison.disagreements <= 20) {
@@ -106,8 +111,9 @@ std::size_t compare(const Zydis& zydis, const std::uint8_t* bytes, std::size_t a
       }
       MESSAGE("disagreement on ", hex, "(available ", available, "): quick length ",
               int{quick.length}, " syscall ", quick.syscall, " red-zone hints ",
-              int{quick.red_zone_hints}, "; zydis ", decoded ? int{instruction.length} : -1,
-              " evidence ", int{evidence});
+              int{quick.red_zone_hints}, " displacement ", quick.displacement, "; zydis ",
+              decoded ? int{instruction.length} : -1, " evidence ", int{evidence}, " displacement ",
+              displacement);
     }
   }
   return decoded ? instruction.length : 0;

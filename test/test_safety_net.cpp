@@ -139,6 +139,17 @@ long zt_live_slot_cmpxchg(long);        // lock cmpxchg returns it in rax
 long zt_live_slot_add(long);            // added to the argument (the slot holds 0)
 long zt_live_slot_xchg(long);           // swapped into rax
 long zt_live_slot_call_in_frame(long);  // rsp moved below it, a call, then read off rsp
+long zt_live_slot_big_frame(long);      // gcc -O0 with more than 128 bytes of locals: rsp moved
+                                        // down by the excess only, the slot reached through rbp
+long zt_live_slot_frame_pushes(long);   // rsp moved down, the slot below the registers pushed
+                                        // after the frame pointer, reached through rbp
+// Functions that move rsp down and keep data through rbp below their frame, clear of the slot
+// (clang -O0's shape), or only within their frame (while a pointer into it goes to the kernel):
+// rewritten. Each returns the syscall's result, or -1 if the data changed.
+long zt_big_frame_below_slot_getpid();
+long zt_big_frame_within_getpid();
+extern const unsigned char zt_big_frame_below_slot_site[];
+extern const unsigned char zt_big_frame_within_site[];
 }
 asm(R"(
   .text
@@ -269,6 +280,90 @@ asm(R"(
   zt_leaf zt_live_slot_nothing
   ret
   zt_leaf_end zt_live_slot_nothing
+
+  .macro zt_frame_pointer
+  push %rbp
+  .cfi_def_cfa_offset 16
+  .cfi_offset %rbp, -16
+  mov %rsp, %rbp
+  .cfi_def_cfa_register %rbp
+  .endm
+  .macro zt_leave
+  leave
+  .cfi_def_cfa %rsp, 8
+  .endm
+
+  # What gcc -O0 makes of a leaf with a 200-byte array: 0x68 of its 0xd8 bytes of locals are
+  # allocated, the rest is red zone. The argument is kept in the slot, [rbp-0x70, rbp-0x68).
+  zt_leaf zt_live_slot_big_frame
+  zt_frame_pointer
+  sub $0x68, %rsp
+  mov %rdi, -0xd8(%rbp)
+  mov -0xd8(%rbp), %rax
+  mov %rax, -0x70(%rbp)
+  mov $39, %eax
+  syscall
+  mov %rax, -0x8(%rbp)
+  mov -0x70(%rbp), %rax
+  zt_leave
+  ret
+  zt_leaf_end zt_live_slot_big_frame
+
+  # rsp is rbp-0x18 at the syscall (rbx pushed, then 0x10 allocated): -0x20(%rbp) is the slot.
+  zt_leaf zt_live_slot_frame_pushes
+  zt_frame_pointer
+  push %rbx
+  .cfi_offset %rbx, -24
+  sub $0x10, %rsp
+  mov %rdi, -0x20(%rbp)
+  mov $39, %eax
+  syscall
+  mov -0x20(%rbp), %rax
+  add $0x10, %rsp
+  pop %rbx
+  pop %rbp
+  .cfi_def_cfa %rsp, 8
+  ret
+  zt_leaf_end zt_live_slot_frame_pushes
+
+  # rsp is rbp-0x60 at the syscall: -0x78(%rbp) is rsp-0x18, red zone clear of the slot.
+  zt_leaf zt_big_frame_below_slot_getpid
+  zt_frame_pointer
+  sub $0x60, %rsp
+  movq $0x1234, -0x78(%rbp)
+  mov $39, %eax
+  .globl zt_big_frame_below_slot_site
+zt_big_frame_below_slot_site:
+  syscall
+  cmpq $0x1234, -0x78(%rbp)
+  je 1f
+  mov $-1, %rax
+1:
+  zt_leave
+  ret
+  zt_leaf_end zt_big_frame_below_slot_getpid
+
+  # rsp is rbp-0xe0 at the syscall and nothing lies below it; the pointer into the frame in rsi
+  # (which getpid ignores) would make the return-slot proof refuse the site.
+  zt_leaf zt_big_frame_within_getpid
+  zt_frame_pointer
+  push %rbx
+  .cfi_offset %rbx, -24
+  sub $0xd8, %rsp
+  movq $0x1234, -0xe0(%rbp)
+  lea -0xd0(%rbp), %rsi
+  mov $39, %eax
+  .globl zt_big_frame_within_site
+zt_big_frame_within_site:
+  syscall
+  cmpq $0x1234, -0xe0(%rbp)
+  je 1f
+  mov $-1, %rax
+1:
+  mov -0x8(%rbp), %rbx
+  zt_leave
+  ret
+  zt_leaf_end zt_big_frame_within_getpid
 )");
 
 TEST_CASE("eager_misses_jit_and_unsafe_sites") {
@@ -294,6 +389,16 @@ TEST_CASE("eager_rewrites_red_zone_sites_whose_return_slot_is_dead") {
   // glibc's variadic open/openat wrappers have this shape; ground_truth/dlopen_eager shows that
   // the dynamic linker's copies, which open every library dlopen loads, now reach the hook.
 
+  // Functions that move rsp down keep red-zone data below their frame, or none: rewritten.
+  CHECK(zt_big_frame_below_slot_site[0] == 0xff);
+  CHECK(zt_big_frame_below_slot_site[1] == 0xd0);
+  CHECK(zt_big_frame_within_site[0] == 0xff);
+  CHECK(zt_big_frame_within_site[1] == 0xd0);
+  const long before_frames = getpid_calls.load();
+  CHECK(zt_big_frame_below_slot_getpid() == real_getpid());
+  CHECK(zt_big_frame_within_getpid() == real_getpid());
+  CHECK(getpid_calls.load() == before_frames + 2);
+
   // Where the slot is still live after the syscall, the site stays a syscall and the value kept
   // there survives, however the function reaches it.
   const struct {
@@ -310,6 +415,8 @@ TEST_CASE("eager_rewrites_red_zone_sites_whose_return_slot_is_dead") {
       {"add", zt_live_slot_add},
       {"xchg", zt_live_slot_xchg},
       {"call with the slot in the frame", zt_live_slot_call_in_frame},
+      {"gcc -O0 frame larger than 128 bytes", zt_live_slot_big_frame},
+      {"frame with a register pushed after the frame pointer", zt_live_slot_frame_pushes},
   };
   const long value = 0x1122334455667788;
   const long calls = getpid_calls.load();

@@ -264,6 +264,130 @@ TEST_CASE("a slot still live after the call is found whichever way it is address
   }
 }
 
+// A function that moves rsp down by N may still keep data in the red zone below its new rsp: gcc
+// and clang at -O0 subtract only what exceeds 128 bytes of locals and reach the rest through rbp.
+// The frame below rbp is taken from the prologue (pushes after `mov %rsp,%rbp`, then the sub), and
+// a function with an access below it goes through the return-slot proof.
+TEST_CASE("functions that move rsp down are checked against the frame they allocate") {
+  SUBCASE("gcc -O0, 200 bytes of locals: one of them is in the slot") {
+    // push %rbp ; mov %rsp,%rbp ; sub $0x68,%rsp ; mov %rdi,-0xd8(%rbp) ; mov -0xd8(%rbp),%rax ;
+    // mov %al,-0x6c(%rbp) ; mov $39,%eax ; syscall ; mov %rax,-8(%rbp) ; movzbl -0x6c(%rbp),%eax ;
+    // movsbq %al,%rax ; leave ; ret   (-0x6c(%rbp) is rsp-4 at the syscall)
+    const Bytes code =
+        concat({{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x68, 0x48, 0x89, 0xbd, 0x28, 0xff,
+                 0xff, 0xff, 0x48, 0x8b, 0x85, 0x28, 0xff, 0xff, 0xff, 0x88, 0x45, 0x94},
+                kMovEaxImm39,
+                kSyscall,
+                {0x48, 0x89, 0x45, 0xf8, 0x0f, 0xb6, 0x45, 0x94, 0x48, 0x0f, 0xbe, 0xc0, 0xc9},
+                kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{30, SiteKind::red_zone}});
+  }
+  SUBCASE("a register pushed after the frame pointer is part of the frame") {
+    // push %rbp ; mov %rsp,%rbp ; push %rbx ; sub $0x10,%rsp ; mov %rdi,-0x20(%rbp) ; ... ;
+    // mov -0x20(%rbp),%rax ; add $0x10,%rsp ; pop %rbx ; pop %rbp ; ret
+    // (rsp is rbp-0x18 at the syscall, so -0x20(%rbp) is the slot)
+    const Bytes code =
+        concat({{0x55, 0x48, 0x89, 0xe5, 0x53, 0x48, 0x83, 0xec, 0x10, 0x48, 0x89, 0x7d, 0xe0},
+                kMovEaxImm39,
+                kSyscall,
+                {0x48, 0x8b, 0x45, 0xe0, 0x48, 0x83, 0xc4, 0x10, 0x5b, 0x5d},
+                kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{18, SiteKind::red_zone}});
+  }
+  SUBCASE("rsp moved only by the epilogue's lea off rbp") {
+    // push %rbp ; mov %rsp,%rbp ; push %rbx ; mov %rdi,-0x10(%rbp) ; ... ; mov -0x10(%rbp),%rax ;
+    // lea -8(%rbp),%rsp ; pop %rbx ; pop %rbp ; ret
+    const Bytes code = concat({{0x55, 0x48, 0x89, 0xe5, 0x53, 0x48, 0x89, 0x7d, 0xf0},
+                               kMovEaxImm39,
+                               kSyscall,
+                               {0x48, 0x8b, 0x45, 0xf0, 0x48, 0x8d, 0x65, 0xf8, 0x5b, 0x5d},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{14, SiteKind::red_zone}});
+  }
+  SUBCASE("a frame pointer set up after a branch: its frame is not known") {
+    // test %rdi,%rdi ; je .Lret ; push %rbp ; mov %rsp,%rbp ; sub $0x10,%rsp ;
+    // mov %rdi,-0x18(%rbp) ; ... ; mov -0x18(%rbp),%rax ; leave ; .Lret: ret
+    const Bytes code = concat({{0x48, 0x85, 0xff, 0x74, 0x18, 0x55, 0x48, 0x89, 0xe5, 0x48, 0x83,
+                                0xec, 0x10, 0x48, 0x89, 0x7d, 0xe8},
+                               kMovEaxImm39,
+                               kSyscall,
+                               {0x48, 0x8b, 0x45, 0xe8, 0xc9},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{22, SiteKind::red_zone}});
+  }
+  SUBCASE("a frame pointer set up by enter, which the prologue is not followed through") {
+    // enter $0x10,$0 ; sub $0x10,%rsp ; mov %rdi,-0x28(%rbp) ; ... ; mov -0x28(%rbp),%rax ;
+    // leave ; ret   (rsp is rbp-0x20 at the syscall, so -0x28(%rbp) is the slot)
+    const Bytes code =
+        concat({{0xc8, 0x10, 0x00, 0x00, 0x48, 0x83, 0xec, 0x10, 0x48, 0x89, 0x7d, 0xd8},
+                kMovEaxImm39,
+                kSyscall,
+                {0x48, 0x8b, 0x45, 0xd8, 0xc9},
+                kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{17, SiteKind::red_zone}});
+  }
+  SUBCASE("a frame pointer into the middle of the frame") {
+    // push %rbp ; sub $0x100,%rsp ; lea 0x80(%rsp),%rbp ; mov %rdi,-0x88(%rbp) ; ... ;
+    // mov -0x88(%rbp),%rax ; add $0x100,%rsp ; pop %rbp ; ret   (-0x88(%rbp) is rsp-8)
+    const Bytes code = concat(
+        {{0x55, 0x48, 0x81, 0xec, 0x00, 0x01, 0x00, 0x00, 0x48, 0x8d, 0xac, 0x24,
+          0x80, 0x00, 0x00, 0x00, 0x48, 0x89, 0xbd, 0x78, 0xff, 0xff, 0xff},
+         kMovEaxImm39,
+         kSyscall,
+         {0x48, 0x8b, 0x85, 0x78, 0xff, 0xff, 0xff, 0x48, 0x81, 0xc4, 0x00, 0x01, 0x00, 0x00, 0x5d},
+         kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{28, SiteKind::red_zone}});
+  }
+  SUBCASE("gcc -O2: rsp-relative data below rsp after the sub, in the slot") {
+    // sub $0x60,%rsp ; mov %rdi,-8(%rsp) ; ... ; mov -8(%rsp),%rax ; add $0x60,%rsp ; ret
+    const Bytes code = concat({{0x48, 0x83, 0xec, 0x60, 0x48, 0x89, 0x7c, 0x24, 0xf8},
+                               kMovEaxImm39,
+                               kSyscall,
+                               {0x48, 0x8b, 0x44, 0x24, 0xf8, 0x48, 0x83, 0xc4, 0x60},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{14, SiteKind::red_zone}});
+  }
+  SUBCASE("clang -O0: red-zone data below rsp but clear of the slot is proven dead") {
+    // push %rbp ; mov %rsp,%rbp ; sub $0x60,%rsp ; mov %rdi,-8(%rbp) ; mov -8(%rbp),%rax ;
+    // mov %al,-0x6c(%rbp) ; ... ; mov %rax,-0xd8(%rbp) ; mov -0x6c(%rbp),%al ; movsbq %al,%rax ;
+    // add $0x60,%rsp ; pop %rbp ; ret   (-0x6c(%rbp) is rsp-0xc, -0xd8(%rbp) rsp-0x78)
+    const Bytes code = concat({{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x60, 0x48, 0x89, 0x7d,
+                                0xf8, 0x48, 0x8b, 0x45, 0xf8, 0x88, 0x45, 0x94},
+                               kMovEaxImm39,
+                               kSyscall,
+                               {0x48, 0x89, 0x85, 0x28, 0xff, 0xff, 0xff, 0x8a, 0x45, 0x94, 0x48,
+                                0x0f, 0xbe, 0xc0, 0x48, 0x83, 0xc4, 0x60, 0x5d},
+                               kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{24, SiteKind::rewritable}});
+  }
+  SUBCASE("rbp never set from rsp holds other data, not a frame pointer") {
+    // push %rbp ; push %rbx ; sub $0x28,%rsp ; mov 8(%rdi),%rbp ; mov -0x10(%rbp),%rdx ;
+    // lea 8(%rsp),%rsi ; xor %edi,%edi ; xor %eax,%eax ; syscall ; add $0x28,%rsp ; pop %rbx ;
+    // pop %rbp ; ret   (the buffer in rsi would make the return-slot proof refuse the site)
+    const Bytes code =
+        concat({{0x55, 0x53, 0x48, 0x83, 0xec, 0x28, 0x48, 0x8b, 0x6f, 0x08, 0x48, 0x8b,
+                 0x55, 0xf0, 0x48, 0x8d, 0x74, 0x24, 0x08, 0x31, 0xff, 0x31, 0xc0},
+                kSyscall,
+                {0x48, 0x83, 0xc4, 0x28, 0x5b, 0x5d},
+                kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{23, SiteKind::rewritable}});
+  }
+  SUBCASE("a frame large enough for every access stays rewritable without the proof") {
+    // push %rbp ; mov %rsp,%rbp ; push %rbx ; sub $0xd8,%rsp ; mov %rdi,-0xe0(%rbp) ;
+    // lea -0xd0(%rbp),%rsi ; xor %edi,%edi ; mov $0xc8,%edx ; xor %eax,%eax ; syscall ;
+    // mov -0xe0(%rbp),%rax ; mov -8(%rbp),%rbx ; leave ; ret
+    // (rsp is rbp-0xe0 at the syscall; the buffer handed to read() would fail the proof)
+    const Bytes code =
+        concat({{0x55, 0x48, 0x89, 0xe5, 0x53, 0x48, 0x81, 0xec, 0xd8, 0x00, 0x00, 0x00,
+                 0x48, 0x89, 0xbd, 0x20, 0xff, 0xff, 0xff, 0x48, 0x8d, 0xb5, 0x30, 0xff,
+                 0xff, 0xff, 0x31, 0xff, 0xba, 0xc8, 0x00, 0x00, 0x00, 0x31, 0xc0},
+                kSyscall,
+                {0x48, 0x8b, 0x85, 0x20, 0xff, 0xff, 0xff, 0x48, 0x8b, 0x5d, 0xf8, 0xc9},
+                kRet});
+    CHECK(decisions(code, scan_function(code)) == Decisions{{35, SiteKind::rewritable}});
+  }
+}
+
 TEST_CASE("a syscall just after the end of a function's unwind information continues it") {
   // glibc's clone3: `mov $435,%eax` ends the FDE (cfi_endproc), then `syscall`.
   const Bytes code = concat({{0xb8, 0xb3, 0x01, 0x00, 0x00}, kSyscall, kRet});
@@ -396,6 +520,112 @@ int find_libc(dl_phdr_info* info, std::size_t, void* data) {
   return 0;
 }
 
+// The oracle's own statement of the frame a function's prologue allocates below rbp (the rule of
+// frame_below_rbp() in site_scanner.cpp): follow the code from the entry until control leaves the
+// straight line, or the frame is `enough`; rbp must be set from rsp there; pushes, pops, and add,
+// sub, lea or and of constants move rsp; anything else that writes rsp makes the frame unknown,
+// and anything else that writes rbp makes rbp no frame pointer. -1: unknown.
+std::int64_t prologue_frame(const ZydisDecoder& decoder, std::uintptr_t ip, std::uintptr_t end,
+                            std::int64_t enough) {
+  std::int64_t sp = 0, fp = 0;
+  bool have_fp = false;
+  for (int n = 0; n < 64 && ip < end; ++n) {
+    if (have_fp && fp - sp >= enough) break;
+    ZydisDecodedInstruction instruction;
+    ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(ip), end - ip,
+                                             &instruction, operands))) {
+      return -1;
+    }
+    ip += instruction.length;
+    switch (instruction.meta.category) {
+      case ZYDIS_CATEGORY_COND_BR:
+      case ZYDIS_CATEGORY_UNCOND_BR:
+      case ZYDIS_CATEGORY_CALL:
+      case ZYDIS_CATEGORY_RET:
+      case ZYDIS_CATEGORY_SYSCALL:
+      case ZYDIS_CATEGORY_INTERRUPT:
+        return have_fp && fp >= sp ? fp - sp : -1;
+      default:
+        break;
+    }
+    switch (instruction.mnemonic) {
+      case ZYDIS_MNEMONIC_SYSCALL:
+      case ZYDIS_MNEMONIC_SYSENTER:
+      case ZYDIS_MNEMONIC_UD2:
+      case ZYDIS_MNEMONIC_HLT:
+      case ZYDIS_MNEMONIC_INT3:
+        return have_fp && fp >= sp ? fp - sp : -1;
+      case ZYDIS_MNEMONIC_PUSH:
+      case ZYDIS_MNEMONIC_PUSHFQ:
+        sp -= instruction.operand_width / 8;
+        continue;
+      case ZYDIS_MNEMONIC_POPFQ:
+        sp += 8;
+        continue;
+      case ZYDIS_MNEMONIC_POP:
+        if (operands[0].type == ZYDIS_OPERAND_TYPE_REGISTER) {
+          const ZydisRegister popped =
+              ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, operands[0].reg.value);
+          if (popped == ZYDIS_REGISTER_RSP) return -1;
+          if (popped == ZYDIS_REGISTER_RBP) have_fp = false;
+        }
+        sp += instruction.operand_width / 8;
+        continue;
+      default:
+        break;
+    }
+    const ZydisDecodedOperand& to = operands[0];
+    const ZydisDecodedOperand& from = operands[1];
+    const bool pair =
+        instruction.operand_count_visible == 2 && to.type == ZYDIS_OPERAND_TYPE_REGISTER;
+    const bool from_rsp_address = from.type == ZYDIS_OPERAND_TYPE_MEMORY &&
+                                  from.mem.base == ZYDIS_REGISTER_RSP &&
+                                  from.mem.index == ZYDIS_REGISTER_NONE;
+    const bool constant = from.type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
+    if (pair && to.reg.value == ZYDIS_REGISTER_RSP) {
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_SUB && constant) {
+        sp -= from.imm.value.s;
+        continue;
+      }
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_ADD && constant) {
+        sp += from.imm.value.s;
+        continue;
+      }
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_LEA && from_rsp_address) {
+        sp += from.mem.disp.value;
+        continue;
+      }
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_AND && constant) continue;
+    }
+    if (pair && to.reg.value == ZYDIS_REGISTER_RBP) {
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_MOV && from.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          from.reg.value == ZYDIS_REGISTER_RSP) {
+        fp = sp;
+        have_fp = true;
+        continue;
+      }
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_LEA && from_rsp_address &&
+          from.mem.disp.value >= 0) {
+        fp = sp + from.mem.disp.value;
+        have_fp = true;
+        continue;
+      }
+    }
+    for (unsigned i = 0; i < instruction.operand_count; ++i) {
+      if (operands[i].type != ZYDIS_OPERAND_TYPE_REGISTER ||
+          !(operands[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
+        continue;
+      }
+      const ZydisRegister written =
+          ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, operands[i].reg.value);
+      if (written == ZYDIS_REGISTER_RSP) return -1;
+      if (written == ZYDIS_REGISTER_RBP) have_fp = false;
+    }
+  }
+  return have_fp && fp >= sp ? fp - sp : -1;
+}
+
 }  // namespace
 
 TEST_CASE("decisions on libc agree with an independent full decode of every function") {
@@ -408,13 +638,15 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
   // Independent: decode every function completely from its start, instruction by instruction
   // and with all operands, and collect the syscall/sysenter instructions, their lengths, and
   // whether the function uses its red zone. A function whose only evidence is a copy of rsp
-  // (getcontext and swapcontext save their caller's rsp) has each of its sites decided by the
-  // return-slot proof, run here on the whole function; the sites of functions with any other
-  // evidence all stay skipped in this libc.
+  // (getcontext and swapcontext save their caller's rsp), or that moves rsp down and addresses
+  // memory off rbp below the frame its prologue allocates (or sets rbp from rsp, but not in its
+  // prologue), has each of its sites decided by the return-slot proof, run here on the whole
+  // function; the sites of functions with any other evidence all stay skipped in this libc.
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   std::set<std::uintptr_t> plain, prefixed, red_zone;
-  std::size_t copy_only = 0, copy_only_proven = 0;
+  std::size_t copy_only = 0, copy_only_proven = 0, below_frame = 0, below_frame_proven = 0;
+  std::size_t off_rbp = 0;  // functions that move rsp down and address memory below rbp
   for (const FunctionRange& function : table.functions) {
     std::uintptr_t ip = function.begin;
     ZydisDecodedInstruction instruction;
@@ -423,6 +655,8 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
     // instruction falls through (see the continuation case above).
     bool falls_through = false;
     bool below_rsp = false, below_rbp = false, copies_rsp = false, moves_rsp_down = false;
+    bool rbp_from_rsp = false;
+    std::int64_t lowest_off_rbp = 0;
     std::vector<std::uintptr_t> function_plain;
     while (ip < function.end + 2 &&
            ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(ip),
@@ -449,6 +683,9 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
           }
           below_rsp = below_rsp || operand.mem.base == ZYDIS_REGISTER_RSP;
           below_rbp = below_rbp || operand.mem.base == ZYDIS_REGISTER_RBP;
+          if (operand.mem.base == ZYDIS_REGISTER_RBP) {
+            lowest_off_rbp = std::min(lowest_off_rbp, operand.mem.disp.value);
+          }
         }
         // rsp, or an address computed from it, goes into some other operand.
         bool from_rsp = false, into_other = instruction.mnemonic == ZYDIS_MNEMONIC_PUSH;
@@ -464,6 +701,15 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
           into_other = into_other || (!rsp && (operand.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE));
         }
         copies_rsp = copies_rsp || (from_rsp && into_other);
+        for (unsigned i = 0; i < instruction.operand_count; ++i) {
+          const ZydisDecodedOperand& operand = operands[i];
+          rbp_from_rsp = rbp_from_rsp ||
+                         (from_rsp && operand.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                          (operand.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) &&
+                          ZydisRegisterGetLargestEnclosing(
+                              ZYDIS_MACHINE_MODE_LONG_64, operand.reg.value) == ZYDIS_REGISTER_RBP);
+        }
+        rbp_from_rsp = rbp_from_rsp || instruction.mnemonic == ZYDIS_MNEMONIC_ENTER;
       }
       falls_through = instruction.meta.category != ZYDIS_CATEGORY_RET &&
                       instruction.meta.category != ZYDIS_CATEGORY_UNCOND_BR &&
@@ -473,11 +719,22 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
       ip += instruction.length;
     }
     const bool uses_red_zone = below_rsp || (below_rbp && !moves_rsp_down);
-    if (uses_red_zone || function_plain.empty() || !copies_rsp || moves_rsp_down) {
+    bool frame_exceeded = false;
+    if (!uses_red_zone && moves_rsp_down && below_rbp && !function_plain.empty()) {
+      // Without a frame pointer from the prologue, rbp is one only if set from rsp elsewhere.
+      const std::int64_t frame =
+          prologue_frame(decoder, function.begin, function.end, -lowest_off_rbp);
+      frame_exceeded = frame < 0 ? rbp_from_rsp : lowest_off_rbp < -frame;
+      ++off_rbp;
+    }
+    const bool to_proof = !uses_red_zone && (moves_rsp_down ? frame_exceeded : copies_rsp);
+    if (function_plain.empty() || !to_proof) {
       for (std::uintptr_t site : function_plain) (uses_red_zone ? red_zone : plain).insert(site);
       continue;
     }
-    ++copy_only;
+    std::size_t& functions = moves_rsp_down ? below_frame : copy_only;
+    std::size_t& proven = moves_rsp_down ? below_frame_proven : copy_only_proven;
+    ++functions;
     const std::uintptr_t end = std::max(function.end, function_plain.back() + 2);
     ReturnSlotProof proof(
         decoder,
@@ -486,7 +743,7 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
     for (std::uintptr_t site : function_plain) {
       const bool dead = proof.slot_dead_at(site);
       (dead ? plain : red_zone).insert(site);
-      copy_only_proven += dead;
+      proven += dead;
     }
   }
 
@@ -511,6 +768,8 @@ TEST_CASE("decisions on libc agree with an independent full decode of every func
   MESSAGE("libc: ", plain.size(), " rewritable syscall instructions, ", red_zone.size(),
           " skipped in red-zone functions, ", prefixed.size(), " prefixed; ", copy_only,
           " functions with syscalls copy rsp and do not move it down, ", copy_only_proven,
+          " of their sites proven; ", off_rbp, " move rsp down and address memory below rbp, ",
+          below_frame, " of them below their frame, ", below_frame_proven,
           " of their sites proven");
   CHECK(plain.size() > 100);
   CHECK(scanned_plain == plain);

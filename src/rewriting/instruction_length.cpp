@@ -1,6 +1,7 @@
 #include "rewriting/instruction_length.hpp"
 
 #include <array>
+#include <cstring>
 
 namespace zpoline::detail {
 namespace {
@@ -260,6 +261,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
 
   Immediate immediate = opcode->immediate;
   std::uint8_t hints = 0;
+  std::int32_t displacement_value = 0;
   if (opcode->modrm) {
     if (at >= limit) return false;
     const std::uint8_t modrm = bytes[at++];
@@ -329,6 +331,13 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
       // r12, r13) may be rsp or rbp; mod 0 has no displacement from a base register.
       if (mod != 0 && (base == 4 || base == 5) && (bytes[at + displacement - 1] & 0x80) != 0) {
         hints |= base == 4 ? kMayAddressBelowRsp : kMayAddressBelowRbp;
+        if (displacement == 1) {
+          displacement_value = static_cast<std::int8_t>(bytes[at]);
+        } else {
+          std::uint32_t raw;
+          std::memcpy(&raw, bytes + at, sizeof raw);
+          displacement_value = static_cast<std::int32_t>(raw);
+        }
       }
       at += displacement;
     }
@@ -359,7 +368,7 @@ bool decode_quickly(const std::uint8_t* bytes, std::size_t available, QuickInstr
       break;
   }
   if (at + immediate_size > limit) return false;
-  out = {static_cast<std::uint8_t>(at + immediate_size), false, hints};
+  out = {static_cast<std::uint8_t>(at + immediate_size), false, hints, displacement_value};
   return true;
 }
 

@@ -31,6 +31,10 @@ struct QuickInstruction {
   // RedZoneHint bits. Over-inclusive: what a full decode finds is a subset, and the scanner
   // decodes an instruction in full when it may show evidence the function has not shown yet.
   std::uint8_t red_zone_hints = 0;
+  // With kMayAddressBelowRsp or kMayAddressBelowRbp: the (negative) displacement, sign-extended;
+  // 0 otherwise. An access below rbp matters to the scanner only if it is lower than those it has
+  // seen, which this tells without a full decode.
+  std::int32_t displacement = 0;
 };
 
 // Decodes the instruction at `bytes`, of which `available` bytes may be read. False: unknown here,

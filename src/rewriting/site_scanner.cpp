@@ -49,26 +49,35 @@ bool is_syscall_mnemonic(ZydisMnemonic mnemonic) {
   return mnemonic == ZYDIS_MNEMONIC_SYSCALL || mnemonic == ZYDIS_MNEMONIC_SYSENTER;
 }
 
-// Red-zone use, judged over the whole function: a memory operand below rsp, or, in a function
-// that never moves rsp down, a memory operand below rbp (a leaf with a frame pointer addresses its
-// red zone via rbp) or a copy of rsp (in rbp or any other register, or in memory: whatever is
-// addressed through it may lie below rsp with no displacement showing it). A function that moves
-// rsp down is taken to address its frame, not its red zone, through rbp and copies of rsp.
+// Red-zone use, judged over the whole function: a memory operand below rsp; in a function that
+// never moves rsp down, a memory operand below rbp (a leaf with a frame pointer addresses its red
+// zone via rbp) or a copy of rsp (in rbp or any other register, or in memory: whatever is
+// addressed through it may lie below rsp with no displacement showing it); in a function that
+// moves rsp down, a memory operand or address off rbp below the frame the function allocates
+// (reaches_below_frame(), from the lowest displacement off rbp): moving rsp down does not mean
+// the red zone is unused, since gcc and clang at -O0 allocate only what exceeds its 128 bytes and
+// reach the rest through rbp. Copies of rsp in a function that moves rsp down are taken to point
+// into its frame and not to be used to reach below it.
 struct RedZoneEvidence {
   bool below_rsp = false;
-  bool below_rbp = false;
   bool copies_rsp = false;
   bool moves_rsp_down = false;
+  // The lowest (negative) displacement off rbp of any memory operand or address, 0 if none.
+  std::int64_t lowest_below_rbp = 0;
   // The kinds of evidence, as RedZoneHint bits (instruction_length.hpp), that could still change
-  // uses_red_zone(): those not shown yet, less rbp and copies once rsp was moved down. Kept up to
-  // date by noted(), so that the check per instruction is one load.
+  // the decision: all of them until an access below rsp settles it, less those already shown and
+  // copies once rsp was moved down. Accesses below rbp stay wanted (a lower one may still lie
+  // below the frame), but decode() lets through only those lower than lowest_below_rbp. Kept up
+  // to date by noted(), so that the check per instruction is one load.
   std::uint8_t wanted = kMayMoveRspDown | kMayAddressBelowRsp | kMayAddressBelowRbp | kMayCopyRsp;
-  bool uses_red_zone() const { return below_rsp || ((below_rbp || copies_rsp) && !moves_rsp_down); }
+  bool below_rbp() const { return lowest_below_rbp < 0; }
   void noted() {
+    if (below_rsp) {
+      wanted = 0;
+      return;
+    }
     wanted = static_cast<std::uint8_t>(
-        ~((moves_rsp_down ? kMayMoveRspDown | kMayAddressBelowRbp | kMayCopyRsp : 0) |
-          (below_rsp ? kMayAddressBelowRsp : 0) | (below_rbp ? kMayAddressBelowRbp : 0) |
-          (copies_rsp ? kMayCopyRsp : 0)));
+        ~((moves_rsp_down ? kMayMoveRspDown | kMayCopyRsp : 0) | (copies_rsp ? kMayCopyRsp : 0)));
   }
 };
 
@@ -147,7 +156,9 @@ bool note_red_zone_evidence(const Decoders& decoders, const std::uint8_t* bytes,
     if (operand.type != ZYDIS_OPERAND_TYPE_MEMORY || !operand.mem.disp.has_displacement) continue;
     if (operand.mem.disp.value >= 0) continue;
     if (operand.mem.base == ZYDIS_REGISTER_RSP) evidence.below_rsp = true;
-    if (operand.mem.base == ZYDIS_REGISTER_RBP) evidence.below_rbp = true;
+    if (operand.mem.base == ZYDIS_REGISTER_RBP) {
+      evidence.lowest_below_rbp = std::min(evidence.lowest_below_rbp, operand.mem.disp.value);
+    }
   }
   if (copies_rsp(instruction, operands)) evidence.copies_rsp = true;
   evidence.noted();
@@ -160,6 +171,16 @@ struct Instruction {
   bool syscall = false;  // syscall or sysenter, of any length
 };
 
+// Whether an instruction with these RedZoneHint bits and displacement may add evidence that could
+// still change the function's decision. Frame-pointer and -O0 code address most of their locals
+// off rbp: only an access lower than the lowest one seen can change the comparison with the frame.
+bool may_add_evidence(std::uint8_t hints, std::int64_t displacement,
+                      const RedZoneEvidence& evidence) {
+  hints &= evidence.wanted;
+  if (hints == kMayAddressBelowRbp && displacement >= evidence.lowest_below_rbp) return false;
+  return hints != 0;
+}
+
 // Decodes the instruction at `bytes`, quickly where possible, and adds its red-zone evidence
 // (decoding it in full only if it may show evidence that could still change the function's
 // decision). False if it cannot be decoded.
@@ -168,7 +189,7 @@ bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t ava
   QuickInstruction quick;
   if (decode_quickly(bytes, available, quick)) {
     out = {quick.length, quick.syscall};
-    return (quick.red_zone_hints & evidence.wanted) == 0 ||
+    return !may_add_evidence(quick.red_zone_hints, quick.displacement, evidence) ||
            note_red_zone_evidence(decoders, bytes, available, evidence);
   }
   ZydisDecodedInstruction instruction;
@@ -177,7 +198,7 @@ bool decode(const Decoders& decoders, const std::uint8_t* bytes, std::size_t ava
     return false;
   }
   out = {instruction.length, is_syscall_mnemonic(instruction.mnemonic)};
-  return (red_zone_hints(instruction) & evidence.wanted) == 0 ||
+  return !may_add_evidence(red_zone_hints(instruction), instruction.raw.disp.value, evidence) ||
          note_red_zone_evidence(decoders, bytes, available, evidence);
 }
 
@@ -210,6 +231,180 @@ bool falls_through_end(const Decoders& decoders, std::span<const std::uint8_t> c
     ip += instruction.length;
   }
   return ip == function.end && falls_through;
+}
+
+// How far below rbp a function that moves rsp down has moved it once its prologue has run. The
+// prologue is the straight-line code from the function's entry, up to the first jump, call,
+// return or syscall (stopping earlier only leaves part of the frame uncounted). It must set rbp
+// from rsp (`mov %rsp,%rbp`, or `lea d(%rsp),%rbp` with d >= 0), and may move rsp by pushes and
+// pops, add or sub of a constant, lea off rsp, and `and` of a constant (which can only lower it:
+// the frame is then at least what is counted). So registers pushed after the frame pointer count,
+// as in `push %rbp; mov %rsp,%rbp; push %rbx; sub $N,%rsp`. Once the frame is `enough`, the rest
+// is not read: like the code after the prologue, it is taken not to give the frame back before
+// the function is done with its locals. nullopt if the prologue does not set rbp from rsp, or
+// moves rsp in another way. Run only for a function with a rewritable site and an access below
+// rbp, so a full decode per instruction is affordable; prologues are short.
+std::optional<std::int64_t> frame_below_rbp(const ZydisDecoder& decoder,
+                                            std::span<const std::uint8_t> code,
+                                            std::uintptr_t runtime_address, std::uintptr_t begin,
+                                            std::uintptr_t end, std::int64_t enough) {
+  constexpr int kMaxPrologue = 64;
+  // Offsets from rsp's value at entry, exact but for `and`, which moves both rsp and, if it comes
+  // first, the value rbp gets from it by the same unknown amount: their difference stays exact
+  // or becomes larger.
+  std::int64_t rsp = 0;
+  std::int64_t rbp = 0;
+  bool rbp_set = false;  // from rsp, and not changed since
+  ZydisDecodedInstruction instruction;
+  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+  std::uintptr_t ip = begin;
+  for (int count = 0; count < kMaxPrologue && ip < end; ++count) {
+    if (rbp_set && rbp - rsp >= enough) break;
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.data() + (ip - runtime_address),
+                                             end - ip, &instruction, operands))) {
+      return std::nullopt;
+    }
+    ip += instruction.length;
+    const ZydisInstructionCategory category = instruction.meta.category;
+    if (ends_control_flow(instruction) || category == ZYDIS_CATEGORY_COND_BR ||
+        category == ZYDIS_CATEGORY_CALL || category == ZYDIS_CATEGORY_SYSCALL ||
+        category == ZYDIS_CATEGORY_INTERRUPT || is_syscall_mnemonic(instruction.mnemonic)) {
+      break;
+    }
+    bool writes_rsp = false;
+    bool writes_rbp = false;
+    for (unsigned i = 0; i < instruction.operand_count; ++i) {
+      const ZydisDecodedOperand& operand = operands[i];
+      if (operand.type != ZYDIS_OPERAND_TYPE_REGISTER ||
+          (operand.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) == 0) {
+        continue;
+      }
+      const ZydisRegister wide =
+          ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, operand.reg.value);
+      writes_rsp = writes_rsp || wide == ZYDIS_REGISTER_RSP;
+      writes_rbp = writes_rbp || wide == ZYDIS_REGISTER_RBP;
+    }
+    const ZydisDecodedOperand& destination = operands[0];
+    const ZydisDecodedOperand& source = operands[1];
+    const bool two_operands = instruction.operand_count_visible == 2;
+    const bool off_rsp = two_operands && source.type == ZYDIS_OPERAND_TYPE_MEMORY &&
+                         source.mem.base == ZYDIS_REGISTER_RSP &&
+                         source.mem.index == ZYDIS_REGISTER_NONE;
+    if (instruction.mnemonic == ZYDIS_MNEMONIC_PUSH ||
+        instruction.mnemonic == ZYDIS_MNEMONIC_PUSHFQ) {
+      rsp -= instruction.operand_width / 8;
+    } else if (instruction.mnemonic == ZYDIS_MNEMONIC_POP ||
+               instruction.mnemonic == ZYDIS_MNEMONIC_POPFQ) {
+      if (instruction.operand_count_visible > 0 &&
+          destination.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, destination.reg.value) ==
+              ZYDIS_REGISTER_RSP) {
+        return std::nullopt;  // pop %rsp
+      }
+      rsp += instruction.operand_width / 8;
+    } else if (writes_rsp) {
+      if (!two_operands || destination.type != ZYDIS_OPERAND_TYPE_REGISTER ||
+          destination.reg.value != ZYDIS_REGISTER_RSP) {
+        return std::nullopt;  // leave, xchg, a move into esp, ...
+      }
+      const bool immediate = source.type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_SUB && immediate) {
+        rsp -= static_cast<std::int64_t>(source.imm.value.s);
+      } else if (instruction.mnemonic == ZYDIS_MNEMONIC_ADD && immediate) {
+        rsp += static_cast<std::int64_t>(source.imm.value.s);
+      } else if (instruction.mnemonic == ZYDIS_MNEMONIC_LEA && off_rsp) {
+        rsp += source.mem.disp.value;
+      } else if (instruction.mnemonic != ZYDIS_MNEMONIC_AND || !immediate) {
+        return std::nullopt;  // a move by an amount not known here
+      }
+    }
+    if (writes_rbp) {
+      // Anything but a copy of rsp (pop %rbp, an 8-bit write, arithmetic) leaves rbp unknown.
+      rbp_set = false;
+      if (two_operands && destination.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          destination.reg.value == ZYDIS_REGISTER_RBP) {
+        if (instruction.mnemonic == ZYDIS_MNEMONIC_MOV &&
+            source.type == ZYDIS_OPERAND_TYPE_REGISTER && source.reg.value == ZYDIS_REGISTER_RSP) {
+          rbp = rsp;
+          rbp_set = true;
+        } else if (instruction.mnemonic == ZYDIS_MNEMONIC_LEA && off_rsp &&
+                   source.mem.disp.value >= 0) {
+          rbp = rsp + source.mem.disp.value;
+          rbp_set = true;
+        }
+      }
+    }
+  }
+  if (!rbp_set || rbp < rsp) return std::nullopt;
+  return rbp - rsp;
+}
+
+// How many instructions of [begin, end) set rbp from rsp (`mov %rsp,%rbp`, `lea d(%rsp),%rbp`,
+// `enter`, ...): those that may make rbp the function's frame pointer. -1 if decoding fails. A
+// linear pass, decoding in full only what may copy rsp: it runs only for the rare functions that
+// move rsp down, have a rewritable site, address memory below rbp and set up no frame pointer in
+// their prologue.
+int frame_pointer_setups(const Decoders& decoders, std::span<const std::uint8_t> code,
+                         std::uintptr_t runtime_address, std::uintptr_t begin, std::uintptr_t end) {
+  int setups = 0;
+  ZydisDecodedInstruction instruction;
+  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+  for (std::uintptr_t ip = begin; ip < end;) {
+    const std::uint8_t* bytes = code.data() + (ip - runtime_address);
+    const std::size_t available = end - ip;
+    QuickInstruction quick;
+    std::uint8_t hints = 0;
+    if (decode_quickly(bytes, available, quick)) {
+      ip += quick.length;
+      hints = quick.red_zone_hints;
+    } else {
+      if (!ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoders.minimal, nullptr, bytes, available,
+                                                      &instruction))) {
+        return -1;
+      }
+      ip += instruction.length;
+      if (instruction.mnemonic == ZYDIS_MNEMONIC_ENTER) {
+        ++setups;
+        continue;
+      }
+      hints = red_zone_hints(instruction);
+    }
+    if ((hints & kMayCopyRsp) == 0) continue;
+    if (!ZYAN_SUCCESS(
+            ZydisDecoderDecodeFull(&decoders.full, bytes, available, &instruction, operands))) {
+      return -1;
+    }
+    if (!copies_rsp(instruction, operands)) continue;
+    for (unsigned i = 0; i < instruction.operand_count; ++i) {
+      if (operands[i].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          (operands[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0 &&
+          ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, operands[i].reg.value) ==
+              ZYDIS_REGISTER_RBP) {
+        ++setups;
+        break;
+      }
+    }
+  }
+  return setups;
+}
+
+// Whether a function with a rewritable site that moves rsp down keeps red-zone data below rbp:
+// an access off rbp lower than the frame its prologue allocates (frame_below_rbp()) lies below
+// rsp at a syscall made with that frame, and may be in the slot. The frame is taken to stay
+// allocated, and rbp to stay where the prologue put it, while the function works with its locals.
+// If the prologue sets up no frame pointer, rbp is one only if something else sets it from rsp (a
+// frame set up after an early return, say), and then its frame is not known: any access below rbp
+// counts. A function that never sets rbp from rsp uses rbp for other data (or keeps the caller's
+// frame pointer in it), and nothing it addresses off rbp is its red zone.
+bool reaches_below_frame(const Decoders& decoders, std::span<const std::uint8_t> code,
+                         std::uintptr_t runtime_address, const FunctionRange& function,
+                         std::uintptr_t end, const RedZoneEvidence& evidence) {
+  if (!evidence.below_rbp()) return false;
+  if (function.begin < runtime_address) return true;  // its prologue is not in `code`
+  const std::optional<std::int64_t> frame = frame_below_rbp(
+      decoders.full, code, runtime_address, function.begin, end, -evidence.lowest_below_rbp);
+  if (frame) return evidence.lowest_below_rbp < -*frame;
+  return frame_pointer_setups(decoders, code, runtime_address, function.begin, end) != 0;
 }
 
 // Decides the candidates [first, last) that lie in one function. Decoding stops after the last
@@ -252,7 +447,13 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
   result.bytes_decoded += ip - begin;
   ++result.functions_decoded;
   for (; failed && next != last; ++next) result.sites.push_back({*next, SiteKind::undecodable});
-  if (!evidence.uses_red_zone()) return;
+  if (!any_rewritable) return;
+  const bool red_zone =
+      evidence.below_rsp ||
+      (evidence.moves_rsp_down
+           ? reaches_below_frame(decoders, code, runtime_address, function, end, evidence)
+           : evidence.below_rbp() || evidence.copies_rsp);
+  if (!red_zone) return;
   // Red-zone evidence makes a site unsafe unless the return-address slot is proven dead there.
   std::optional<ReturnSlotProof> proof;
   for (std::size_t i = first_decision; i < result.sites.size(); ++i) {
