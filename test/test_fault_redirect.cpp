@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -91,4 +92,68 @@ TEST_CASE("application_fault_handlers_still_run") {
 
   // And the odd numbers still work afterwards.
   CHECK(call_number(-1) == Outcome{-1, ENOSYS});
+}
+
+// Numbers that are not canonical addresses (bits 47 and up not all equal) make the rewritten
+// `call *%rax` itself fault (#GP at the site, nothing pushed; a segfault before): they are made
+// as calls too, and return what the kernel returns.
+TEST_CASE("non_canonical_numbers_behave_as_without_hooks") {
+  const std::vector<long> numbers = {0x800000000000L | SYS_getppid, 0x7fffffffffffffffL,
+                                     static_cast<long>(0xffff7fffffffffffUL), 1L << 62};
+  std::vector<Outcome> unhooked;
+  for (long number : numbers) unhooked.push_back(call_number(number));
+  std::atomic<long> seen{0};
+  auto session = zpoline_test::install_or_skip([&](zpoline::Syscall& call) {
+    for (long number : numbers) seen += call.number() == number;
+    return call.forward();
+  });
+  for (std::size_t i = 0; i < numbers.size(); ++i) {
+    CAPTURE(numbers[i]);
+    CHECK(call_number(numbers[i]) == unhooked[i]);
+  }
+  CHECK(seen.load() == static_cast<long>(numbers.size()));
+}
+
+// The library takes SIGSEGV and SIGILL (for the sled) and keeps the application's dispositions
+// for them: the default action still ends the process by that signal when it is sent (it was
+// swallowed, and the redirector gone), a handler installed after install still runs, for sent
+// signals and for real faults.
+TEST_CASE("default_actions_and_later_handlers_of_fault_signals") {
+  for (const int signal : {SIGSEGV, SIGILL}) {
+    CAPTURE(signal);
+    const pid_t child = fork();
+    if (child == 0) {
+      auto session =
+          zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+      raise(signal);
+      _exit(0);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == signal);
+  }
+  auto session =
+      zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
+  static std::atomic<int> handled{0};
+  static sigjmp_buf out;
+  struct sigaction action {};
+  action.sa_handler = [](int) {
+    ++handled;
+    siglongjmp(out, 1);
+  };
+  REQUIRE(sigaction(SIGSEGV, &action, nullptr) == 0);
+  struct sigaction current {};
+  REQUIRE(sigaction(SIGSEGV, nullptr, &current) == 0);
+  CHECK((current.sa_handler == action.sa_handler));  // the application sees its own handler
+  if (sigsetjmp(out, 1) == 0) raise(SIGSEGV);
+  CHECK(handled.load() == 1);
+  if (sigsetjmp(out, 1) == 0) {
+    volatile std::uintptr_t page_zero = 0x10;  // the sled's page is never writable: this faults
+    *reinterpret_cast<volatile int*>(page_zero) = 1;
+  }
+  CHECK(handled.load() == 2);
+  // The sled still works: an odd number reaches the kernel.
+  CHECK(call_number(-1) == (Outcome{-1, ENOSYS}));
+  signal(SIGSEGV, SIG_DFL);
 }

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -398,4 +399,80 @@ TEST_CASE("fork_child_stays_hooked") {
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(tally[SYS_wait4] == 1);
+}
+
+// A second install that excludes what the first rewrote: those sites get their instructions
+// back (libc still reached the hook, while stats() said it was excluded).
+TEST_CASE("reinstall_applies_new_exclusions") {
+  Tally tally;
+  {
+    auto session = install_or_skip(counting_hook(tally));
+    getpid();
+    CHECK(tally[SYS_getpid] == 1);
+  }  // a plain detach: the sites stay rewritten
+  zpoline::Options options;
+  options.exclude_paths = {"libc.so.6"};
+  auto session = install_or_skip(counting_hook(tally), options);
+  const zpoline::ImageStats* libc = find_image(session.stats(), "libc.so.6");
+  REQUIRE(libc != nullptr);
+  CHECK(libc->excluded);
+  const long before = tally[SYS_getpid];
+  CHECK(getpid() == zpoline::raw_syscall(SYS_getpid));
+  CHECK(tally[SYS_getpid] == before);
+  // And back: a third install without the exclusion rewrites libc again.
+  session.detach();
+  auto third = install_or_skip(counting_hook(tally));
+  getpid();
+  CHECK(tally[SYS_getpid] == before + 1);
+}
+
+// A fork child's records of the parent's threads are freed: a thread the child starts no longer
+// shares the forking thread's record (its "inside the hook" flag), so that when the child ends
+// its Session while that thread waits inside the hook, the hook is kept for it (it was destroyed
+// under it before).
+TEST_CASE("fork_child_frees_the_parents_thread_records") {
+  struct State {
+    std::atomic<int> magic{0x600d};
+    ~State() { magic = 0xdead; }
+  };
+  auto state = std::make_shared<State>();
+  // Threads of the parent made hooked calls: they have records.
+  for (int t = 0; t < 3; ++t) std::thread([] { getppid(); }).join();
+  auto* session = new zpoline::Session(install_or_skip([state](zpoline::Syscall& call) {
+    const long result = call.forward();
+    if (call.number() == SYS_read && state->magic != 0x600d) {
+      static const char message[] = "hook state destroyed while a thread was inside the hook\n";
+      zpoline::raw_syscall(SYS_write, 2, reinterpret_cast<long>(message), sizeof message - 1);
+      zpoline::raw_syscall(SYS_exit_group, 3);
+    }
+    return result;
+  }));
+  state.reset();
+  std::thread([] { getppid(); }).join();
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int fds[2];
+    if (pipe(fds) != 0) _exit(4);
+    std::atomic<long> reader_tid{0};
+    std::thread reader([&] {
+      char byte;
+      getppid();
+      reader_tid = zpoline::raw_syscall(SYS_gettid);
+      [[maybe_unused]] const ssize_t n = read(fds[0], &byte, 1);
+    });
+    while (reader_tid == 0) sched_yield();
+    // Until the reader waits in the kernel, inside the hook.
+    if (!zpoline_test::wait_until_blocked_in(reader_tid, SYS_read)) _exit(5);
+    getppid();
+    delete session;  // detach while the reader is inside the hook
+    [[maybe_unused]] const ssize_t n = write(fds[1], "x", 1);
+    reader.join();
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  delete session;
 }

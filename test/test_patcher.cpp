@@ -8,6 +8,9 @@
 
 #include <atomic>
 #include <cstring>
+#include <span>
+#include <thread>
+#include <vector>
 
 #include "platform/memory_map.hpp"
 #include "rewriting/patcher.hpp"
@@ -179,4 +182,58 @@ TEST_CASE("pages_changed_since_the_map_was_read") {
     CHECK(protection_at(base + kPage) == (PROT_READ | PROT_WRITE));
     munmap(base, 2 * kPage);
   }
+}
+
+// A site straddling a cache line is written a byte at a time through an invalid opcode (a locked
+// write there is a split lock, fatal where the kernel has split_lock_detect=fatal). Threads run
+// it all the while: each call returns the right value, through the kernel or the hook, never a
+// mix of the two instructions; a thread that meets the invalid opcode has its call made.
+TEST_CASE("site_straddling_a_cache_line_changes_while_it_runs") {
+  std::atomic<long> hooked{0};
+  auto session = zpoline_test::install_or_skip([&](zpoline::Syscall& call) {
+    if (call.number() == SYS_getpid) ++hooked;
+    return call.forward();
+  });
+  auto* page = static_cast<std::uint8_t*>(
+      mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(page != MAP_FAILED);
+  std::memset(page, 0xcc, kPage);
+  // mov $39, %eax; syscall (at 63, across the line); ret
+  const std::uint8_t code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
+  std::memcpy(page + 58, code, sizeof code);
+  REQUIRE(mprotect(page, kPage, PROT_READ | PROT_EXEC) == 0);
+  const auto site = reinterpret_cast<std::uintptr_t>(page + 63);
+  REQUIRE(site % 64 == 63);
+  REQUIRE(site_registry().add(site));
+  auto* function = reinterpret_cast<long (*)()>(page + 58);
+  const long pid = zpoline::raw_syscall(SYS_getpid);
+  std::atomic<bool> stop{false};
+  std::atomic<long> calls{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      while (!stop) {
+        if (function() != pid) ++wrong;
+        ++calls;
+      }
+    });
+  }
+  constexpr int kChanges = 300;
+  int written = 0;
+  for (int i = 0; i < kChanges; ++i) {
+    const Patch rewrite{site, kSyscallBytes, kCallRaxBytes};
+    const Patch restore{site, kCallRaxBytes, kSyscallBytes};
+    written += static_cast<int>(apply_patches(std::span(&rewrite, 1), read_memory_map()).written);
+    written += static_cast<int>(apply_patches(std::span(&restore, 1), read_memory_map()).written);
+  }
+  stop = true;
+  for (auto& thread : threads) thread.join();
+  CAPTURE(calls.load());
+  CAPTURE(hooked.load());
+  CHECK(written == 2 * kChanges);
+  CHECK(wrong.load() == 0);
+  CHECK(hooked.load() > 0);  // the rewritten periods reached the hook
+  CHECK(page[63] == 0x0f);
+  CHECK(page[64] == 0x05);
+  munmap(page, kPage);
 }

@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -741,10 +742,13 @@ void event_fork_busy_rewriter() {
 void event_malloc_first_call() {
   std::atomic<bool> go{false}, stop{false};
   std::atomic<long> rounds{0};
+  // Blocks above the mmap threshold, fixed (glibc raises it after each free otherwise): each
+  // malloc is an mmap, each free a munmap.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   std::thread allocator([&] {
     while (!go) sched_yield();
     while (!stop) {
-      void* block = std::malloc(64 << 20);
+      void* block = std::malloc(1 << 20);
       static_cast<volatile char*>(block)[0] = 1;
       std::free(block);
       ++rounds;
