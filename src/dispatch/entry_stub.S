@@ -395,7 +395,7 @@ zpoline_detail_tls_probe:
         je .Lbypass
         jmp .Lfull
 1:      cmpb $0, zpoline_detail_hook_live(%rip)
-        je .Lbypass
+        je .Lnot_live
 
 .Lfull:                                         /* save everything, run the hook */
         push %rax
@@ -680,6 +680,50 @@ zpoline_detail_tls_probe:
         jnz .Lfull
 1:      syscall
         jmp .Lreturn
+
+        /* No hook: straight to the kernel. A thread that armed Syscall User Dispatch while
+         * the safety net was on and still has it armed now that the net is off (its selector
+         * lets every call through) pays the kernel's slower entry for nothing: it disarms. */
+.Lnot_live:
+        .cfi_def_cfa %rsp, 8+RED_ZONE+8
+        .cfi_offset %rip, -8
+        cmpb $0, %fs:STATE_SUD_ARMED(%r11)
+        je .Lbypass
+        cmpb $0, zpoline_detail_sud_enabled(%rip)
+        jne .Lbypass
+        movb $0, %fs:STATE_SUD_ARMED(%r11)
+        push %rax
+        .cfi_adjust_cfa_offset 8
+        push %rdi
+        .cfi_adjust_cfa_offset 8
+        push %rsi
+        .cfi_adjust_cfa_offset 8
+        mov $157, %eax                          /* prctl(PR_SET_SYSCALL_USER_DISPATCH, OFF) */
+        mov $59, %edi
+        xor %esi, %esi
+        push %rdx
+        .cfi_adjust_cfa_offset 8
+        push %r10
+        .cfi_adjust_cfa_offset 8
+        push %r8
+        .cfi_adjust_cfa_offset 8
+        xor %edx, %edx
+        xor %r10d, %r10d
+        xor %r8d, %r8d
+        syscall
+        pop %r8
+        .cfi_adjust_cfa_offset -8
+        pop %r10
+        .cfi_adjust_cfa_offset -8
+        pop %rdx
+        .cfi_adjust_cfa_offset -8
+        pop %rsi
+        .cfi_adjust_cfa_offset -8
+        pop %rdi
+        .cfi_adjust_cfa_offset -8
+        pop %rax
+        .cfi_adjust_cfa_offset -8
+        jmp .Lbypass
 
         /* A thread without TLS (see zpoline_detail_tls_probe): it has no hook state, so its
          * calls go straight to the kernel; clone, clone3 and vfork, whose child would return

@@ -617,29 +617,37 @@ void event_jit() {
 void event_detach_reinstall() {
   std::atomic<bool> stop{false};
   std::atomic<long> wrong{0};
+  std::atomic<long> calls[2] = {0, 0};
   std::vector<std::thread> threads;
   const long ppid = parent_pid;
   for (int t = 0; t < 2; ++t) {
-    threads.emplace_back([&] {
+    threads.emplace_back([&, t] {
       while (!stop) {
         if (libc_getppid() != ppid || prefixed_getppid() != ppid) ++wrong;
+        ++calls[t];
       }
     });
   }
+  // Until each thread has finished two more calls.
+  const auto each_made_two_more = [&] {
+    const long made[2] = {calls[0], calls[1]};
+    while (calls[0] < made[0] + 2 || calls[1] < made[1] + 2) sched_yield();
+  };
   for (int round = 0; round < 6; ++round) {
     auto session = install();
     const std::uint64_t before = seen(SYS_getppid);
     EXPECT_EQ(markers(3, ppid), net() ? 6 : 3);
     EXPECT(seen(SYS_getppid) - before >= static_cast<std::uint64_t>(net() ? 6 : 3));
     session.detach();
-    // After detach nothing reaches the hook any more.
+    // After detach nothing reaches the hook any more, but the calls each thread had started:
+    // a thread that was inside the hook finishes its call (at most one per thread).
     const std::uint64_t after = seen(SYS_getppid);
     markers(3, ppid);
-    struct timespec pause {
-      0, 2 * 1000 * 1000
-    };
-    nanosleep(&pause, nullptr);
-    EXPECT_EQ(seen(SYS_getppid), after);
+    each_made_two_more();
+    const std::uint64_t settled = seen(SYS_getppid);
+    EXPECT(settled - after <= 2);
+    each_made_two_more();
+    EXPECT_EQ(seen(SYS_getppid), settled);
   }
   stop = true;
   for (auto& thread : threads) thread.join();
