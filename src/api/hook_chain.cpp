@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "platform/thread_local.hpp"
+
 namespace zpoline::detail {
 
 struct ContinuationAccess {
@@ -47,8 +49,8 @@ struct alignas(64) Stripe {
 };
 
 // Calls inside a chain on this thread (any chain): synchronize() there would wait for itself.
-__thread unsigned chain_depth = 0;
-__thread unsigned thread_stripe = 0;  // 1 + the stripe of this thread; 0 until chosen
+ZPOLINE_THREAD_LOCAL unsigned chain_depth = 0;
+ZPOLINE_THREAD_LOCAL unsigned thread_stripe = 0;  // 1 + the stripe of this thread; 0 until chosen
 std::atomic<unsigned> next_stripe{0};
 
 unsigned stripe_of_this_thread() noexcept {

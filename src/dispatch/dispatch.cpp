@@ -26,6 +26,7 @@
 #include "platform/memory.hpp"
 #include "platform/owned_lock.hpp"
 #include "platform/signals.hpp"
+#include "platform/thread_local.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
@@ -53,9 +54,9 @@ InstalledHook* load_current_hook() {
   return __atomic_load_n(&zpoline_detail_current_hook, __ATOMIC_ACQUIRE);
 }
 
-__thread ThreadRecord* thread_record = nullptr;
-__thread bool dispatching_for_net = false;
-__thread bool creating_library_thread = false;
+ZPOLINE_THREAD_LOCAL ThreadRecord* thread_record = nullptr;
+ZPOLINE_THREAD_LOCAL bool dispatching_for_net = false;
+ZPOLINE_THREAD_LOCAL bool creating_library_thread = false;
 // The stub's fast path finds the record through ThreadState::in_hook and counts the call itself.
 static_assert(offsetof(ThreadRecord, in_hook) == 0);
 static_assert(offsetof(ThreadRecord, calls_through_sites) == 8);

@@ -18,6 +18,7 @@
 #include "platform/memory.hpp"
 #include "platform/memory_map.hpp"
 #include "platform/owned_lock.hpp"
+#include "platform/thread_local.hpp"
 #include "rewriting/function_table.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/site_registry.hpp"
@@ -115,12 +116,12 @@ std::vector<AddressRange>& excluded_code() {
   return *ranges;
 }
 // ScopedNewCodeExclusion nesting on this thread.
-__thread unsigned new_code_exclusions = 0;
+ZPOLINE_THREAD_LOCAL unsigned new_code_exclusions = 0;
 
 // The rewriter's own work allocates and changes page protections: those mmap, munmap and
 // mprotect calls come back here through the dispatcher and must not re-enter (rewrite_lock() is
 // not recursive, and they bring no new code).
-__thread bool rewriting = false;
+ZPOLINE_THREAD_LOCAL bool rewriting = false;
 struct RewritingScope {
   bool entered = !rewriting;
   RewritingScope() { rewriting = true; }
