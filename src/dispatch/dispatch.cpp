@@ -477,8 +477,8 @@ extern "C" long zpoline_detail_dispatch(RegisterFrame* regs, void* xsave_area) {
     }
   }
   // A thread the safety net could not ask to arm SUD (it blocked the request signal), or that has
-  // made no hooked call before: arm it now.
-  arm_safety_net_if_needed();
+  // made no hooked call before: arm it now. Not a bypassed one (the library's own threads).
+  if (self.bypass_depth == 0) arm_safety_net_if_needed();
   const auto call_frame = reinterpret_cast<std::uintptr_t>(regs);
   bool run_hook = self.bypass_depth == 0;
   NestedHookCall nested;

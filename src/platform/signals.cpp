@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "platform/fault_recovery.hpp"
 #include "platform/memory.hpp"
 #include "platform/raw_syscall.hpp"
 
@@ -22,6 +23,9 @@ extern "C" unsigned char zpoline_detail_filter_signal_calls __attribute__((visib
 unsigned char zpoline_detail_filter_signal_calls = 0;
 
 namespace zpoline::detail {
+
+ZPOLINE_THREAD_LOCAL sigjmp_buf* fault_recovery_target = nullptr;
+
 namespace {
 
 constexpr unsigned long kSaRestorer = 0x04000000;

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "platform/fault_recovery.hpp"
 #include "platform/raw_syscall.hpp"
 #include "zpoline/zpoline.hpp"
 
@@ -61,12 +62,15 @@ bool write_site(const Patch& patch) {
   std::memcpy(&current, site, sizeof current);
   if (current != patch.expected) return false;
   if ((patch.address & (kCacheLine - 1)) != kCacheLine - 1) {
-    // Within one cache line a 2-byte store, aligned or not, is a single atomic access on x86.
-    asm volatile("movw %[replacement], %[site]"
-                 : [site] "=m"(*site)
+    // Within one cache line a 2-byte access, aligned or not, is atomic on x86. Compared and
+    // exchanged in one: a JIT may write other code there at any moment (RWX memory needs no
+    // system call for that).
+    std::uint16_t expected = patch.expected;
+    asm volatile("lock cmpxchgw %[replacement], %[site]"
+                 : [site] "+m"(*site), "+a"(expected)
                  : [replacement] "r"(patch.replacement)
-                 : "memory");
-    return true;
+                 : "memory", "cc");
+    return expected == patch.expected;
   }
   // Straddles a cache line (and maybe a page): no plain store is atomic here, and a locked one
   // is a split lock (SIGBUS where the kernel has split_lock_detect=fatal). One byte at a time
@@ -132,6 +136,8 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
   PatchOutcome outcome;
   Failure failure;
   {
+    // Not to be jumped out of with the lock held: the pages written are made writable under it.
+    FaultRecovery not_here(FaultRecovery::Suspended{});
     // Nothing below allocates: the application's mprotect/munmap (perhaps made by its allocator,
     // with the allocator's lock held) waits for this lock.
     OwnedLockGuard guard(code_change_lock());

@@ -15,6 +15,7 @@
 #include <span>
 
 #include "dispatch/frame.hpp"
+#include "platform/fault_recovery.hpp"
 #include "platform/memory.hpp"
 #include "platform/memory_map.hpp"
 #include "platform/owned_lock.hpp"
@@ -628,11 +629,11 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
   return stats;
 }
 
-void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
-  if (rewriting || new_code_exclusions != 0) return;
-  RewritingScope scope;
-  const auto start = std::chrono::steady_clock::now();
-  RewriteLock lock;
+namespace {
+
+// rewrite_new_code() with the rewrite lock held, in a fault recovery scope.
+void rewrite_new_code_locked(std::uintptr_t begin, std::size_t length,
+                             std::chrono::steady_clock::time_point start) {
   const CurrentMap current;
   const std::vector<Mapping>& map = current.map;
   FileSizes sizes;
@@ -680,11 +681,24 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
   }
 }
 
-bool rewrite_trapped_site(std::uintptr_t site) {
-  if (rewriting || new_code_exclusions != 0) return false;
+}  // namespace
+
+void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
+  if (rewriting || new_code_exclusions != 0) return;
   RewritingScope scope;
-  RewriteLock lock(std::try_to_lock);
-  if (!lock.owns_lock()) return false;
+  const auto start = std::chrono::steady_clock::now();
+  RewriteLock lock;
+  // Another thread may unmap the code while it is read (a JIT, a dlclose): then it is gone.
+  sigjmp_buf recovery;
+  if (sigsetjmp(recovery, 1) != 0) return;
+  FaultRecovery recoverable(recovery);
+  rewrite_new_code_locked(begin, length, start);
+}
+
+namespace {
+
+// rewrite_trapped_site() with the rewrite lock held, in a fault recovery scope.
+bool rewrite_trapped_site_locked(std::uintptr_t site) {
   const CurrentMap current;
   const std::vector<Mapping>& map = current.map;
   const Mapping* mapping = find_mapping(map, site);
@@ -739,6 +753,20 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     }
   }
   return rewritten().count(site) != 0 && rewritten().size() > before;
+}
+
+}  // namespace
+
+bool rewrite_trapped_site(std::uintptr_t site) {
+  if (rewriting || new_code_exclusions != 0) return false;
+  RewritingScope scope;
+  RewriteLock lock(std::try_to_lock);
+  if (!lock.owns_lock()) return false;
+  // The code may be unmapped while it is read: JIT code is, all the time.
+  sigjmp_buf recovery;
+  if (sigsetjmp(recovery, 1) != 0) return false;
+  FaultRecovery recoverable(recovery);
+  return rewrite_trapped_site_locked(site);
 }
 
 void note_unmapped_code(std::uintptr_t begin, std::size_t length) noexcept {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "dispatch/frame.hpp"
+#include "platform/fault_recovery.hpp"
 #include "platform/memory.hpp"
 #include "platform/signals.hpp"
 #include "rewriting/site_registry.hpp"
@@ -76,6 +77,12 @@ void on_fault(int signal, siginfo_t* info, void* context) {
     regs[REG_RIP] = reinterpret_cast<greg_t>(zpoline_detail_no_tls);
     return;
   }
+  // The rewriter reading memory that the application unmapped meanwhile (fault_recovery.hpp).
+  if ((signal == SIGSEGV || signal == SIGBUS) && fault_recovery_target != nullptr) {
+    sigjmp_buf* target = fault_recovery_target;
+    fault_recovery_target = nullptr;
+    siglongjmp(*target, 1);
+  }
   if (is_call_to_invalid_entry(*uc)) {
     regs[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_entry);
     return;
@@ -104,6 +111,7 @@ void install_fault_redirect() {
   // and called for every other fault (platform/signals.hpp).
   take_signal(SIGSEGV, on_fault, SA_ONSTACK, 0);
   take_signal(SIGILL, on_fault, SA_ONSTACK, 0);
+  take_signal(SIGBUS, on_fault, SA_ONSTACK, 0);
 }
 
 }  // namespace zpoline::detail
