@@ -16,6 +16,7 @@
 
 #include "dispatch/frame.hpp"
 #include "platform/memory_map.hpp"
+#include "rewriting/code_spans.hpp"
 #include "rewriting/function_table.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/site_registry.hpp"
@@ -76,6 +77,17 @@ RewriteOptions& current_options() {
 // and for forgetting the sites of unmapped code).
 std::map<std::uintptr_t, std::uint16_t>& rewritten() {
   return never_destroyed<std::map<std::uintptr_t, std::uint16_t>>();
+}
+// Where the sites of rewritten() are, for forget_code() to read without the lock. Constant
+// initialised: no constructor to run before the first munmap.
+constinit CodeSpans code_spans;
+// The extent of the sites of `patches`, covered before they are written.
+void cover(std::span<const Patch> patches) {
+  if (patches.empty()) return;
+  const auto [first, last] =
+      std::minmax_element(patches.begin(), patches.end(),
+                          [](const Patch& a, const Patch& b) { return a.address < b.address; });
+  code_spans.add(first->address, last->address + 2);
 }
 // Statistics of code that became executable after install, one entry per image.
 std::vector<ImageStats>& late_images() {
@@ -248,6 +260,7 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
     }
   }
   for (const Patch& patch : patches) site_registry().add(patch.address);
+  cover(patches);
   const PatchOutcome outcome = apply_patches(patches, map);
   stats.sites_rewritten += outcome.written;
   stats.skipped_undecodable += outcome.mismatched;
@@ -393,6 +406,16 @@ void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
   auto last = rewritten().lower_bound(end);
   for (auto it = first; it != last; ++it) site_registry().remove(it->first);
   rewritten().erase(first, last);
+  code_spans.narrow(begin, end,
+                    [](std::uintptr_t span_begin, std::uintptr_t span_end, std::uintptr_t* from,
+                       std::uintptr_t* to) {
+                      const auto inside = rewritten().lower_bound(span_begin);
+                      const auto past = rewritten().lower_bound(span_end);
+                      if (inside == past) return false;
+                      *from = inside->first;
+                      *to = std::prev(past)->first + 2;
+                      return true;
+                    });
 }
 
 }  // namespace
@@ -535,6 +558,7 @@ bool rewrite_trapped_site(std::uintptr_t site) {
     const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
     const Patch patch{site, original, kCallRaxBytes};
     site_registry().add(site);
+    cover(std::span(&patch, 1));
     const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map);
     stats.sites_rewritten += outcome.written;
     if (outcome.written) rewritten().emplace(site, original);
@@ -544,6 +568,9 @@ bool rewrite_trapped_site(std::uintptr_t site) {
 
 void forget_code(std::uintptr_t begin, std::size_t length) {
   if (rewriting) return;
+  // Most calls unmap memory that never held code: an allocator's, perhaps with its lock held, so
+  // neither the lock below (held by rewriting, which allocates) nor an allocation may follow.
+  if (!code_spans.may_hold_sites(begin > 1 ? begin - 1 : 0, begin + length)) return;
   RewritingScope scope;
   std::lock_guard lock(rewrite_lock());
   forget_sites(begin, begin + length);
@@ -594,6 +621,7 @@ void restore_rewritten_code() {
   }
   apply_patches(restores, map);
   rewritten().clear();
+  code_spans.clear();
 }
 
 }  // namespace zpoline::detail
