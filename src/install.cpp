@@ -11,12 +11,11 @@
 #include "dispatch/frame.hpp"
 #include "dispatch/safety_net.hpp"
 #include "platform/cpu.hpp"
-#include "rewriting/vdso_routing.hpp"
+#include "platform/environment.hpp"
 #include "rewriting/rewriter.hpp"
+#include "rewriting/vdso_routing.hpp"
 #include "trampoline/trampoline.hpp"
 #include "zpoline/zpoline.hpp"
-
-extern char** environ;
 
 namespace zpoline {
 inline namespace v0 {
@@ -78,7 +77,7 @@ Mode parse_mode(const std::string& text) {
 
 Mode effective_mode(const Options& options) {
   if (options.use_environment) {
-    if (const char* mode = std::getenv("ZPOLINE_MODE")) return parse_mode(mode);
+    if (const char* mode = detail::environment_variable("ZPOLINE_MODE")) return parse_mode(mode);
   }
   return options.mode;
 }
@@ -98,7 +97,7 @@ detail::RewriteOptions validate(const Options& options) {
   }
   if (options.use_environment) {
     check_environment_names();
-    if (const char* list = std::getenv("ZPOLINE_EXCLUDE")) {
+    if (const char* list = detail::environment_variable("ZPOLINE_EXCLUDE")) {
       for (std::string& entry : split_exclude_list(list)) {
         rewrite.exclude_paths.push_back(std::move(entry));
       }

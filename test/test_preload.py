@@ -1,6 +1,6 @@
 """libzpoline-preload.so and the example hook libraries on unmodified Debian programs.
 
-    test_preload.py PRELOAD TRACE_HOOK SANDBOX_HOOK FAULT_HOOK WRONG_ABI_HOOK CASE
+    test_preload.py PRELOAD TRACE_HOOK SANDBOX_HOOK FAULT_HOOK WRONG_ABI_HOOK REPLACED_GETENV CASE
 
 Each case runs programs unhooked and hooked (LD_PRELOAD, ZPOLINE_HOOK) and compares what they
 print, then checks the hook's effect. Exit status 77 (skipped) if page 0 cannot be mapped.
@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-PRELOAD, TRACE, SANDBOX, FAULT, WRONG_ABI, CASE = sys.argv[1:7]
+PRELOAD, TRACE, SANDBOX, FAULT, WRONG_ABI, REPLACED_GETENV, CASE = sys.argv[1:8]
 PYTHON = "/usr/bin/python3"
 
 PYTHON_WORKLOAD = r"""
@@ -29,14 +29,19 @@ print("pipeline", subprocess.run("ls /etc | sort | head -3", shell=True, capture
 """
 
 
-def run(argv, hooks=None, extra_env=None, cwd="/"):
+def run(argv, hooks=None, extra_env=None, cwd="/", allocator=None):
+    """Runs argv, hooked if hooks is a list (empty: the shim's counting hook), with an allocator
+    library preloaded after the shim if one is given (hooked or not)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZPOLINE")}
     env.pop("LD_PRELOAD", None)
     env["LC_ALL"] = "C"
+    preloads = [allocator] if allocator else []
     if hooks is not None:
-        env["LD_PRELOAD"] = PRELOAD
+        preloads.insert(0, PRELOAD)
         if hooks:
             env["ZPOLINE_HOOK"] = ":".join(hooks)
+    if preloads:
+        env["LD_PRELOAD"] = ":".join(preloads)
     env.update(extra_env or {})
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
     if "page 0" in result.stderr and result.returncode == 127:
@@ -54,20 +59,20 @@ def check(condition, message, *details):
     print("ok:", message)
 
 
-def same_as_unhooked(argv, hooks, extra_env=None):
-    plain = run(argv)
-    hooked = run(argv, hooks, extra_env)
+def same_as_unhooked(argv, hooks, extra_env=None, allocator=None):
+    plain = run(argv, allocator=allocator)
+    hooked = run(argv, hooks, extra_env, allocator=allocator)
     check(hooked.returncode == plain.returncode and hooked.stdout == plain.stdout,
           f"{' '.join(argv)} prints the same hooked and unhooked",
           plain.stdout, plain.stderr, hooked.stdout, hooked.stderr)
     return hooked
 
 
-def traced(argv, extra_hooks=(), extra_env=None):
+def traced(argv, extra_hooks=(), extra_env=None, allocator=None):
     with tempfile.NamedTemporaryFile("r", prefix="zpoline-trace-") as output:
         env = {"ZPOLINE_HOOK_TRACE_OUTPUT": output.name}
         env.update(extra_env or {})
-        hooked = same_as_unhooked(argv, [TRACE, *extra_hooks], env)
+        hooked = same_as_unhooked(argv, [TRACE, *extra_hooks], env, allocator)
         return hooked, output.read()
 
 
@@ -174,6 +179,84 @@ def errors_stop_the_program():
         check(result.returncode == 127 and result.stdout == "" and
               result.stderr.startswith("libzpoline-preload: zpoline: ") and message in result.stderr,
               f"ZPOLINE_HOOK={':'.join(hooks)}: {message}", result.stderr)
+
+
+def variables_read_when_the_program_replaces_getenv():
+    # The program's getenv finds nothing; the library reads environ itself.
+    _, trace = traced([REPLACED_GETENV])
+    check(re.search(r'chdir\("/"\) = 0', trace), "ZPOLINE_HOOK is read: the tracer ran", trace)
+    missing = run([REPLACED_GETENV], [TRACE.replace("trace", "missing")])
+    check(missing.returncode == 127 and "no such file" in missing.stderr,
+          "a missing hook library named in ZPOLINE_HOOK stops the program", missing.stderr)
+    bad_mode = run([REPLACED_GETENV], [TRACE], {"ZPOLINE_MODE": "eagre"})
+    check(bad_mode.returncode == 127 and "is not a mode" in bad_mode.stderr,
+          "ZPOLINE_MODE is read", bad_mode.stderr)
+
+
+# A workload for the allocator: threads allocating and freeing blocks of many sizes, large ones
+# (mapped by the allocator) among them, and SQLite (which allocates through malloc).
+ALLOCATING_WORKLOAD = r"""
+import sqlite3, threading
+results = [None] * 4
+def work(i):
+    blocks = []
+    for n in range(4000):
+        blocks.append(bytearray(1000 + (n * 7919 + i) % 300000))
+        if len(blocks) > 64: blocks.pop((n * 31) % len(blocks))
+    large = [bytearray(8 << 20) for _ in range(6)]
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t(a, b)")
+    db.executemany("insert into t values (?, ?)", ((k, "x" * (k % 300)) for k in range(20000)))
+    results[i] = db.execute("select count(*), sum(length(b)) from t").fetchone()
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(results)
+"""
+
+ALLOCATOR_DIRECTORIES = ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64",
+                         "/usr/lib", "/usr/local/lib"]
+
+
+def allocator_or_skip(file_name, package):
+    for directory in ALLOCATOR_DIRECTORIES:
+        path = os.path.join(directory, file_name)
+        if os.path.exists(path):
+            return path
+    print(f"SKIP: {file_name} is not installed (Debian: apt-get install {package})")
+    sys.exit(77)
+
+
+def trace_under_allocator(file_name, package):
+    # The hook library allocates for every call (the line it prints), with the private libc's
+    # malloc of its namespace, never the preloaded allocator, whatever that allocator holds.
+    allocator = allocator_or_skip(file_name, package)
+    for mode in ["eager", "exhaustive", "lazy"]:
+        hooked, trace = traced([PYTHON, "-c", ALLOCATING_WORKLOAD], extra_env={"ZPOLINE_MODE": mode},
+                               allocator=allocator)
+        check(hooked.stdout.count("(20000, 2980000)") == 4,
+              f"{mode}: python's threads allocated and finished", hooked.stdout, hooked.stderr)
+        check(len(re.findall(r"^\[pid \d+\] mmap\(", trace, re.M)) > 10,
+              f"{mode}: the allocator's mmap calls are traced", trace[-4000:])
+    # bash replaces getenv; with an allocator whose start-up calls setenv, bash's finds nothing
+    # before main. The hook library is loaded all the same (not the shim's counting hook).
+    hooked, trace = traced(["bash", "-c", "cd /; cd /; echo done"], allocator=allocator)
+    check(hooked.stdout == "done\n" and "system calls:" not in hooked.stderr,
+          "bash: ZPOLINE_HOOK is used, not the counting hook", hooked.stdout, hooked.stderr)
+    check(len(re.findall(r'chdir\("/"\) = 0', trace)) == 2, "bash's chdir calls are traced",
+          trace)
+
+
+def trace_under_tcmalloc():
+    trace_under_allocator("libtcmalloc.so.4", "libgoogle-perftools4")
+
+
+def trace_under_tcmalloc_minimal():
+    trace_under_allocator("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4")
+
+
+def trace_under_jemalloc():
+    trace_under_allocator("libjemalloc.so.2", "libjemalloc2")
 
 
 globals()[CASE]()

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <utility>
 
+#include "platform/environment.hpp"
 #include "platform/memory.hpp"
 #include "platform/memory_map.hpp"
 #include "rewriting/rewriter.hpp"
@@ -181,7 +182,8 @@ Session load_hook_library(const std::string& path, Options options) {
 }
 
 std::vector<std::string> configured_hook_libraries(const Options& options) {
-  const char* variable = options.use_environment ? std::getenv("ZPOLINE_HOOK") : nullptr;
+  const char* variable =
+      options.use_environment ? detail::environment_variable("ZPOLINE_HOOK") : nullptr;
   if (variable == nullptr) {
     for (const std::string& path : options.hook_libraries) {
       if (path.empty()) {
