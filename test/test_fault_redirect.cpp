@@ -123,6 +123,8 @@ TEST_CASE("default_actions_and_later_handlers_of_fault_signals") {
     CAPTURE(signal);
     const pid_t child = fork();
     if (child == 0) {
+      // The default action (not doctest's crash handler, nor a sanitizer's).
+      ::signal(signal, SIG_DFL);
       auto session =
           zpoline_test::install_or_skip([](zpoline::Syscall& call) { return call.forward(); });
       raise(signal);
