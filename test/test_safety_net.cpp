@@ -290,8 +290,8 @@ TEST_CASE("eager_rewrites_code_mapped_executable_later") {
                                int (*make_executable)(void*, std::size_t, int)) {
     const auto rewritten_before = late_counts("liblate_code.so").first;
     HandMappedObject object(ZPOLINE_LATE_LIBRARY, code_protection);
-    const unsigned char* getpid_code = object.function("late_getpid");
-    const unsigned char* getppid_code = object.function("late_getppid");
+    unsigned char* getpid_code = object.function("late_getpid");
+    unsigned char* getppid_code = object.function("late_getppid");
     if (make_executable != nullptr) {
       CHECK_FALSE(rewritten(syscall_site(getpid_code)));  // not executable yet
       const Elf64_Phdr code = object.code_segment();
