@@ -527,9 +527,12 @@ TEST_CASE("nested_signals") {
   install_handler(SIGUSR2, usr2_handler, 0);
 
   Tally tally;
-  std::atomic<long> wrong_results{0};
+  std::atomic<long> wrong_results{0}, pipe_writes{0};
   auto session = install_or_skip([&](zpoline::Syscall& call) {
     tally.count(call.number());
+    // The handlers' writes, told apart from any other (a sanitizer runtime writes on its own:
+    // AddressSanitizer probes memory by writing it to a pipe).
+    if (call.number() == SYS_write && call.arg(0) == pipe_fd) ++pipe_writes;
     const long result = call.forward();
     if (call.number() == SYS_getpid && result != expected_pid) ++wrong_results;
     if (call.number() == SYS_getppid && result != expected_ppid) ++wrong_results;
@@ -571,7 +574,7 @@ TEST_CASE("nested_signals") {
   // Odd rounds raised SIGUSR2 through the hook; its handler then ran inside the hook, bypassed.
   CHECK(tally[SYS_tgkill] == kRounds / 2);
   CHECK(tally[SYS_getppid] == kRounds / 2);
-  CHECK(tally[SYS_write] == kRounds / 2);
+  CHECK(pipe_writes.load() == kRounds / 2);
   CHECK(pipe_bytes(fds[0]) == kRounds);
   CHECK((blocked_signals() & (bit(SIGUSR1) | bit(SIGUSR2))) == 0);
   signal(SIGUSR1, SIG_IGN);
