@@ -185,6 +185,12 @@ def main():
     # Calls of AddressSanitizer's runtime the hook saw: they may also have gone through the
     # rewritten sites or the net while the scenario's later calls were counted.
     asan_seen = sum(seen[n] for n in left_out)
+
+    def at_least(count, value):
+        """value == count; under --asan, count up to count plus the runtime's calls the hook saw
+        (the runtime's calls on other threads, such as the library's own, may fall into a count
+        taken on the scenario's thread, or just outside the markers)."""
+        return count <= value <= count + asan_seen if asan else value == count
     for number in sorted(left_out):
         if number in missing:
             print(f"note  {name(number)}: kernel {kernel[number]}, hook {seen[number]}; left out "
@@ -214,17 +220,13 @@ def main():
     through_net = checks["window_calls_through_net"]
     if case != "fork":  # a fork child's counts stay in the child's own Session
         # The window's calls plus the two markers, each counted once by one way or the other.
-        check(through_sites + through_net == sum(seen.values()) + 2,
+        check(at_least(sum(seen.values()) + 2, through_sites + through_net),
               f"the coverage report's counts add up: {through_sites} through rewritten sites + "
               f"{through_net} through the net = {sum(seen.values())} + 2 markers")
     if mode == "eager":
         check(through_net == 0, "eager mode has no safety net: nothing went through it")
     if mode == "lazy":
         check(through_net > 0, f"lazy mode: calls went through the net ({through_net})")
-
-    def at_least(count, value):
-        """value == count, or under --asan within AddressSanitizer's calls above it."""
-        return count <= value <= count + asan_seen if asan else value == count
 
     if case == "jit":
         check(checks["rewritten_after_first_call"] == 1,
