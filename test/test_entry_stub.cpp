@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -100,6 +101,13 @@ extern const unsigned char zt_call_null_rax_return[];
 // `call *%rdx` with rdx = 0 and rax = 39 (getpid if the call were taken as a syscall).
 long zt_call_null_rdx();
 extern const unsigned char zt_call_null_rdx_return[];
+
+// All-ones in every bit of zmm0-31 and k0-k7 (16 bits of each k register, 64 with opmask64 =
+// 1, which needs AVX512BW). Only where AVX-512 is enabled.
+void zt_clobber_avx512(int opmask64);
+// Leaves the x87 unit as no ABI-conforming code would: control word 0x0c7f (round toward zero,
+// 24-bit precision), all eight registers full of constants, and the precision flag set.
+void zt_clobber_x87();
 }
 
 #define ZT_FUNCTION(name) \
@@ -306,6 +314,43 @@ asm(".pushsection .text\n"
     // Back to the section the compiler was in: it does not know that this block changed it.
     ".popsection\n");
 
+asm(".pushsection .text\n"
+    // ---- zt_clobber_avx512(opmask64 = edi) ----
+    ZT_FUNCTION(zt_clobber_avx512)
+    "  vpternlogd $0xff, %zmm0, %zmm0, %zmm0\n"
+    "  .irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31\n"
+    "  vmovdqa64 %zmm0, %zmm\\n\n"
+    "  .endr\n"
+    "  test %edi, %edi\n"
+    "  je 1f\n"
+    "  .irp n,0,1,2,3,4,5,6,7\n"
+    "  kxnorq %k0, %k0, %k\\n\n"
+    "  .endr\n"
+    "  ret\n"
+    "1:\n"
+    "  .irp n,0,1,2,3,4,5,6,7\n"
+    "  kxnorw %k0, %k0, %k\\n\n"
+    "  .endr\n"
+    "  ret\n" ZT_END(zt_clobber_avx512)
+
+    // ---- zt_clobber_x87() ----
+    ZT_FUNCTION(zt_clobber_x87)
+    "  fninit\n"
+    "  movw $0x0c7f, -2(%rsp)\n"
+    "  fldcw -2(%rsp)\n"
+    "  fld1\n"
+    "  fldpi\n"
+    "  fdivrp\n"  // 1/pi: inexact, sets PE in the status word
+    "  fldl2e\n"
+    "  fldl2t\n"
+    "  fldlg2\n"
+    "  fldln2\n"
+    "  fldpi\n"
+    "  fldz\n"
+    "  fld1\n"
+    "  ret\n" ZT_END(zt_clobber_x87)
+    ".popsection\n");
+
 namespace {
 
 constexpr std::uint64_t kCF = 1u << 0, kPF = 1u << 2, kAF = 1u << 4, kZF = 1u << 6, kSF = 1u << 7,
@@ -315,6 +360,28 @@ constexpr std::uint64_t kAlwaysSetFlags = (1u << 1) | (1u << 9);  // reserved bi
 
 bool have_avx() {
   return __builtin_cpu_supports("avx");
+}
+
+// XCR0: the state components the kernel enabled (0 without OSXSAVE).
+std::uint64_t enabled_xstate() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0 || (c & bit_OSXSAVE) == 0) return 0;
+  std::uint32_t low = 0, high = 0;
+  asm volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
+  return static_cast<std::uint64_t>(high) << 32 | low;
+}
+constexpr std::uint64_t kXstateAvx512 = 0xe0;  // opmask, ZMM_Hi256, Hi16_ZMM
+
+// AVX-512F in the CPU and its three state components enabled by the kernel.
+bool have_avx512() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (b & bit_AVX512F) != 0 &&
+         (enabled_xstate() & kXstateAvx512) == kXstateAvx512;
+}
+// 64-bit opmask registers (kmovq).
+bool have_avx512bw() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return have_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (b & bit_AVX512BW) != 0;
 }
 
 // XGETBV with ECX = 1 (XINUSE: which state components are not in their initial state).
@@ -414,8 +481,10 @@ std::string compare_probe(const ProbeState& in, const ProbeState& out) {
 }
 
 // Puts all-ones into every vector register: what a hook that broke the general-registers-only
-// rule would leak. Compiled normally; the hooks below call it only when told to.
+// rule would leak. Compiled normally; the hooks below call it only when told to. Where AVX-512
+// is enabled, all 512 bits of zmm0-31 and every opmask register too (zt_clobber_avx512).
 __attribute__((noinline)) void clobber_vector_registers() {
+  if (have_avx512()) zt_clobber_avx512(have_avx512bw() ? 1 : 0);
   if (have_avx()) {
     asm volatile(
         "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
@@ -1312,4 +1381,550 @@ TEST_CASE("every_vector_save_mode") {
     use_save_mode(chosen);
     munmap(page, 4096);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole x87/SSE/AVX/AVX-512 state, every bit
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// What zt_state_probe loads before its syscall, and where it puts the state it finds right
+// before and right after it. Offsets are hard-coded in the assembly below.
+struct alignas(64) StateProbe {
+  std::uint8_t zmm[32][64];  // zmm0-31 (ymm0-15 or xmm0-15: the low bytes of the first 16)
+  std::uint64_t k[8];        // k0-k7 (16 bits each without AVX512BW)
+  std::uint8_t st[8][16];    // ST(0)..ST(7), 80-bit values in the first 10 bytes of each
+  std::uint32_t st_count;    // how many of them to push (ST(0) = st[0])
+  std::uint16_t fcw;         // the x87 control word
+  std::uint16_t unused;
+  std::uint32_t mxcsr;
+  std::uint32_t flags;   // StateFlags
+  std::uint64_t rfbm;    // XSAVE's requested-feature bitmap for the snapshots
+  std::uint8_t* before;  // the snapshot right before the syscall (64-byte aligned)
+  std::uint8_t* after;   // ... and right after it
+  std::uint64_t result;  // rax after the syscall
+};
+static_assert(offsetof(StateProbe, k) == 2048);
+static_assert(offsetof(StateProbe, st) == 2112);
+static_assert(offsetof(StateProbe, st_count) == 2240);
+static_assert(offsetof(StateProbe, fcw) == 2244);
+static_assert(offsetof(StateProbe, mxcsr) == 2248);
+static_assert(offsetof(StateProbe, flags) == 2252);
+static_assert(offsetof(StateProbe, rfbm) == 2256);
+static_assert(offsetof(StateProbe, before) == 2264);
+static_assert(offsetof(StateProbe, after) == 2272);
+static_assert(offsetof(StateProbe, result) == 2280);
+
+// StateProbe::flags
+constexpr std::uint32_t kLoadZmm = 1;        // zmm0-31 and k0-k7
+constexpr std::uint32_t kOpmask64 = 2;       // k registers with kmovq (AVX512BW), else kmovw
+constexpr std::uint32_t kLoadYmm = 4;        // ymm0-15 (without kLoadZmm); neither: xmm0-15
+constexpr std::uint32_t kXsaveSnapshot = 8;  // snapshots with XSAVE (standard format), else FXSAVE
+
+}  // namespace
+
+extern "C" {
+// Loads the state described by *probe (rdi), takes a snapshot, makes getpid with the 2-byte
+// `syscall` at zt_state_probe_site (rewritten at install), takes another snapshot, and gives the
+// caller back an empty x87 stack, its control word and its MXCSR.
+void zt_state_probe(StateProbe* probe);
+extern const unsigned char zt_state_probe_site[];
+// The same with `66 0f 05` (a prefixed syscall, never rewritten: under Mode::exhaustive it traps
+// and reaches the hook through the Syscall User Dispatch safety net).
+void zt_state_probe_prefixed(StateProbe* probe);
+extern const unsigned char zt_state_probe_prefixed_site[];
+}
+
+// The snapshot into (%rbx): XSAVE of probe->rfbm (standard format), or FXSAVE. Neither changes
+// the state it saves. `a` and `b` are two unused local label numbers.
+#define ZT_SNAPSHOT(a, b)    \
+  "  testl $8, 2252(%r12)\n" \
+  "  je " #a                 \
+  "f\n"                      \
+  "  mov 2256(%r12), %eax\n" \
+  "  mov 2260(%r12), %edx\n" \
+  "  xsave (%rbx)\n"         \
+  "  jmp " #b "f\n" #a       \
+  ":\n"                      \
+  "  fxsave (%rbx)\n" #b ":\n"
+
+// The body of both probes; `site` is the label of the syscall, `instruction` its bytes.
+#define ZT_STATE_PROBE(name, site, instruction) \
+  ZT_FUNCTION(name)                             \
+  "  push %rbx\n"                                                                                  \
+  "  .cfi_adjust_cfa_offset 8\n"                                                                   \
+  "  .cfi_offset %rbx, -16\n"                                                                      \
+  "  push %r12\n"                                                                                  \
+  "  .cfi_adjust_cfa_offset 8\n"                                                                   \
+  "  .cfi_offset %r12, -24\n"                                                                      \
+  "  sub $8, %rsp\n" /* 0(%rsp): the caller's x87 control word, 4(%rsp): its MXCSR */            \
+  "  .cfi_adjust_cfa_offset 8\n"                                                                   \
+  "  mov %rdi, %r12\n"                                                                             \
+  "  fnstcw (%rsp)\n"                                                                              \
+  "  stmxcsr 4(%rsp)\n"                                                                            \
+  "  fninit\n"                                                                                     \
+  "  fldcw 2244(%r12)\n"                                                                           \
+  "  mov 2240(%r12), %ecx\n" /* push st[count-1] first, st[0] last */                             \
+  "  jrcxz 2f\n"                                                                                   \
+  "1:\n"                                                                                           \
+  "  lea -1(%rcx), %eax\n"                                                                         \
+  "  shl $4, %eax\n"                                                                               \
+  "  fldt 2112(%r12,%rax)\n"                                                                       \
+  "  loop 1b\n"                                                                                    \
+  "2:\n"                                                                                           \
+  "  ldmxcsr 2248(%r12)\n"                                                                         \
+  "  testl $1, 2252(%r12)\n"                                                                       \
+  "  je 4f\n"                                                                                      \
+  "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31\n" \
+  "  vmovdqu64 64*\\n(%r12), %zmm\\n\n"                                                            \
+  "  .endr\n"                                                                                      \
+  "  testl $2, 2252(%r12)\n"                                                                       \
+  "  je 3f\n"                                                                                      \
+  "  .irp n,0,1,2,3,4,5,6,7\n"                                                                     \
+  "  kmovq 2048+8*\\n(%r12), %k\\n\n"                                                              \
+  "  .endr\n"                                                                                      \
+  "  jmp 6f\n"                                                                                     \
+  "3:\n"                                                                                           \
+  "  .irp n,0,1,2,3,4,5,6,7\n"                                                                     \
+  "  kmovw 2048+8*\\n(%r12), %k\\n\n"                                                              \
+  "  .endr\n"                                                                                      \
+  "  jmp 6f\n"                                                                                     \
+  "4:\n"                                                                                           \
+  "  testl $4, 2252(%r12)\n"                                                                       \
+  "  je 5f\n"                                                                                      \
+  "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"                                               \
+  "  vmovdqu 64*\\n(%r12), %ymm\\n\n"                                                              \
+  "  .endr\n"                                                                                      \
+  "  jmp 6f\n"                                                                                     \
+  "5:\n"                                                                                           \
+  "  .irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"                                               \
+  "  movdqu 64*\\n(%r12), %xmm\\n\n"                                                               \
+  "  .endr\n"                                                                                      \
+  "6:\n"                                                                                           \
+  "  mov 2264(%r12), %rbx\n" ZT_SNAPSHOT(10, 11)                                                   \
+  "  mov $39, %eax\n" ZT_LABEL(site) instruction                                                   \
+  "  mov %rax, 2280(%r12)\n"                                                                       \
+  "  mov 2272(%r12), %rbx\n" ZT_SNAPSHOT(12, 13)                                                   \
+  "  fninit\n"                                                                                     \
+  "  fldcw (%rsp)\n"                                                                               \
+  "  ldmxcsr 4(%rsp)\n"                                                                            \
+  "  testl $5, 2252(%r12)\n"                                                                       \
+  "  je 7f\n"                                                                                      \
+  "  vzeroupper\n"                                                                                 \
+  "7:\n"                                                                                           \
+  "  add $8, %rsp\n"                                                                               \
+  "  .cfi_adjust_cfa_offset -8\n"                                                                  \
+  "  pop %r12\n"                                                                                   \
+  "  .cfi_adjust_cfa_offset -8\n"                                                                  \
+  "  pop %rbx\n"                                                                                   \
+  "  .cfi_adjust_cfa_offset -8\n"                                                                  \
+  "  ret\n" ZT_END(name)
+
+asm(".pushsection .text\n"                                                 //
+    ZT_STATE_PROBE(zt_state_probe, zt_state_probe_site, "  syscall\n")     //
+    ZT_STATE_PROBE(zt_state_probe_prefixed, zt_state_probe_prefixed_site,  //
+                   "  .byte 0x66\n  syscall\n")                            //
+    ".popsection\n");
+
+namespace {
+
+// Where XSAVE's standard format keeps each state component (CPUID leaf 0xD), and what the
+// snapshots save: every component the kernel enabled but AMX tile data (as platform/cpu.cpp).
+struct XsaveLayout {
+  bool xsave = false;  // else FXSAVE: x87 and SSE only
+  std::uint64_t rfbm = 0;
+  std::size_t size = 512;
+  std::array<std::size_t, 64> offset{};
+  std::array<std::size_t, 64> length{};
+  bool has(unsigned component) const { return xsave && ((rfbm >> component) & 1) != 0; }
+};
+constexpr unsigned kComponentAvx = 2, kComponentOpmask = 5, kComponentZmmHi256 = 6,
+                   kComponentHi16Zmm = 7;
+
+XsaveLayout xsave_layout() {
+  XsaveLayout layout;
+  const std::uint64_t xcr0 = enabled_xstate();
+  if (xcr0 == 0) return layout;
+  layout.xsave = true;
+  layout.rfbm = xcr0 & ~(1ull << 18);
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __get_cpuid_count(0xd, 0, &a, &b, &c, &d);
+  layout.size = b;  // the standard format's size for all of XCR0
+  for (unsigned component = 2; component < 63; ++component) {
+    if (!layout.has(component)) continue;
+    __get_cpuid_count(0xd, component, &a, &b, &c, &d);
+    layout.offset[component] = b;
+    layout.length[component] = a;
+  }
+  return layout;
+}
+
+// A zeroed, 64-byte aligned snapshot buffer.
+struct Snapshot {
+  explicit Snapshot(std::size_t size)
+      : bytes(static_cast<std::uint8_t*>(std::aligned_alloc(64, (size + 63) & ~std::size_t{63}))) {
+    std::memset(bytes, 0, (size + 63) & ~std::size_t{63});
+  }
+  ~Snapshot() { std::free(bytes); }
+  Snapshot(const Snapshot&) = delete;
+  Snapshot& operator=(const Snapshot&) = delete;
+  std::uint8_t* bytes;
+};
+
+template <class T>
+T field(const std::uint8_t* image, std::size_t offset) {
+  T value;
+  std::memcpy(&value, image + offset, sizeof value);
+  return value;
+}
+
+// Register `r` (zmm0-31) as far as the snapshot holds it, 64 bytes (the rest zero).
+std::array<std::uint8_t, 64> vector_register(const XsaveLayout& layout, const std::uint8_t* image,
+                                             int r) {
+  std::array<std::uint8_t, 64> value{};
+  const auto index = static_cast<std::size_t>(r);
+  if (r >= 16) {
+    if (layout.has(kComponentHi16Zmm)) {
+      std::memcpy(value.data(), image + layout.offset[kComponentHi16Zmm] + 64 * (index - 16), 64);
+    }
+    return value;
+  }
+  std::memcpy(value.data(), image + 160 + 16 * index, 16);
+  if (layout.has(kComponentAvx)) {
+    std::memcpy(value.data() + 16, image + layout.offset[kComponentAvx] + 16 * index, 16);
+  }
+  if (layout.has(kComponentZmmHi256)) {
+    std::memcpy(value.data() + 32, image + layout.offset[kComponentZmmHi256] + 32 * index, 32);
+  }
+  return value;
+}
+
+std::uint64_t opmask_register(const XsaveLayout& layout, const std::uint8_t* image, int k) {
+  if (!layout.has(kComponentOpmask)) return 0;
+  return field<std::uint64_t>(image,
+                              layout.offset[kComponentOpmask] + 8 * static_cast<unsigned>(k));
+}
+
+// Every field of the state that differs between two snapshots, by name ("" if none): the x87
+// control, status and tag words, its last-instruction fields, MXCSR, ST(0)-ST(7), each vector
+// register in parts (the low 128 bits, the ymm upper half, the zmm upper 256 bits, zmm16-31),
+// k0-k7, which components are in use (XSTATE_BV), and any other enabled component byte by byte.
+std::string state_differences(const XsaveLayout& layout, const std::uint8_t* before,
+                              const std::uint8_t* after) {
+  std::string problems;
+  char line[128];
+  auto compare = [&](const char* name, std::size_t offset, std::size_t length) {
+    if (std::memcmp(before + offset, after + offset, length) == 0) return;
+    problems += name;
+    problems += "; ";
+  };
+  compare("x87 control word", 0, 2);
+  compare("x87 status word", 2, 2);
+  compare("x87 tag word", 4, 1);
+  compare("x87 last opcode", 6, 2);
+  compare("x87 last instruction pointer", 8, 8);
+  compare("x87 last data pointer", 16, 8);
+  compare("mxcsr", 24, 4);
+  for (int i = 0; i < 8; ++i) {
+    std::snprintf(line, sizeof line, "st%d", i);
+    compare(line, 32 + 16 * static_cast<std::size_t>(i), 10);
+  }
+  for (int r = 0; r < 16; ++r) {
+    std::snprintf(line, sizeof line, "xmm%d", r);
+    compare(line, 160 + 16 * static_cast<std::size_t>(r), 16);
+  }
+  if (!layout.xsave) return problems;
+  compare("XSTATE_BV (components in use)", 512, 8);
+  for (unsigned component = 2; component < 63; ++component) {
+    if (!layout.has(component)) continue;
+    const std::size_t base = layout.offset[component];
+    switch (component) {
+      case kComponentAvx:
+        for (unsigned r = 0; r < 16; ++r) {
+          std::snprintf(line, sizeof line, "ymm%u bits 128-255", r);
+          compare(line, base + 16 * r, 16);
+        }
+        break;
+      case kComponentOpmask:
+        for (unsigned k = 0; k < 8; ++k) {
+          std::snprintf(line, sizeof line, "k%u", k);
+          compare(line, base + 8 * k, 8);
+        }
+        break;
+      case kComponentZmmHi256:
+        for (unsigned r = 0; r < 16; ++r) {
+          std::snprintf(line, sizeof line, "zmm%u bits 256-511", r);
+          compare(line, base + 32 * r, 32);
+        }
+        break;
+      case kComponentHi16Zmm:
+        for (unsigned r = 16; r < 32; ++r) {
+          std::snprintf(line, sizeof line, "zmm%u", r);
+          compare(line, base + 64 * (r - 16), 64);
+        }
+        break;
+      default:
+        std::snprintf(line, sizeof line, "XSAVE component %u", component);
+        compare(line, base, layout.length[component]);
+    }
+  }
+  return problems;
+}
+
+// Distinct values for everything the probe loads; `seed` makes two inputs differ everywhere.
+StateProbe make_state_input(unsigned seed, unsigned st_count, std::uint32_t flags) {
+  StateProbe in{};
+  for (unsigned r = 0; r < 32; ++r) {
+    for (unsigned b = 0; b < 64; ++b) {
+      in.zmm[r][b] = static_cast<std::uint8_t>((seed * 131 + r * 64 + b) * 7 + 1);
+    }
+  }
+  for (unsigned k = 0; k < 8; ++k) {
+    in.k[k] = 0x0123456789abcdefull * (seed + k + 1) ^ (0xf0e1d2c3b4a59687ull >> k);
+    if ((flags & kOpmask64) == 0) in.k[k] &= 0xffff;
+  }
+  for (unsigned i = 0; i < 8; ++i) {
+    const long double value = (seed + 1) * 1000.0L + i + 1.0L / (i + 3);
+    std::memcpy(in.st[i], &value, 10);
+  }
+  in.st_count = st_count;
+  in.fcw = seed % 2 ? 0x0f7f : 0x027f;    // truncate, 64-bit / nearest, 53-bit; all masked
+  in.mxcsr = seed % 2 ? 0xdfc1 : 0x5f80;  // FTZ, round up, DAZ, IE / round up
+  in.flags = flags;
+  return in;
+}
+
+// What the probe found right before its syscall must be what it was told to load (else the
+// comparison after the call would prove nothing).
+std::string load_problems(const XsaveLayout& layout, const StateProbe& in,
+                          const std::uint8_t* image) {
+  std::string problems;
+  char line[128];
+  auto check = [&](const std::string& name, std::uint64_t want, std::uint64_t got) {
+    if (want == got) return;
+    char values[64];
+    std::snprintf(values, sizeof values, ": want %#llx got %#llx; ",
+                  static_cast<unsigned long long>(want), static_cast<unsigned long long>(got));
+    problems += name + values;
+  };
+  check("x87 control word", in.fcw, field<std::uint16_t>(image, 0));
+  const unsigned top = (8 - in.st_count) % 8;
+  check("x87 TOP", top, (field<std::uint16_t>(image, 2) >> 11) & 7);
+  const unsigned tags = in.st_count == 0 ? 0 : (0xffu << top) & 0xff;  // physical TOP..7 valid
+  check("x87 tag word (abridged)", tags, field<std::uint8_t>(image, 4));
+  for (unsigned i = 0; i < in.st_count; ++i) {
+    if (std::memcmp(image + 32 + 16 * i, in.st[i], 10) != 0) {
+      std::snprintf(line, sizeof line, "st%u not loaded; ", i);
+      problems += line;
+    }
+  }
+  check("mxcsr", in.mxcsr, field<std::uint32_t>(image, 24));
+  const bool zmm = (in.flags & kLoadZmm) != 0;
+  const std::size_t width = zmm ? 64 : (in.flags & kLoadYmm) ? 32 : 16;
+  for (int r = 0; r < (zmm ? 32 : 16); ++r) {
+    const auto value = vector_register(layout, image, r);
+    if (std::memcmp(value.data(), in.zmm[r], width) != 0) {
+      std::snprintf(line, sizeof line, "vector register %d not loaded; ", r);
+      problems += line;
+    }
+  }
+  if (zmm) {
+    for (int k = 0; k < 8; ++k) {
+      check("k" + std::to_string(k), in.k[k], opmask_register(layout, image, k));
+    }
+  }
+  return problems;
+}
+
+struct StateRun {
+  std::string load_problems;  // the state before the call is not the one loaded
+  std::string differences;    // what the call changed
+  long result = 0;
+};
+
+StateRun run_state_probe(void (*probe)(StateProbe*), const StateProbe& input) {
+  const XsaveLayout layout = xsave_layout();
+  Snapshot before(layout.size), after(layout.size);
+  StateProbe in = input;
+  in.rfbm = layout.rfbm;
+  if (layout.xsave) in.flags |= kXsaveSnapshot;
+  in.before = before.bytes;
+  in.after = after.bytes;
+  probe(&in);
+  StateRun run;
+  run.load_problems = load_problems(layout, in, before.bytes);
+  run.differences = state_differences(layout, before.bytes, after.bytes);
+  run.result = static_cast<long>(in.result);
+  return run;
+}
+
+// What the hooks below do to the state: all of clobber_state_in_hook (every vector register,
+// zmm0-31 and k0-k7 included where enabled, MXCSR, library work), then the x87 unit.
+__attribute__((noinline)) void clobber_all_state() {
+  clobber_state_in_hook();
+  zt_clobber_x87();
+}
+
+std::uintptr_t state_site_return = 0, state_prefixed_site_return = 0;
+
+bool from_state_probe(const zpoline::Syscall& call) {
+  return call.return_address() == state_site_return ||
+         call.return_address() == state_prefixed_site_return;
+}
+
+// The same for a hook that promised to keep to general registers (Options::
+// general_registers_only): the stub then saves nothing, so the clobbering must show.
+ZT_GENERAL_REGISTERS_ONLY long clobbering_general_registers_hook(zpoline::Syscall& call) {
+  if (from_state_probe(call)) clobber_all_state();
+  return call.forward();
+}
+
+// The scenario of both test cases below. `flags`: what the probe loads besides the x87 stack and
+// MXCSR. `expected_leaks`: fields that must show up as changed when the stub saves nothing, one
+// of each kind the probe loads (proof that the comparison sees them).
+void check_state_preserved(std::uint32_t flags, const std::vector<std::string>& expected_leaks) {
+  const long pid = real_getpid();
+  state_site_return = address_of(zt_state_probe_site) + 2;
+  state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
+  REQUIRE(is_syscall(zt_state_probe_site));
+
+  // The probe against the kernel: a real syscall changes none of this state.
+  for (const unsigned st_count : {8u, 3u}) {
+    const StateRun run = run_state_probe(zt_state_probe, make_state_input(1, st_count, flags));
+    CHECK(run.load_problems == "");
+    CHECK(run.differences == "");
+    CHECK(run.result == pid);
+  }
+
+  std::atomic<long> site_calls{0};
+  auto clobbering_hook = [&](zpoline::Syscall& call) -> long {
+    if (!from_state_probe(call)) return call.forward();
+    ++site_calls;
+    clobber_all_state();
+    return call.forward();
+  };
+  long expected_calls = 0;
+  auto check_run = [&](void (*probe)(StateProbe*), unsigned seed, unsigned st_count) {
+    CAPTURE(seed);
+    CAPTURE(st_count);
+    const StateRun run = run_state_probe(probe, make_state_input(seed, st_count, flags));
+    CHECK(site_calls == ++expected_calls);
+    CHECK(run.load_problems == "");
+    CHECK(run.differences == "");
+    CHECK(run.result == pid);
+  };
+  {
+    auto session = install_or_skip(clobbering_hook);
+    REQUIRE(is_call_rax(zt_state_probe_site));
+    // The vector save mode install() chose from CPUID and XCR0 (platform/cpu.cpp).
+    const char* const modes[] = {"fxsave", "xsave", "xsavec", "ymm registers", "xmm registers"};
+    const char* save_mode = zpoline_detail_xsave_mode < 5 ? modes[zpoline_detail_xsave_mode] : "?";
+    CAPTURE(save_mode);
+    // This thread's calls (its first through the complete dispatcher, the others through the
+    // stub's fast path), then a new thread's first and second.
+    for (unsigned seed = 2; seed < 8; ++seed) check_run(zt_state_probe, seed, seed % 2 ? 8 : 3);
+    std::thread([&] {
+      check_run(zt_state_probe, 10, 8);
+      check_run(zt_state_probe, 11, 5);
+    }).join();
+  }
+  // The comparison sees every kind of field: with general_registers_only the stub saves no
+  // vector state, and the same clobbering shows (after the thread's first call, which the
+  // complete dispatcher handles with everything saved).
+  {
+    zpoline::Options options;
+    options.general_registers_only = true;
+    auto session = install_or_skip(clobbering_general_registers_hook, options);
+    getppid();
+    const StateRun run = run_state_probe(zt_state_probe, make_state_input(30, 3, flags));
+    CHECK(run.load_problems == "");
+    CHECK(run.result == pid);
+    INFO("differences: " << run.differences);
+    for (const std::string& name : expected_leaks) {
+      CAPTURE(name);
+      CHECK(run.differences.find(name + ";") != std::string::npos);
+    }
+  }
+}
+
+// What the probe loads besides the x87 stack and MXCSR: everything this machine has.
+std::uint32_t all_vector_registers() {
+  if (have_avx512()) return kLoadZmm | (have_avx512bw() ? kOpmask64 : 0);
+  return have_avx() ? kLoadYmm : 0;
+}
+
+}  // namespace
+
+// The x87 register stack (eight values or three, so TOP and the tag word vary), the x87 control
+// and status words, MXCSR and xmm0-15 (ymm0-15 with AVX), through a hook that clobbers all of it:
+// every bit the CPU saves with XSAVE (FXSAVE without it) is the same right after the hooked
+// syscall as right before it.
+TEST_CASE("x87_and_sse_state_preserved") {
+  const std::uint32_t flags = have_avx() ? kLoadYmm : 0;
+  std::vector<std::string> leaks = {"x87 control word",
+                                    "x87 status word",
+                                    "x87 tag word",
+                                    "st0",
+                                    "st7",
+                                    "mxcsr",
+                                    "xmm0",
+                                    "xmm15"};
+  if (have_avx()) leaks.insert(leaks.end(), {"ymm0 bits 128-255", "ymm15 bits 128-255"});
+  check_state_preserved(flags, leaks);
+}
+
+// The same with all 512 bits of zmm0-31 and k0-k7 loaded as well.
+TEST_CASE("avx512_state_preserved") {
+  if (!have_avx512()) {
+    std::fprintf(stderr,
+                 "SKIP: no AVX-512 here (the CPU lacks AVX-512F, or the kernel has not enabled "
+                 "its state components in XCR0 = %#llx)\n",
+                 static_cast<unsigned long long>(enabled_xstate()));
+    std::_Exit(77);
+  }
+  const std::uint32_t flags = kLoadZmm | (have_avx512bw() ? kOpmask64 : 0);
+  check_state_preserved(flags, {"x87 control word", "x87 status word", "x87 tag word", "st0",
+                                "mxcsr", "xmm0", "xmm15", "ymm0 bits 128-255", "zmm0 bits 256-511",
+                                "zmm15 bits 256-511", "zmm16", "zmm31", "k0", "k7"});
+}
+
+// The same state, every register this machine has, through a trap of the Syscall User Dispatch
+// safety net (Mode::exhaustive, a prefixed syscall that is never rewritten): the hook runs in
+// the SIGSYS handler, and the state comes back from the signal frame.
+TEST_CASE("vector_state_preserved_through_the_safety_net") {
+  const long pid = real_getpid();
+  state_site_return = address_of(zt_state_probe_site) + 2;
+  state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
+  const std::uint32_t flags = all_vector_registers();
+  std::atomic<long> site_calls{0};
+  zpoline::Options options;
+  options.mode = zpoline::Mode::exhaustive;
+  std::optional<zpoline::Session> session;
+  try {
+    session.emplace(install_or_skip(
+        [&](zpoline::Syscall& call) -> long {
+          if (!from_state_probe(call)) return call.forward();
+          ++site_calls;
+          clobber_all_state();
+          return call.forward();
+        },
+        options));
+  } catch (const zpoline::Error& error) {
+    if (error.code() != zpoline::ErrorCode::unsupported) throw;
+    std::fprintf(stderr, "SKIP: no Syscall User Dispatch here: %s\n", error.what());
+    std::_Exit(77);
+  }
+  const std::size_t traps = session->late_coverage().traps;
+  long expected_calls = 0;
+  for (unsigned seed = 20; seed < 24; ++seed) {
+    CAPTURE(seed);
+    const StateRun run =
+        run_state_probe(zt_state_probe_prefixed, make_state_input(seed, seed % 2 ? 8 : 3, flags));
+    CHECK(site_calls == ++expected_calls);
+    CHECK(run.load_problems == "");
+    CHECK(run.differences == "");
+    CHECK(run.result == pid);
+  }
+  CHECK(session->late_coverage().traps - traps == 4);
 }

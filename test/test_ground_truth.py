@@ -18,7 +18,11 @@ missing, which shows it can tell. Then the scenario's own checks: the calls it m
 the coverage report's counts (through rewritten sites, through the SUD net) add up, and the JIT
 site is rewritten after its first trap so that the later calls take the fast path.
 
-Usage: test_ground_truth.py WORKLOAD CASE MODE
+With --asan (a build with AddressSanitizer, test/meson.build passes it there), the numbers in
+ASAN_CALLS are left out of the comparison, each for the reason given there, and the checks that
+count them ask for at least, not exactly, the scenario's own calls.
+
+Usage: test_ground_truth.py [--asan] WORKLOAD CASE MODE
 Exits 77 (skipped) without strace, or when the hooked run cannot map page 0.
 """
 import collections
@@ -52,6 +56,22 @@ MIN_CALLS = {"python": {OPENAT: 5}}
 # its memory became executable, and prefixed syscalls.
 EXPECTED_ESCAPES = {("jit", "eager"): {GETPID: REPETITIONS},
                     ("prefixed", "eager"): {GETPID: REPETITIONS}}
+
+# AddressSanitizer's runtime makes system calls of its own, at moments that differ between the
+# hooked run and the reference run, so their counts differ by a few calls from run to run:
+ASAN_CALLS = {
+    9: "mmap: ASan's allocator maps its memory on demand, and install() allocates, so the two "
+       "runs' allocators are in different states in the window",
+    11: "munmap: the same, when ASan's allocator unmaps",
+    28: "madvise: ASan's allocator gives memory back to the kernel",
+    131: "sigaltstack: ASan's thread start sets up an alternate signal stack, and its thread exit "
+         "takes it down; in the exhaustive and lazy modes also in the library's own thread, "
+         "which starts at install and runs ASan's start-up code (maybe inside the window) before "
+         "any code of the library, so those calls reach the hook",
+    186: "gettid: ASan's thread registry, at every thread start (the scenario's and the "
+         "library's own)",
+    204: "sched_getaffinity: ASan counts the CPUs once, whenever it first needs them",
+}
 
 failures = []
 
@@ -109,7 +129,10 @@ def hook_report(path):
 
 
 def main():
-    workload, case, mode = sys.argv[1:4]
+    args = sys.argv[1:]
+    asan = args[:1] == ["--asan"]
+    workload, case, mode = args[1:4] if asan else args[0:3]
+    left_out = ASAN_CALLS if asan else {}
     if shutil.which("strace") is None:
         print("SKIP: strace is not installed")
         return 77
@@ -146,6 +169,11 @@ def main():
         print(f"  {name(number):<20} kernel {kernel[number]:4}  hook {seen[number]:4}")
 
     for number, count in OWN_CALLS[case].items():
+        if number in left_out:
+            check(kernel[number] >= count,
+                  f"the reference run made the scenario's {count} {name(number)} calls "
+                  f"(strace counted {kernel[number]}, with AddressSanitizer's)")
+            continue
         check(kernel[number] == count,
               f"the reference run made the scenario's {count} {name(number)} calls "
               f"(strace counted {kernel[number]})")
@@ -154,6 +182,20 @@ def main():
               f"the reference run made at least {count} {name(number)} calls "
               f"(strace counted {kernel[number]})")
     missing = {n: kernel[n] - seen[n] for n in set(kernel) | set(seen) if kernel[n] != seen[n]}
+    # Calls of AddressSanitizer's runtime the hook saw: they may also have gone through the
+    # rewritten sites or the net while the scenario's later calls were counted.
+    asan_seen = sum(seen[n] for n in left_out)
+
+    def at_least(count, value):
+        """value == count; under --asan, count up to count plus the runtime's calls the hook saw
+        (the runtime's calls on other threads, such as the library's own, may fall into a count
+        taken on the scenario's thread, or just outside the markers)."""
+        return count <= value <= count + asan_seen if asan else value == count
+    for number in sorted(left_out):
+        if number in missing:
+            print(f"note  {name(number)}: kernel {kernel[number]}, hook {seen[number]}; left out "
+                  f"of the comparison under AddressSanitizer ({left_out[number]})")
+            del missing[number]
     if mode != "eager" and missing.get(FUTEX, 0) < 0:
         # The one call whose count the library may change: in exhaustive and lazy modes its own
         # thread rewrites trapped sites while the scenario runs, and takes the locks of the
@@ -178,7 +220,7 @@ def main():
     through_net = checks["window_calls_through_net"]
     if case != "fork":  # a fork child's counts stay in the child's own Session
         # The window's calls plus the two markers, each counted once by one way or the other.
-        check(through_sites + through_net == sum(seen.values()) + 2,
+        check(at_least(sum(seen.values()) + 2, through_sites + through_net),
               f"the coverage report's counts add up: {through_sites} through rewritten sites + "
               f"{through_net} through the net = {sum(seen.values())} + 2 markers")
     if mode == "eager":
@@ -189,18 +231,20 @@ def main():
     if case == "jit":
         check(checks["rewritten_after_first_call"] == 1,
               "the JIT site was rewritten after its first trap")
-        check(checks["later_calls_through_net"] == 0 and
-              checks["later_calls_through_sites"] == REPETITIONS - 1,
+        check(at_least(0, checks["later_calls_through_net"]) and
+              at_least(REPETITIONS - 1, checks["later_calls_through_sites"]),
               f"the {REPETITIONS - 1} later calls took the rewritten site, none the net "
               f"(sites {checks['later_calls_through_sites']}, "
-              f"net {checks['later_calls_through_net']})")
+              f"net {checks['later_calls_through_net']}"
+              + (f"; AddressSanitizer's calls: {asan_seen}" if asan else "") + ")")
         check((checks["site_address"], "-") in lazy_sites,
               "the coverage report lists the JIT site, in anonymous memory, as rewritten lazily")
     if case == "prefixed":
         check(checks["rewritten_at_end"] == 0, "the prefixed site was never rewritten")
-        check(checks["later_calls_through_net"] == REPETITIONS - 1,
+        check(at_least(REPETITIONS - 1, checks["later_calls_through_net"]),
               f"each later call of the prefixed site went through the net "
-              f"({checks['later_calls_through_net']} of {REPETITIONS - 1})")
+              f"({checks['later_calls_through_net']} of {REPETITIONS - 1}"
+              + (f"; AddressSanitizer's calls: {asan_seen}" if asan else "") + ")")
     if case == "dlopen":
         # Code mapped executable after install is scanned when it is mapped, in every mode.
         check((2, next((p for _, p in late_images if "late_code" in p), "")) in late_images,

@@ -3,18 +3,27 @@
 #include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/auxv.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -475,4 +484,258 @@ TEST_CASE("fork_child_frees_the_parents_thread_records") {
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
   delete session;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The errors install() reports when the machine or the process cannot support it. Each test
+// case runs in its own process; the seccomp filters and capability changes below stay with that
+// process.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Installs a seccomp filter (for good: filters cannot be removed) under which system call
+// `number` fails with `error` when its argument `arg` (low 32 bits) matches: equals `value`
+// (`any_bit` false), or has any bit of `value` (`any_bit` true). Other calls are allowed.
+void fail_calls_with(int number, int arg, std::uint32_t value, bool any_bit, int error) {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<std::uint32_t>(number), 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+               static_cast<std::uint32_t>(offsetof(seccomp_data, args) + 8 * arg)),
+      BPF_JUMP(BPF_JMP | (any_bit ? BPF_JSET : BPF_JEQ) | BPF_K, value, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<std::uint32_t>(error) & 0xffff)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{sizeof filter / sizeof filter[0], filter};
+  REQUIRE(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  REQUIRE(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0);
+}
+
+// Runs install(pass-through hook, options) and returns the error it threw; fails the test case if
+// it did not throw.
+zpoline::Error install_error(zpoline::Options options = {}) {
+  try {
+    auto session =
+        zpoline::install([](zpoline::Syscall& call) { return call.forward(); }, std::move(options));
+  } catch (const zpoline::Error& error) {
+    return error;
+  }
+  FAIL("install() succeeded");
+  return zpoline::Error(zpoline::ErrorCode::invalid_option, "");
+}
+
+bool contains(const std::string& text, const char* fragment) {
+  return text.find(fragment) != std::string::npos;
+}
+
+// The process still works after a failed install: libc's calls return what the kernel returns.
+void check_process_works() {
+  CHECK(getpid() == real_getpid());
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  CHECK(write(fds[1], "ok", 2) == 2);
+  char buffer[2] = {};
+  CHECK(read(fds[0], buffer, 2) == 2);
+  CHECK(std::memcmp(buffer, "ok", 2) == 0);
+  close(fds[0]);
+  close(fds[1]);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) _exit(getpid() == zpoline::raw_syscall(SYS_getpid) ? 42 : 1);
+  int status = 0;
+  CHECK(waitpid(child, &status, 0) == child);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 42));
+}
+
+std::string first_line(const char* path) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  return line;
+}
+
+[[noreturn]] void skip(const std::string& why) {
+  std::fprintf(stderr, "SKIP: %s\n", why.c_str());
+  std::_Exit(77);
+}
+
+}  // namespace
+
+// Something already mapped at address 0, or in the relay's range: install() says so and maps
+// nothing, so that once the range is free again an install succeeds.
+TEST_CASE("page_zero_in_use_is_reported") {
+  constexpr std::uintptr_t kRelay = 0x06060000;  // trampoline/trampoline.hpp, README "Limits"
+  void* zero =
+      mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (zero == MAP_FAILED) {
+    skip(std::string("this process may not map address 0 itself (") + std::strerror(errno) +
+         "; vm.mmap_min_addr is " + first_line("/proc/sys/vm/mmap_min_addr") +
+         "), so it cannot put something there first");
+  }
+  REQUIRE(zero == nullptr);
+  zpoline::Error error = install_error();
+  CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
+  INFO(error.what());
+  CHECK(contains(error.what(), "address 0 is already mapped"));
+  CHECK(contains(error.what(), "cannot be placed there"));
+  check_process_works();
+  REQUIRE(munmap(zero, 4096) == 0);
+
+  // The relay's two pages: one of them taken is enough.
+  void* relay = mmap(reinterpret_cast<void*>(kRelay + 4096), 4096, PROT_READ,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  REQUIRE(relay == reinterpret_cast<void*>(kRelay + 4096));
+  error = install_error();
+  CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
+  INFO(error.what());
+  CHECK(contains(error.what(), "[0x6060000, 0x6062000)"));
+  CHECK(contains(error.what(), "already mapped"));
+  // Page 0, reserved before the relay was found taken, was given back.
+  void* probe =
+      mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  CHECK(probe == nullptr);
+  if (probe == nullptr) munmap(probe, 4096);
+  check_process_works();
+  REQUIRE(munmap(relay, 4096) == 0);
+
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally));
+  getpid();
+  CHECK(tally[SYS_getpid] == 1);
+}
+
+// An unprivileged process: without CAP_SYS_RAWIO, the kernel refuses addresses below
+// vm.mmap_min_addr, and install() names both ways out.
+TEST_CASE("page_zero_refused_without_cap_sys_rawio") {
+  const std::string min_addr = first_line("/proc/sys/vm/mmap_min_addr");
+  if (min_addr.empty() || std::stoul(min_addr) == 0) {
+    skip("vm.mmap_min_addr is " + (min_addr.empty() ? std::string("unreadable") : min_addr) +
+         ": any process may map address 0 here, so there is no refusal to see");
+  }
+  // Drop CAP_SYS_RAWIO from the effective and permitted sets (for good, as an unprivileged
+  // process never had it).
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  REQUIRE(syscall(SYS_capget, &header, data) == 0);
+  const unsigned bit = 1u << (CAP_SYS_RAWIO % 32);
+  data[CAP_SYS_RAWIO / 32].effective &= ~bit;
+  data[CAP_SYS_RAWIO / 32].permitted &= ~bit;
+  data[CAP_SYS_RAWIO / 32].inheritable &= ~bit;
+  REQUIRE(syscall(SYS_capset, &header, data) == 0);
+  // The kernel now refuses this process address 0 itself.
+  void* zero =
+      mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  CHECK(zero == MAP_FAILED);
+  if (zero != MAP_FAILED) munmap(zero, 4096);
+
+  const zpoline::Error error = install_error();
+  CHECK(error.code() == zpoline::ErrorCode::page_zero_refused);
+  INFO(error.what());
+  CHECK(contains(error.what(), "refused to map the trampoline at address 0"));
+  CHECK(contains(error.what(), ("vm.mmap_min_addr is " + min_addr).c_str()));
+  CHECK(contains(error.what(), "sysctl -w vm.mmap_min_addr=0"));
+  CHECK(contains(error.what(), "CAP_SYS_RAWIO (this process does not have it)"));
+  // Nothing was left mapped: the relay's range is free.
+  void* relay = mmap(reinterpret_cast<void*>(0x06060000), 8192, PROT_READ,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  CHECK(relay == reinterpret_cast<void*>(0x06060000));
+  check_process_works();
+}
+
+// Syscall User Dispatch missing (a kernel before 5.11 or without CONFIG_SYSCALL_USER_DISPATCH,
+// where prctl(PR_SET_SYSCALL_USER_DISPATCH) fails with EINVAL, as a seccomp filter makes it here):
+// the modes that need it are refused, and eager mode still installs.
+TEST_CASE("modes_needing_syscall_user_dispatch_are_unsupported_without_it") {
+  constexpr int kSetSyscallUserDispatch = 59;  // PR_SET_SYSCALL_USER_DISPATCH
+  fail_calls_with(SYS_prctl, 0, kSetSyscallUserDispatch, false, EINVAL);
+  CHECK(prctl(kSetSyscallUserDispatch, 0, 0, 0, 0) == -1);  // PR_SYS_DISPATCH_OFF
+  CHECK(errno == EINVAL);
+  for (const zpoline::Mode mode : {zpoline::Mode::exhaustive, zpoline::Mode::lazy}) {
+    zpoline::Options options;
+    options.mode = mode;
+    const zpoline::Error error = install_error(options);
+    CHECK(error.code() == zpoline::ErrorCode::unsupported);
+    INFO(error.what());
+    CHECK(contains(error.what(), "need Syscall User Dispatch"));
+    CHECK(contains(error.what(), "use Mode::eager"));
+  }
+  setenv("ZPOLINE_MODE", "exhaustive", 1);
+  CHECK(install_error().code() == zpoline::ErrorCode::unsupported);
+  unsetenv("ZPOLINE_MODE");
+  check_process_works();
+
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally));
+  CHECK(session.mode() == zpoline::Mode::eager);
+  getpid();
+  CHECK(tally[SYS_getpid] == 1);
+}
+
+// Options::route_vdso where the vDSO's code cannot be made writable (a seccomp filter makes
+// mprotect of the vDSO fail with EPERM, as a hardened kernel's W^X policy would; other code can
+// still be rewritten): install() fails with `unsupported` and leaves the process as a detach
+// does (the hook retracted, rewritten sites going straight to the kernel), and an install
+// without the option works.
+TEST_CASE("route_vdso_is_unsupported_where_the_vdso_cannot_be_written") {
+  const auto vdso = static_cast<std::uint64_t>(getauxval(AT_SYSINFO_EHDR));
+  if (vdso == 0) {
+    MESSAGE("this process has no vDSO");
+    std::exit(77);
+  }
+  // mprotect(vdso, ...) fails; every other call is allowed.
+  const auto low = static_cast<std::uint32_t>(vdso);
+  const auto high = static_cast<std::uint32_t>(vdso >> 32);
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 0, 5),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, low, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args) + 4),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, high, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{sizeof filter / sizeof filter[0], filter};
+  REQUIRE(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+  REQUIRE(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0);
+
+  zpoline::Options options;
+  options.route_vdso = true;
+  const zpoline::Error error = install_error(options);
+  CHECK(error.code() == zpoline::ErrorCode::unsupported);
+  INFO(error.what());
+  CHECK(contains(error.what(), "route_vdso"));
+  CHECK(contains(error.what(), "could not be made writable"));
+  check_process_works();
+
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally));
+  getpid();
+  CHECK(tally[SYS_getpid] == 1);
+  timespec now{};
+  CHECK(clock_gettime(CLOCK_MONOTONIC, &now) == 0);
+  CHECK(tally[SYS_clock_gettime] == 0);  // the vDSO's, not routed
+}
+
+// Code pages that cannot be made writable (a seccomp filter makes mprotect with PROT_WRITE fail
+// with EPERM, as a hardened kernel's W^X policy would): install() fails with rewrite_failed,
+// naming the page and the reason, changes no code, and leaves the process working.
+TEST_CASE("rewrite_failed_when_code_cannot_be_made_writable") {
+  const unsigned char* site = find_getpid_site();
+  REQUIRE(site != nullptr);
+  REQUIRE(site[0] == 0x0f);
+  fail_calls_with(SYS_mprotect, 2, PROT_WRITE, true, EPERM);
+  fail_calls_with(SYS_pkey_mprotect, 2, PROT_WRITE, true, EPERM);
+  for (int attempt = 0; attempt < 2; ++attempt) {  // the second: not "already installed"
+    CAPTURE(attempt);
+    const zpoline::Error error = install_error();
+    CHECK(error.code() == zpoline::ErrorCode::rewrite_failed);
+    INFO(error.what());
+    CHECK(contains(error.what(), "could not make writable the code page at 0x"));
+    CHECK(contains(error.what(), std::strerror(EPERM)));
+  }
+  CHECK(site[0] == 0x0f);  // libc's getpid is still `syscall`
+  CHECK(site[1] == 0x05);
+  check_process_works();
 }

@@ -14,6 +14,21 @@ import tempfile
 PRELOAD, TRACE, SANDBOX, FAULT, WRONG_ABI, REPLACED_GETENV, CASE = sys.argv[1:8]
 PYTHON = "/usr/bin/python3"
 
+
+def asan_runtime(library):
+    """The AddressSanitizer runtime `library` needs (in a build with b_sanitize=address), or None.
+
+    ASan must be the first library of a process (it checks, and refuses to start otherwise), so
+    it goes into LD_PRELOAD before the preload library. The programs run here (ls, sh, CPython)
+    are not LeakSanitizer-clean, and none of them is ours: leak detection is off for them.
+    """
+    ldd = subprocess.run(["ldd", library], capture_output=True, text=True).stdout
+    match = re.search(r"^\s*libasan\.so\S* => (\S+)", ldd, re.M)
+    return match.group(1) if match else None
+
+
+ASAN_RUNTIME = asan_runtime(PRELOAD)
+
 PYTHON_WORKLOAD = r"""
 import subprocess, threading
 results = [None] * 4
@@ -38,6 +53,10 @@ def run(argv, hooks=None, extra_env=None, cwd="/", allocator=None):
     preloads = [allocator] if allocator else []
     if hooks is not None:
         preloads.insert(0, PRELOAD)
+        if ASAN_RUNTIME:
+            preloads.insert(0, ASAN_RUNTIME)
+            env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"),
+                                                         "detect_leaks=0"]))
         if hooks:
             env["ZPOLINE_HOOK"] = ":".join(hooks)
     if preloads:
@@ -64,7 +83,8 @@ def same_as_unhooked(argv, hooks, extra_env=None, allocator=None):
     hooked = run(argv, hooks, extra_env, allocator=allocator)
     check(hooked.returncode == plain.returncode and hooked.stdout == plain.stdout,
           f"{' '.join(argv)} prints the same hooked and unhooked",
-          plain.stdout, plain.stderr, hooked.stdout, hooked.stderr)
+          f"unhooked: exit status {plain.returncode}", plain.stdout, plain.stderr,
+          f"hooked: exit status {hooked.returncode}", hooked.stdout, hooked.stderr)
     return hooked
 
 

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -624,6 +625,100 @@ TEST_CASE("vfork_child_writes_parent_memory") {
     }
   }
   CHECK(tally[SYS_vfork] == vforks_hooked);
+}
+
+namespace {
+
+// The vfork_returns slots per thread (dispatch/frame.hpp, kMaxVforkDepth; README "Limits": the
+// 17th nested vfork fails with EAGAIN).
+constexpr int kVforkSlots = 16;
+
+// One process of a chain of nested vforks, as it saw itself.
+struct ChainLevel {
+  long pid;           // getpid() (through the hook)
+  long vfork_result;  // what its vfork() returned (-1: failed)
+  int vfork_errno;    // errno after a failed vfork()
+  long waited;        // what waitpid() returned for its child
+  int status;         // its child's wait status
+};
+// Written by every process of the chain: a vfork child shares its parent's memory.
+ChainLevel chain[kVforkSlots + 3];
+
+// The process at `level` of the chain (0: the test's own) records itself and vforks; its child
+// continues one level deeper. The process at `last` makes no vfork. Every process but level 0
+// ends with _exit(its level) once its child has ended; level 0 returns.
+__attribute__((noinline)) void vfork_chain(int level, int last) {
+  ChainLevel& self = chain[level];
+  self.pid = getpid();
+  if (level == last) _exit(level);
+  errno = 0;
+  const pid_t child = vfork();
+  if (child == 0) vfork_chain(level + 1, last);  // does not return
+  self.vfork_result = child;
+  self.vfork_errno = child < 0 ? errno : 0;
+  if (child > 0) {
+    int status = 0;
+    self.waited = waitpid(child, &status, 0);
+    self.status = status;
+  }
+  if (level > 0) _exit(level);
+}
+
+// Runs a chain down to `last` and checks it: every vfork below `failing` made a child with the
+// right pid, which ended with its level's status; the vfork at `failing` (if below `last`)
+// failed with EAGAIN and made no process.
+void check_vfork_chain(int last, int failing) {
+  std::memset(chain, 0, sizeof chain);
+  vfork_chain(0, last);
+  const int deepest = std::min(last, failing);  // the deepest process that ran
+  std::vector<long> pids;
+  for (int level = 0; level <= deepest; ++level) {
+    CAPTURE(level);
+    const ChainLevel& self = chain[level];
+    CHECK(self.pid > 0);
+    CHECK(std::find(pids.begin(), pids.end(), self.pid) == pids.end());
+    pids.push_back(self.pid);
+    if (level == deepest) continue;
+    CHECK(self.vfork_result == chain[level + 1].pid);
+    CHECK(self.waited == chain[level + 1].pid);
+    CHECK(WIFEXITED(self.status));
+    CHECK(WEXITSTATUS(self.status) == level + 1);
+  }
+  if (failing < last) {
+    CHECK(chain[failing].vfork_result == -1);
+    CHECK(chain[failing].vfork_errno == EAGAIN);
+    CHECK(chain[failing + 1].pid == 0);  // no such process
+  }
+  CHECK(chain[0].pid == real_getpid());
+}
+
+}  // namespace
+
+// README "Limits": more than 16 nested vforks on one thread: the 17th fails with EAGAIN. Each
+// vfork child shares its parent's thread state (the TLS), where the library keeps one way back
+// per vfork in progress. Without the hook the kernel allows the 17th (and more); with it, the
+// 17th fails with EAGAIN, the 16 before it work, and the chain unwinds: every parent resumes with
+// its child's pid and status, and a second chain finds all 16 slots free again.
+TEST_CASE("seventeenth_nested_vfork_fails_with_eagain") {
+  constexpr int kLast = kVforkSlots + 1;  // a chain of 17 vforks
+  {
+    INFO("without the hook");
+    check_vfork_chain(kLast, kLast);
+  }
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally));
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    const long vforks_before = tally[SYS_vfork];
+    check_vfork_chain(kLast, kVforkSlots);
+    CHECK(tally[SYS_vfork] - vforks_before == kVforkSlots + 1);  // the failed one reached it too
+  }
+  // One vfork, back at depth 0.
+  const pid_t child = vfork();
+  if (child == 0) _exit(9);
+  REQUIRE(child > 0);
+  CHECK(wait_status(child) == 9);
+  CHECK(getpid() == real_getpid());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,9 +22,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -767,6 +770,180 @@ TEST_CASE("lazy_decodes_no_function_past_the_file_end") {
   }));
   CHECK(call() == real_getpid());
   CHECK(getpid_calls.load() == before + calls + 1);
+}
+
+namespace {
+
+// A shared object mapped by hand, the way the dynamic linker maps one (the whole file first,
+// read-only, then each PT_LOAD segment over it with MAP_FIXED), but without dlopen: nothing
+// tells the library about it but the mmap and mprotect calls themselves.
+struct HandMappedObject {
+  std::vector<char> file;
+  unsigned char* base = nullptr;
+  std::size_t span = 0;
+
+  // `code_protection`: what the executable segment gets from its mmap (PROT_READ leaves it for
+  // a later mprotect).
+  HandMappedObject(const char* path, int code_protection) {
+    std::ifstream in(path, std::ios::binary);
+    file.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    REQUIRE(file.size() > sizeof(Elf64_Ehdr));
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    for (const Elf64_Phdr& segment : segments()) {
+      span = std::max<std::size_t>(span, segment.p_vaddr + segment.p_memsz);
+    }
+    span = (span + 4095) & ~std::size_t{4095};
+    void* whole = mmap(nullptr, span, PROT_READ, MAP_PRIVATE, fd, 0);
+    REQUIRE(whole != MAP_FAILED);
+    base = static_cast<unsigned char*>(whole);
+    for (const Elf64_Phdr& segment : segments()) {
+      const std::uint64_t page_offset = segment.p_vaddr & 4095;
+      int protection = (segment.p_flags & PF_R ? PROT_READ : 0) |
+                       (segment.p_flags & PF_W ? PROT_READ | PROT_WRITE : 0);
+      if (segment.p_flags & PF_X) protection = code_protection;
+      void* at = mmap(base + segment.p_vaddr - page_offset, segment.p_filesz + page_offset,
+                      protection, MAP_PRIVATE | MAP_FIXED, fd, segment.p_offset - page_offset);
+      REQUIRE(at == base + segment.p_vaddr - page_offset);
+    }
+    close(fd);
+  }
+  ~HandMappedObject() { munmap(base, span); }
+  HandMappedObject(const HandMappedObject&) = delete;
+  HandMappedObject& operator=(const HandMappedObject&) = delete;
+
+  const Elf64_Ehdr& header() const { return *reinterpret_cast<const Elf64_Ehdr*>(file.data()); }
+  std::vector<Elf64_Phdr> segments() const {
+    std::vector<Elf64_Phdr> loads;
+    for (int i = 0; i < header().e_phnum; ++i) {
+      Elf64_Phdr segment;
+      std::memcpy(&segment, file.data() + header().e_phoff + i * sizeof segment, sizeof segment);
+      if (segment.p_type == PT_LOAD) loads.push_back(segment);
+    }
+    return loads;
+  }
+  const Elf64_Phdr code_segment() const {
+    for (const Elf64_Phdr& segment : segments()) {
+      if (segment.p_flags & PF_X) return segment;
+    }
+    FAIL("no executable segment");
+    return {};
+  }
+  // A function's address, from the file's dynamic symbol table.
+  unsigned char* function(const char* name) const {
+    std::vector<Elf64_Shdr> sections(header().e_shnum);
+    std::memcpy(sections.data(), file.data() + header().e_shoff,
+                sections.size() * sizeof(Elf64_Shdr));
+    for (const Elf64_Shdr& table : sections) {
+      if (table.sh_type != SHT_DYNSYM) continue;
+      const char* names = file.data() + sections[table.sh_link].sh_offset;
+      for (std::size_t i = 0; i < table.sh_size / sizeof(Elf64_Sym); ++i) {
+        Elf64_Sym symbol;
+        std::memcpy(&symbol, file.data() + table.sh_offset + i * sizeof symbol, sizeof symbol);
+        if (std::strcmp(names + symbol.st_name, name) == 0) return base + symbol.st_value;
+      }
+    }
+    FAIL("no symbol " << name);
+    return nullptr;
+  }
+};
+
+// The 2-byte syscall (or its rewritten call) in the first 16 bytes of `code`.
+const unsigned char* syscall_site(const unsigned char* code) {
+  for (int i = 0; i < 16; ++i) {
+    if ((code[i] == 0x0f && code[i + 1] == 0x05) || (code[i] == 0xff && code[i + 1] == 0xd0)) {
+      return code + i;
+    }
+  }
+  return nullptr;
+}
+
+bool rewritten(const unsigned char* site) {
+  return site != nullptr && site[0] == 0xff && site[1] == 0xd0;
+}
+
+}  // namespace
+
+// Eager mode's promise for code made executable after install (README "Modes", DESIGN "Code
+// that appears later"): file-backed ELF code mapped with PROT_EXEC, or given it by mprotect or
+// pkey_mprotect, is rewritten right after that call returns, before it can run, with function
+// boundaries from the file; anonymous code made executable is only counted (no function
+// boundaries), as skipped, and its syscalls do not reach the hook.
+TEST_CASE("eager_rewrites_code_mapped_executable_later") {
+  auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::eager));
+  // The late-coverage counts of the images whose path contains `path`, summed (0 before there
+  // is one): sites rewritten, and sites skipped as undecodable.
+  auto late_counts = [&](const char* path) {
+    std::pair<std::size_t, std::size_t> counts{0, 0};
+    for (const zpoline::ImageStats& image : session.late_coverage().images) {
+      if (image.path.find(path) == std::string::npos) continue;
+      counts.first += image.sites_rewritten;
+      counts.second += image.skipped_undecodable;
+    }
+    return counts;
+  };
+  // Maps the library with `code_protection` for its code, then runs `make_executable` on the
+  // code segment (if given), and checks that both its syscalls were rewritten before they ran.
+  auto check_hand_mapped = [&](int code_protection,
+                               int (*make_executable)(void*, std::size_t, int)) {
+    const auto rewritten_before = late_counts("liblate_code.so").first;
+    HandMappedObject object(ZPOLINE_LATE_LIBRARY, code_protection);
+    unsigned char* getpid_code = object.function("late_getpid");
+    unsigned char* getppid_code = object.function("late_getppid");
+    if (make_executable != nullptr) {
+      CHECK_FALSE(rewritten(syscall_site(getpid_code)));  // not executable yet
+      const Elf64_Phdr code = object.code_segment();
+      REQUIRE(make_executable(object.base + (code.p_vaddr & ~std::uint64_t{4095}),
+                              (code.p_vaddr & 4095) + code.p_filesz, PROT_READ | PROT_EXEC) == 0);
+    }
+    // Rewritten already: nothing has run there yet.
+    CHECK(rewritten(syscall_site(getpid_code)));
+    CHECK(rewritten(syscall_site(getppid_code)));
+    const long before = getpid_calls.load();
+    CHECK(reinterpret_cast<long (*)()>(getpid_code)() == real_getpid());
+    CHECK(getpid_calls.load() == before + 1);
+    CHECK(reinterpret_cast<long (*)()>(getppid_code)() == getppid());
+    CHECK(late_counts("liblate_code.so").first - rewritten_before == 2);
+  };
+  auto by_mprotect = [](void* address, std::size_t length, int protection) {
+    return mprotect(address, length, protection);
+  };
+  // Key -1: no protection key, as mprotect (works without protection-key support).
+  auto by_pkey_mprotect = [](void* address, std::size_t length, int protection) {
+    return static_cast<int>(syscall(SYS_pkey_mprotect, address, length, protection, -1));
+  };
+  {
+    INFO("mmap with PROT_EXEC");
+    check_hand_mapped(PROT_READ | PROT_EXEC, nullptr);
+  }
+  {
+    INFO("mprotect to PROT_EXEC");
+    check_hand_mapped(PROT_READ, by_mprotect);
+  }
+  {
+    INFO("pkey_mprotect to PROT_EXEC");
+    check_hand_mapped(PROT_READ, by_pkey_mprotect);
+  }
+
+  // Anonymous code given PROT_EXEC: counted as skipped, left alone, not hooked.
+  const unsigned char code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};  // getpid; ret
+  for (auto make_executable : {+by_mprotect, +by_pkey_mprotect}) {
+    auto* memory = static_cast<unsigned char*>(
+        mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(memory != MAP_FAILED);
+    std::memcpy(memory, code, sizeof code);
+    const auto counts_before = late_counts("[anonymous]");
+    REQUIRE(make_executable(memory, 4096, PROT_READ | PROT_EXEC) == 0);
+    const auto counts = late_counts("[anonymous]");
+    CHECK(counts.second - counts_before.second == 1);
+    CHECK(counts.first == counts_before.first);
+    CHECK(memory[5] == 0x0f);  // left alone
+    CHECK(memory[6] == 0x05);
+    const long before = getpid_calls.load();
+    CHECK(reinterpret_cast<long (*)()>(memory)() == real_getpid());
+    CHECK(getpid_calls.load() == before);  // only the safety net could reach it
+    munmap(memory, 4096);
+  }
 }
 
 TEST_CASE("exhaustive_reaches_jit_prefixed_and_red_zone_sites") {

@@ -157,6 +157,13 @@ void stop_timer() {
   setitimer(ITIMER_REAL, &timer, nullptr);
 }
 
+// The same without going through the hook (from a signal handler that is about to jump out of
+// the hook: a hooked call there, or a later signal's frame, would change what the test sees).
+void raw_stop_timer() {
+  itimerval timer{};
+  zpoline::raw_syscall(SYS_setitimer, ITIMER_REAL, reinterpret_cast<long>(&timer), 0);
+}
+
 // An alternate signal stack in a buffer the caller owns.
 struct AltStack {
   char* base = nullptr;
@@ -521,9 +528,12 @@ TEST_CASE("nested_signals") {
   install_handler(SIGUSR2, usr2_handler, 0);
 
   Tally tally;
-  std::atomic<long> wrong_results{0};
+  std::atomic<long> wrong_results{0}, pipe_writes{0};
   auto session = install_or_skip([&](zpoline::Syscall& call) {
     tally.count(call.number());
+    // The handlers' writes, told apart from any other (a sanitizer runtime writes on its own:
+    // AddressSanitizer probes memory by writing it to a pipe).
+    if (call.number() == SYS_write && call.arg(0) == pipe_fd) ++pipe_writes;
     const long result = call.forward();
     if (call.number() == SYS_getpid && result != expected_pid) ++wrong_results;
     if (call.number() == SYS_getppid && result != expected_ppid) ++wrong_results;
@@ -566,7 +576,7 @@ TEST_CASE("nested_signals") {
   // forward(), and its calls reached the hook all the same: every round's.
   CHECK(tally[SYS_tgkill] == kRounds / 2);
   CHECK(tally[SYS_getppid] == kRounds);
-  CHECK(tally[SYS_write] == kRounds);
+  CHECK(pipe_writes.load() == kRounds);
   CHECK(pipe_bytes(fds[0]) == kRounds);
   CHECK((blocked_signals() & (bit(SIGUSR1) | bit(SIGUSR2))) == 0);
   signal(SIGUSR1, SIG_IGN);
@@ -618,12 +628,15 @@ struct DestructionProbe {
   ~DestructionProbe() { ++destroyed; }
 };
 
-// Makes getpid from a frame far below the caller's.
-__attribute__((noinline)) long deep_getpid(int depth) {
-  volatile char pad[4096];
-  pad[0] = static_cast<char>(depth);
-  if (depth > 0) return deep_getpid(depth - 1) + pad[0] - static_cast<char>(depth);
-  return getpid();
+// SIGALRM: as hook_jump_handler, and stops the timer first (without the hook), so that no
+// later signal frame lands on the stack below the test's frame after the jump.
+void hook_jump_once_handler(int) {
+  if (in_hook_read) {
+    raw_stop_timer();
+    in_hook_read = 0;
+    ++jumps_from_hook;
+    siglongjmp(env, 1);
+  }
 }
 
 // Sends SIGUSR1 to thread `tid` with a raw tgkill; true if a handler jumped back here.
@@ -774,10 +787,40 @@ TEST_CASE("siglongjmp_out_of_handler") {
   CHECK(jump::destroyed.load() == 1);
 }
 
-// After a siglongjmp out of a handler that interrupted the hook, a system call made from a frame
-// deeper than the abandoned hook's must reach the hook too (printf, or any library call with a
-// deep call chain, makes its write from well below the caller's frame).
-TEST_CASE("siglongjmp_out_of_hook_then_deep_call") {
+extern "C" {
+// getpid() from 64 KiB below the caller's frame, writing nothing on the way down but its own
+// return address and saved rbp (right below the caller's frame) and getpid's return address.
+long zt_deep_getpid();
+}
+asm(".pushsection .text\n"
+    "  .globl zt_deep_getpid\n"
+    "  .hidden zt_deep_getpid\n"
+    "  .type zt_deep_getpid, @function\n"
+    "  .p2align 4\n"
+    "zt_deep_getpid:\n"
+    "  .cfi_startproc\n"
+    "  push %rbp\n"
+    "  .cfi_adjust_cfa_offset 8\n"
+    "  .cfi_offset %rbp, -16\n"
+    "  mov %rsp, %rbp\n"
+    "  .cfi_def_cfa_register %rbp\n"
+    "  sub $65536, %rsp\n"
+    "  call getpid@PLT\n"
+    "  leave\n"
+    "  .cfi_def_cfa %rsp, 8\n"
+    "  ret\n"
+    "  .cfi_endproc\n"
+    "  .size zt_deep_getpid, .-zt_deep_getpid\n"
+    ".popsection\n");
+
+// After a siglongjmp out of a handler that interrupted a call the hook was waiting for in
+// forward() (a blocked read, where most signals arrive), a system call made from a frame deeper
+// than the abandoned hook's reaches the hook, and so does one from above it (printf, or any
+// library call with a deep call chain, makes its write from well below the caller's frame). The
+// deep call writes nothing where the hook's frame was, and the handler stops the timer before it
+// jumps, so no later signal frame lands there either: only the library's record of the waiting
+// call can tell the thread has left the hook.
+TEST_CASE("siglongjmp_out_of_a_forwarded_call_then_deep_call") {
   const long pid = real_getpid();
   int empty[2];
   REQUIRE(pipe2(empty, O_CLOEXEC) == 0);
@@ -793,7 +836,7 @@ TEST_CASE("siglongjmp_out_of_hook_then_deep_call") {
     }
     return call.forward();
   });
-  install_handler(SIGALRM, jump::hook_jump_handler, SA_RESTART);
+  install_handler(SIGALRM, jump::hook_jump_once_handler, SA_RESTART);
 
   constexpr int kRounds = 5;
   long not_hooked_deep = 0, not_hooked_shallow = 0, wrong_pid = 0;
@@ -801,10 +844,9 @@ TEST_CASE("siglongjmp_out_of_hook_then_deep_call") {
     jump::jumps_from_hook = 0;
     start_timer(2000);
     const bool jumped = jump::read_and_jump(empty_fd);
-    // The first call after the jump: from 16 pages below this frame. (The timer keeps running
-    // meanwhile; its handler returns at once outside the hook's read.)
+    // The first call after the jump: from 16 pages below this frame.
     long before = getpids;
-    if (jump::deep_getpid(16) != pid) ++wrong_pid;
+    if (zt_deep_getpid() != pid) ++wrong_pid;
     if (getpids != before + 1) ++not_hooked_deep;
     before = getpids;
     if (getpid() != pid) ++wrong_pid;
@@ -820,6 +862,71 @@ TEST_CASE("siglongjmp_out_of_hook_then_deep_call") {
 }
 
 namespace jump {
+std::atomic<int> in_hook_code{0};  // set by the hook around its own raw tgkill
+// SIGUSR2, sent by the hook to its own thread: jumps out of the hook's own code.
+void hook_code_jump_handler(int) {
+  if (in_hook_code) {
+    in_hook_code = 0;
+    ++jumps_from_hook;
+    siglongjmp(env, 1);
+  }
+}
+// Calls getppid() (hooked); true if a handler jumped back here instead.
+__attribute__((noinline)) bool getppid_and_jump() {
+  if (sigsetjmp(env, 1) != 0) return true;
+  getppid();
+  return false;
+}
+}  // namespace jump
+
+// After a siglongjmp out of a handler that interrupted the hook's own code (not a call it was
+// waiting for in forward()), a system call made from a frame deeper than the abandoned hook's
+// must reach the hook too, and so must one from above it.
+//
+// A known limit (README "Limits"; test/meson.build runs this test as an expected failure): the
+// library detects the abandoned hook state at a call from above the hook's frame, or from below
+// it once the code there has overwritten the canary in the dispatcher's frame. Here nothing
+// does: the hook sends the signal to its own thread with a raw tgkill (no timer, no later signal
+// frame), and the deep call writes nothing where the hook's frame was. The deep getpid therefore
+// bypasses the hook in every round, whatever the compiler and the vector state size (which
+// decide where exactly the hook's frame and its canary were).
+TEST_CASE("siglongjmp_out_of_hook_then_deep_call") {
+  const long pid = real_getpid();
+  const long tid = real_gettid();
+  std::atomic<long> getpids{0};
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.number() == SYS_getpid) ++getpids;
+    if (call.number() == SYS_getppid) {
+      jump::in_hook_code = 1;
+      raw_tgkill(tid, SIGUSR2);  // the handler runs when this returns, in the hook's code
+      jump::in_hook_code = 0;
+    }
+    return call.forward();
+  });
+  install_handler(SIGUSR2, jump::hook_code_jump_handler, 0);
+
+  constexpr int kRounds = 5;
+  long not_hooked_deep = 0, not_hooked_shallow = 0, wrong_pid = 0;
+  for (int i = 0; i < kRounds; ++i) {
+    jump::jumps_from_hook = 0;
+    const bool jumped = jump::getppid_and_jump();
+    // The first call after the jump: from 16 pages below this frame.
+    long before = getpids;
+    if (zt_deep_getpid() != pid) ++wrong_pid;
+    if (getpids != before + 1) ++not_hooked_deep;
+    before = getpids;
+    if (getpid() != pid) ++wrong_pid;
+    if (getpids != before + 1) ++not_hooked_shallow;
+    REQUIRE(jumped);
+    REQUIRE(jump::jumps_from_hook.load() == 1);
+  }
+  CHECK(wrong_pid == 0);
+  CHECK(not_hooked_deep == 0);
+  CHECK(not_hooked_shallow == 0);
+  signal(SIGUSR2, SIG_IGN);
+}
+
+namespace jump {
 int empty_read_fd = -1;
 std::atomic<int> handler_reading{0};
 // SIGUSR1 on the alternate stack: a hooked read (the hook then runs on the alternate stack) that
@@ -832,6 +939,7 @@ void blocking_read_handler(int) {
 // SIGALRM: jumps out of the blocked read above, whether or not it went through the hook.
 void handler_read_jump_handler(int) {
   if (handler_reading) {
+    raw_stop_timer();  // no later SIGALRM frame on the alternate stack, over the hook's
     handler_reading = 0;
     ++jumps_from_hook;
     siglongjmp(env, 1);
@@ -843,6 +951,12 @@ void handler_read_jump_handler(int) {
 // siglongjmp back to the main stack. The thread's later calls must reach the hook again, also
 // when the alternate stack lies above the main stack's frames (a buffer in an outer frame here;
 // a heap block above a thread's stack elsewhere).
+//
+// A known limit (README "Limits"; test/meson.build runs this test as an expected failure): the
+// calls from the main stack come from below the abandoned hook's frame on the alternate stack,
+// whose canary nothing overwrites (the handler stops the timer before it jumps, so no later
+// signal frame lands on the alternate stack), so they bypass the hook; the thread stays marked
+// as inside the hook, and detach cannot destroy the hook.
 TEST_CASE("siglongjmp_out_of_hook_on_alt_stack") {
   const long pid = real_getpid();
   const long tid = real_gettid();

@@ -45,7 +45,13 @@ constexpr long kIterations = 120000;  // per worker, at least
 constexpr long kForkEvery = 600;      // iterations between forks
 constexpr long kMinSignals = 1000;    // per worker, at least
 constexpr int kMarkerFd = -12345;     // close(kMarkerFd): EBADF, counted by the hook
-constexpr auto kDeadline = std::chrono::seconds(120);  // turns a hang into a failure
+// Turns a hang into a failure reported here, with each worker's progress: well within the meson
+// timeout of this test (test/meson.build: 360 s; a normal run takes 4-7 s, 15-40 s on two loaded
+// cores under the sanitizers), so that this report, not meson's kill, ends a hung run.
+constexpr auto kDeadline = std::chrono::seconds(180);
+// After the deadline or the end, how long the workers get to leave their loops; a worker still
+// inside a system call then cannot be joined: the test reports it and exits.
+constexpr auto kStopDeadline = std::chrono::seconds(30);
 
 // The hook's counts for the calling thread (a forked child inherits its thread's).
 thread_local long hook_markers = 0;
@@ -110,6 +116,7 @@ struct Shared {
   std::array<std::atomic<long>, kWorkers> progress{};
   std::array<std::atomic<long>, kWorkers> forks{};
   std::array<std::atomic<long>, kWorkers> signals{};
+  std::array<std::atomic<bool>, kWorkers> stopped{};  // left its loop and took its counts
   std::atomic<bool> stop_workers{false};
   std::array<WorkerResult, kWorkers> results{};
 };
@@ -237,6 +244,20 @@ void worker_main(int worker, Shared& shared) {
   my_pipe_read = my_pipe_write = -1;
   close(fds[0]);
   close(fds[1]);
+  shared.stopped[static_cast<std::size_t>(worker)] = true;
+}
+
+// Each worker's progress against what the run needs, one line each.
+std::string progress_report(const Shared& shared) {
+  std::string report;
+  for (std::size_t w = 0; w < kWorkers; ++w) {
+    report += "  worker " + std::to_string(w) + ": " + std::to_string(shared.progress[w]) + " of " +
+              std::to_string(kIterations) + " iterations, " + std::to_string(shared.forks[w]) +
+              " of " + std::to_string(kIterations / kForkEvery) + " forks, " +
+              std::to_string(shared.signals[w]) + " of " + std::to_string(kMinSignals) +
+              " signals" + (shared.stopped[w] ? ", stopped" : "") + "\n";
+  }
+  return report;
 }
 
 }  // namespace
@@ -291,9 +312,29 @@ TEST_CASE("threads_signals_forks") {
   while (!(finished = done()) && Clock::now() < deadline) {
     std::this_thread::yield();
   }
+  if (!finished) {
+    std::fprintf(stderr, "threads_signals_forks: not done after %lld s:\n%s",
+                 static_cast<long long>(kDeadline.count()), progress_report(shared).c_str());
+  }
   stop_sender = true;
   sender.join();
   shared.stop_workers = true;
+  const auto stop_deadline = Clock::now() + kStopDeadline;
+  auto all_stopped = [&] {
+    for (const auto& stopped : shared.stopped) {
+      if (!stopped) return false;
+    }
+    return true;
+  };
+  while (!all_stopped() && Clock::now() < stop_deadline) std::this_thread::yield();
+  if (!all_stopped()) {
+    // A worker stuck in a system call cannot be joined; doctest could not report past here.
+    std::fprintf(stderr,
+                 "threads_signals_forks: FAILED: workers still in their loops %lld s after being "
+                 "told to stop:\n%s",
+                 static_cast<long long>(kStopDeadline.count()), progress_report(shared).c_str());
+    std::_Exit(1);
+  }
   for (auto& worker : workers) worker.join();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   MESSAGE("threads_signals_forks: " << seconds << " s, " << sent.load() << " signals sent");

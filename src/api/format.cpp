@@ -699,8 +699,15 @@ void clone3_args(Printer& p) {
     if (args->flags & 0x80000) p.printf(", tls=%#lx", static_cast<unsigned long>(args->tls));
     p.put("}");
     if (p.succeeded() && (args->flags & 0x100000) && args->parent_tid != 0) {
-      const auto tid = read_object<int>(reinterpret_cast<const void*>(args->parent_tid));
-      if (tid) p.printf(" => {parent_tid=[%d]}", *tid);
+      // In the parent the kernel stored the child's id, which clone3 also returns. The memory
+      // may no longer hold it by the time this runs: pthread_create passes the same word as
+      // child_tid with CLONE_CHILD_CLEARTID, which the kernel zeroes when the thread exits.
+      if (*p.result() > 0) {
+        p.printf(" => {parent_tid=[%ld]}", *p.result());
+      } else if (const auto tid =
+                     read_object<int>(reinterpret_cast<const void*>(args->parent_tid))) {
+        p.printf(" => {parent_tid=[%d]}", *tid);
+      }
     }
   }
   p.printf(", %lu", static_cast<unsigned long>(p.arg(1)));
