@@ -1293,11 +1293,12 @@ struct SaveMode {
 void use_save_mode(unsigned char mode) {
   unsigned a = 0, b = 0, c = 0, d = 0;
   std::uint32_t xcr0_low = 0, xcr0_high = 0;
-  std::uint64_t size = 576;
+  // At least the register modes' area (platform/cpu.cpp: 576 bytes and an FNSAVE image).
+  std::uint64_t size = 704;
   if (__get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_OSXSAVE) != 0) {
     asm volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
     __get_cpuid_count(0xd, 0, &a, &b, &c, &d);  // ebx: standard-format size for XCR0
-    size = std::max<std::uint64_t>(576, (b + 63) & ~63u);
+    size = std::max<std::uint64_t>(704, (b + 63) & ~63u);
   }
   zpoline_detail_xsave_mode = mode;
   zpoline_detail_xsave_size = size;
@@ -1821,11 +1822,14 @@ void check_state_preserved(std::uint32_t flags, const std::vector<std::string>& 
     const char* const modes[] = {"fxsave", "xsave", "xsavec", "ymm registers", "xmm registers"};
     const char* save_mode = zpoline_detail_xsave_mode < 5 ? modes[zpoline_detail_xsave_mode] : "?";
     CAPTURE(save_mode);
+    // The most x87 values the mode keeps: the register modes do not tell a full stack from an
+    // empty one (README, "Limits"; x87_state_in_the_register_modes).
+    const unsigned full = zpoline_detail_xsave_mode >= 3 ? 7 : 8;
     // This thread's calls (its first through the complete dispatcher, the others through the
     // stub's fast path), then a new thread's first and second.
-    for (unsigned seed = 2; seed < 8; ++seed) check_run(zt_state_probe, seed, seed % 2 ? 8 : 3);
+    for (unsigned seed = 2; seed < 8; ++seed) check_run(zt_state_probe, seed, seed % 2 ? full : 3);
     std::thread([&] {
-      check_run(zt_state_probe, 10, 8);
+      check_run(zt_state_probe, 10, full);
       check_run(zt_state_probe, 11, 5);
     }).join();
   }
@@ -1872,6 +1876,71 @@ TEST_CASE("x87_and_sse_state_preserved") {
                                     "xmm15"};
   if (have_avx()) leaks.insert(leaks.end(), {"ymm0 bits 128-255", "ymm15 bits 128-255"});
   check_state_preserved(flags, leaks);
+}
+
+namespace {
+// `differences` (state_differences()) without the x87 registers' contents ("st0; " ... "st7; ").
+std::string without_x87_registers(std::string differences) {
+  for (int i = 0; i < 8; ++i) {
+    const std::string name = "st" + std::to_string(i) + "; ";
+    for (std::size_t at; (at = differences.find(name)) != std::string::npos;) {
+      differences.erase(at, name.size());
+    }
+  }
+  return differences;
+}
+}  // namespace
+
+// The x87 state in the two register modes (chosen on CPUs without AVX-512; switched to here
+// whatever this CPU has): an empty x87 stack and one with 1 to 7 values, the control and status
+// words, through a hook that changes every x87 field (it even leaves eight values behind). With
+// eight values (TOP wraps to 0) the stub takes the stack for empty and keeps only the two words,
+// the limit the README states; the same where the stack is empty, and then the hook's values
+// stay in the empty registers, where no program sees them.
+TEST_CASE("x87_state_in_the_register_modes") {
+  const long pid = real_getpid();
+  state_site_return = address_of(zt_state_probe_site) + 2;
+  state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
+  std::atomic<long> site_calls{0};
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (!from_state_probe(call)) return call.forward();
+    ++site_calls;
+    zt_clobber_x87();
+    return call.forward();
+  });
+  REQUIRE(is_call_rax(zt_state_probe_site));
+  getppid();  // this thread's first call, through the dispatcher, before the mode changes
+  const unsigned char chosen = zpoline_detail_xsave_mode;
+  long expected_calls = 0;
+  for (const SaveMode& mode : save_modes()) {
+    if (mode.mode < 3 || !mode.available) continue;
+    CAPTURE(mode.name);
+    use_save_mode(mode.mode);
+    for (const unsigned st_count : {0u, 1u, 3u, 7u}) {
+      for (const unsigned seed : {40u, 41u}) {  // both control words (and MXCSR values)
+        CAPTURE(st_count);
+        CAPTURE(seed);
+        const StateRun run = run_state_probe(zt_state_probe, make_state_input(seed, st_count, 0));
+        CHECK(site_calls == ++expected_calls);
+        CHECK(run.load_problems == "");
+        // With an empty stack, the bytes of the empty registers (which no instruction but the
+        // FXSAVE family reads) may be the hook's; every other field is as it was.
+        const std::string differences =
+            st_count == 0 ? without_x87_registers(run.differences) : run.differences;
+        CHECK(differences == "");
+        CHECK(run.result == pid);
+      }
+    }
+    // Eight values: the words come back, the values do not (the hook's fninit emptied the
+    // stack, and the stub sets it empty again).
+    const StateRun run = run_state_probe(zt_state_probe, make_state_input(42, 8, 0));
+    CHECK(site_calls == ++expected_calls);
+    CHECK(run.load_problems == "");
+    CHECK(run.differences.find("x87 tag word") != std::string::npos);
+    CHECK(run.differences.find("x87 control word") == std::string::npos);
+    CHECK(run.differences.find("x87 status word") == std::string::npos);
+  }
+  use_save_mode(chosen);
 }
 
 // The same with all 512 bits of zmm0-31 and k0-k7 loaded as well.

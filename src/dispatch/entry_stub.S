@@ -137,6 +137,45 @@
 9:
         .endm
 
+/* The x87 state in the two register modes (the XSAVE modes save it with the rest). The ABI has
+ * the x87 stack empty at every call, but a syscall instruction need not be at a call (inline
+ * assembly inside x87 code), and a hook's long double arithmetic changes the status word (its
+ * sticky exception flags, which fetestexcept reads) and may change the control word. So: the
+ * status and control words at 520 and 522 (FNSTSW/FNSTCW: ~5 ns together); where TOP says the
+ * stack holds values, all of the x87 state (FNSAVE at 576, 108 bytes, which also gives the hook
+ * the initial x87 state); on the way back FRSTOR for those, and otherwise, only if the hook
+ * changed either word, the two words and an empty stack through FNSTENV/FLDENV. A full stack of eight values (TOP wraps
+ * to 0) or MMX state at the syscall is not told from an empty stack: README, "Limits". */
+        .macro SAVE_X87 base
+        fnstsw 520(\base)
+        fnstcw 522(\base)
+        testw $0x3800, 520(\base)              /* TOP */
+        jz .Lx87_saved_\@
+        fnsave 576(\base)
+.Lx87_saved_\@:
+        .endm
+        /* Clobbers eax. */
+        .macro RESTORE_X87 base
+        testw $0x3800, 520(\base)
+        jz .Lx87_words_\@
+        frstor 576(\base)
+        jmp .Lx87_restored_\@
+.Lx87_words_\@:
+        fnstsw 524(\base)
+        fnstcw 526(\base)
+        mov 524(\base), %eax
+        cmp 520(\base), %eax
+        je .Lx87_restored_\@
+        fnstenv 576(\base)                     /* the hook's pointers stay */
+        mov 520(\base), %eax
+        mov %ax, 580(\base)                    /* the status word */
+        shr $16, %eax
+        mov %ax, 576(\base)                    /* the control word */
+        movw $0xffff, 584(\base)               /* the tags: the stack was empty */
+        fldenv 576(\base)
+.Lx87_restored_\@:
+        .endm
+
 /* The ymm mode's moves, with two base registers (lo = area + 128, hi = area + 384) so that every
  * displacement fits in a byte: about half the code of (%rsp)-relative moves. */
         .macro YMM_STORES lo, hi
@@ -207,6 +246,7 @@
         lea 128(%rsp), %rax
         lea 384(%rsp), %rdx
         YMM_STORES %rax, %rdx
+        SAVE_X87 %rsp
         vorps %ymm1, %ymm0, %ymm0
         vorps %ymm3, %ymm2, %ymm2
         vorps %ymm5, %ymm4, %ymm4
@@ -234,6 +274,7 @@
         cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 2f
         SAVE_XMM %rsp
+        SAVE_X87 %rsp
         jmp \done
 2:      xor %ecx, %ecx                          /* the XSAVE header: XSAVE leaves the bits of */
         mov %rcx, 512(%rsp)                     /* XSTATE_BV outside the mask as they were, and */
@@ -275,6 +316,7 @@
         jmp 2f
 1:      YMM_LOADS %rax, %rdx
 2:      RESTORE_MXCSR %rsp
+        RESTORE_X87 %rsp
 \done:
         .endm
         .macro RESTORE_OTHER_VECTOR_STATE other, done
@@ -283,6 +325,7 @@
         jne 5f
         RESTORE_XMM %rsp
         RESTORE_MXCSR %rsp
+        RESTORE_X87 %rsp
         jmp \done
 5:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
@@ -1089,11 +1132,13 @@ zpoline_detail_clone_to_site:
         jne 6f
         RESTORE_YMM %rcx
         ldmxcsr 512(%rcx)
+        RESTORE_X87 %rcx
         jmp 2f
 6:      cmp $4, %eax
         jne 7f
         RESTORE_XMM %rcx
         ldmxcsr 512(%rcx)
+        RESTORE_X87 %rcx
         jmp 2f
 7:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx

@@ -170,7 +170,7 @@ void rewrite_queued_sites() {
 // it in the kernel's XSAVE layout; in the "registers" modes it is converted.
 // `area` is the caller's (on its stack: a trap nested in the hook gets its own).
 struct alignas(64) RegisterModeArea {
-  unsigned char bytes[576];
+  unsigned char bytes[576 + 128];
 };
 void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
   auto* fpstate = reinterpret_cast<unsigned char*>(context.uc_mcontext.fpregs);
@@ -185,6 +185,13 @@ void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
     if (mode == 3 && (present & 4)) std::memcpy(area + 32 * i + 16, fpstate + 576 + 16 * i, 16);
   }
   std::memcpy(area + 512, fpstate + 24, 4);  // MXCSR
+  // The x87 status and control words. TOP is left 0, so that the stub takes them alone and not
+  // an FNSAVE image: the handler runs with the x87 stack empty, and so does the clone child.
+  std::uint16_t status = 0;
+  std::memcpy(&status, fpstate + 2, sizeof status);
+  status = static_cast<std::uint16_t>(status & ~0x3800);
+  std::memcpy(area + 520, &status, sizeof status);
+  std::memcpy(area + 522, fpstate, 2);
   return area;
 }
 

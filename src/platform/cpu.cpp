@@ -11,6 +11,9 @@ constexpr std::uint64_t kAmxTileData = 1ull << 18;
 constexpr std::uint64_t kAvx = 1ull << 2;
 constexpr std::uint64_t kX87SseAvx = 0x7;
 constexpr std::uint64_t kLegacyAreaAndHeader = 512 + 64;
+// The register modes' area (dispatch/entry_stub.S): the vector registers in the first 512 bytes,
+// MXCSR and the x87 status and control words after them, and an FNSAVE image (108 bytes) at 576.
+constexpr std::uint64_t kRegisterModeArea = 576 + 128;
 
 std::uint64_t read_xcr0() {
   std::uint32_t low = 0, high = 0;
@@ -32,14 +35,14 @@ VectorSaveLayout detect_vector_save_layout() {
   const bool os_enabled = (ecx & bit_OSXSAVE) != 0;
   if (!has_xsave || !os_enabled) {
     layout.mode = VectorSaveMode::xmm_registers;
-    layout.size = kLegacyAreaAndHeader;
+    layout.size = kRegisterModeArea;
     return layout;
   }
   layout.mask = read_xcr0() & ~kAmxTileData;
   if ((layout.mask & ~kX87SseAvx) == 0) {
     layout.mode =
         (layout.mask & kAvx) ? VectorSaveMode::ymm_registers : VectorSaveMode::xmm_registers;
-    layout.size = kLegacyAreaAndHeader;
+    layout.size = kRegisterModeArea;
     return layout;
   }
 

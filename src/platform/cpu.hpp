@@ -9,11 +9,11 @@ enum class VectorSaveMode : std::uint8_t {
   fxsave = 0,  // x87 + SSE only: CPUs without XSAVE (none of them have AVX)
   xsave = 1,   // standard-format XSAVE of every enabled component
   xsavec = 2,  // compacted XSAVE with the init optimisation: unused components cost nothing
-  // The registers compiled code may clobber, saved with plain moves, and MXCSR (restored only
-  // if changed). Chosen when the enabled state is x87, SSE and AVX only (no AVX-512, AMX, ...):
-  // the x87 register stack is empty at any call boundary and its control word is callee-saved,
-  // so a hook cannot disturb them. XRSTOR costs 120-160 ns on some virtual machines; these moves
-  // cost about 6.
+  // The registers compiled code may clobber, saved with plain moves, MXCSR and the x87 status
+  // and control words (each restored only if changed), and the whole x87 state only where its
+  // stack holds values (dispatch/entry_stub.S, SAVE_X87). Chosen when the enabled state is x87,
+  // SSE and AVX only (no AVX-512, AMX, ...). XRSTOR costs 120-160 ns on some virtual machines;
+  // these moves cost about 6, the x87 words about 5 more.
   ymm_registers = 3,
   xmm_registers = 4,  // the same without AVX
 };
