@@ -50,8 +50,8 @@ void after_fork_in_child() noexcept;
 // Options::general_registers_only the stub saves no vector state around it (entry_stub.S).
 #define ZPOLINE_GENERAL_REGISTERS_ONLY __attribute__((target("general-regs-only")))
 
-// The numbers forward() does more for than the system call (clone, clone3, fork, vfork; mmap, mremap,
-// mprotect, pkey_mprotect, munmap; the signal calls the safety net filters).
+// The numbers forward() does more for than the system call (clone, clone3, fork, vfork; mmap,
+// mremap, mprotect, pkey_mprotect, munmap; the signal calls the safety net filters).
 ZPOLINE_GENERAL_REGISTERS_ONLY constexpr bool forwarded_by_library(long number) {
   constexpr std::uint64_t kLow = (1ull << 9) | (1ull << 10) | (1ull << 11) | (1ull << 13) |
                                  (1ull << 14) | (1ull << 25) | (1ull << 56) | (1ull << 57) |

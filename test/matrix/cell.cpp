@@ -41,8 +41,8 @@
 #include <thread>
 #include <vector>
 
-#include "counts.hpp"
 #include "../support.hpp"
+#include "counts.hpp"
 #include "zpoline/hook_chain.hpp"
 #include "zpoline/hook_library.hpp"
 #include "zpoline/zpoline.hpp"
