@@ -4,29 +4,85 @@ hook, each cell in its own process, repeated.
 
     test_matrix.py CELL_PROGRAM EVENT
 
-ZPOLINE_MATRIX_REPETITIONS (default 3) sets how often each cell runs; ZPOLINE_MATRIX_SEED fixes
-the seed the cells' timing comes from (printed, so that a run can be replayed). A failing cell
+MATRIX_REPETITIONS (default 3) sets how often each cell runs; MATRIX_SEED fixes
+the seed the cells' timing comes from (printed, so that a run can be replayed);
+MATRIX_CELL_TIMEOUT (default 60 s) is when a cell counts as hung, and then what each of
+its threads waits in is printed, with backtraces where gdb is installed. (Not ZPOLINE_*: the
+library refuses variables of its own prefix it does not know, and the other tests install with
+the environment.) A failing cell
 prints the command that replays it alone. Exit status: 0 when every cell passed, 1 otherwise,
 77 when every cell was skipped.
 """
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 MODES = ["eager", "exhaustive", "lazy"]
 HOOKS = ["plain", "busy", "library", "library_busy", "chain"]
-CELL_TIMEOUT = 60  # seconds; a cell takes well under one
+CELL_TIMEOUT = int(os.environ.get("MATRIX_CELL_TIMEOUT", "60"))  # s; a cell takes < 1
+
+
+def thread_states(pid):
+    """What each thread of a hung cell is doing: its kernel state, the call it waits in, its
+    signal masks and, where gdb is installed, every thread's backtrace."""
+    lines = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError:
+        return ["(the cell's threads could not be read)"]
+    for tid in tids:
+        def read(name):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/{name}") as file:
+                    return file.read().strip()
+            except OSError:
+                return "?"
+        status = dict(line.split(":", 1) for line in read("status").splitlines() if ":" in line)
+        lines.append(f"thread {tid} ({read('comm')}): state{status.get('State', '?')}, "
+                     f"waits in {read('wchan')}, syscall {read('syscall')}, "
+                     f"blocked{status.get('SigBlk', '?')}, pending{status.get('SigPnd', '?')}")
+    if shutil.which("gdb"):
+        try:
+            debugger = subprocess.run(
+                ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "thread apply all bt 30"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                timeout=60)
+            lines += [line for line in debugger.stdout.splitlines()
+                      if line.startswith(("Thread ", "#"))]
+        except subprocess.TimeoutExpired:
+            lines.append("(gdb did not answer)")
+    return lines
+
+
+def run_cell(command):
+    """Runs one cell: (exit status or "hung", its output)."""
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as output:
+        cell = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            status = cell.wait(timeout=CELL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            status = "hung"
+            states = thread_states(cell.pid)
+            cell.kill()
+            cell.wait()
+        output.seek(0)
+        text = output.read()
+    if status == "hung":
+        text += "\n" + "\n".join(states)
+    return status, text
 
 
 def main():
     cell, event = sys.argv[1], sys.argv[2]
-    repetitions = int(os.environ.get("ZPOLINE_MATRIX_REPETITIONS", "3"))
-    seed = int(os.environ.get("ZPOLINE_MATRIX_SEED", str(time.time_ns() % 1000003)))
+    repetitions = int(os.environ.get("MATRIX_REPETITIONS", "3"))
+    seed = int(os.environ.get("MATRIX_SEED", str(time.time_ns() % 1000003)))
     generator = random.Random(seed)
     print(f"matrix/{event}: {len(MODES)} modes x {len(HOOKS)} hooks x {repetitions} "
-          f"repetitions, seed {seed} (ZPOLINE_MATRIX_SEED={seed} replays this run)")
+          f"repetitions, seed {seed} (MATRIX_SEED={seed} replays this run)")
     failures, skipped, passed = [], [], 0
     started = time.monotonic()
     for repetition in range(repetitions):
@@ -34,14 +90,7 @@ def main():
             for hook in HOOKS:
                 cell_seed = generator.randrange(1 << 31)
                 command = [cell, mode, hook, event, str(cell_seed)]
-                try:
-                    run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         timeout=CELL_TIMEOUT, text=True, errors="replace")
-                    status, output = run.returncode, run.stdout
-                except subprocess.TimeoutExpired as expired:
-                    status = "hung"
-                    output = (expired.stdout or b"").decode(errors="replace") \
-                        if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+                status, output = run_cell(command)
                 if status == 0:
                     passed += 1
                 elif status == 77:
@@ -54,7 +103,7 @@ def main():
             f"killed by signal {-status}" if isinstance(status, int) and status < 0
             else f"exit status {status}")
         print(f"FAILED ({what}): {' '.join(command)}")
-        for line in output.splitlines()[-20:]:
+        for line in output.splitlines()[-20 if status != "hung" else -400:]:
             print(f"    {line}")
     for mode, hook, why in skipped[:5]:
         print(f"skipped {mode}/{hook}: {why}")
