@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -25,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -1390,4 +1392,91 @@ TEST_CASE("jit_code_unmapped_and_copied") {
   CHECK(reinterpret_cast<long (*)()>(copy + 128)() == pid);
   CHECK(getpid_calls.load() == before + 1);
   munmap(copy, 4096);
+}
+
+// The safety net's own thread (which rewrites trapped sites) is never armed for Syscall User
+// Dispatch: its libc calls are the library's, and trapping them emulated them through the
+// dispatcher, counted them and rewrote their sites as the application's. The kernel's own view,
+// read by a tracer: PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG (Linux 6.4), of every thread of a
+// process that installed: its main thread and an application thread armed, the others (the
+// library's) not.
+namespace {
+constexpr long kPtraceGetSudConfig = 0x4211;  // PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG
+struct SudConfig {
+  std::uint64_t mode, selector, offset, length;
+};
+
+// Thread `tid`'s SUD mode (0 off, 1 on) as the kernel has it, or -errno. The caller is the
+// thread's process's parent (allowed to trace it).
+long sud_mode_of(pid_t tid) {
+  if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) return -errno;
+  long result = -EIO;
+  int status = 0;
+  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) == 0 &&
+      waitpid(tid, &status, __WALL) == tid) {
+    SudConfig config{};
+    result = ptrace(static_cast<__ptrace_request>(kPtraceGetSudConfig), tid,
+                    reinterpret_cast<void*>(sizeof config), &config) == 0
+                 ? static_cast<long>(config.mode)
+                 : -errno;
+  }
+  ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  return result;
+}
+}  // namespace
+
+TEST_CASE("library_threads_are_never_armed") {
+  for (const zpoline::Mode mode : {zpoline::Mode::lazy, zpoline::Mode::exhaustive}) {
+    CAPTURE(static_cast<int>(mode));
+    int ready[2], done[2];
+    REQUIRE(pipe(ready) == 0);
+    REQUIRE(pipe(done) == 0);
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(mode));
+      std::atomic<long> worker_tid{0};
+      std::thread worker([&] {
+        worker_tid = gettid();
+        char byte;
+        (void)!read(done[0], &byte, 1);  // until the tracer is done
+      });
+      // Traps for the rewriter to work on meanwhile: new sites, in lazy mode.
+      for (int i = 0; i < 3; ++i) (void)getpid();
+      while (worker_tid == 0) sched_yield();
+      const long tids[2] = {gettid(), worker_tid};
+      (void)!write(ready[1], tids, sizeof tids);
+      char byte;
+      (void)!read(done[0], &byte, 1);
+      worker.join();
+      _exit(0);
+    }
+    long tids[2] = {};
+    REQUIRE(read(ready[0], tids, sizeof tids) == sizeof tids);
+    std::vector<pid_t> library_threads;
+    const std::string task_dir = "/proc/" + std::to_string(child) + "/task";
+    for (const auto& entry : std::filesystem::directory_iterator(task_dir)) {
+      const pid_t tid = static_cast<pid_t>(std::stol(entry.path().filename().string()));
+      if (tid != tids[0] && tid != tids[1]) library_threads.push_back(tid);
+    }
+    const long main_mode = sud_mode_of(static_cast<pid_t>(tids[0]));
+    if (main_mode == -EIO || main_mode == -EINVAL) {
+      kill(child, SIGKILL);
+      waitpid(child, nullptr, 0);
+      std::fprintf(stderr, "SKIP: this kernel cannot show a thread's SUD setting to a tracer\n");
+      std::_Exit(77);
+    }
+    CHECK(main_mode == 1);
+    CHECK(sud_mode_of(static_cast<pid_t>(tids[1])) == 1);
+    CHECK(library_threads.size() == 1);  // the rewriter
+    for (const pid_t tid : library_threads) {
+      CAPTURE(tid);
+      CHECK(sud_mode_of(tid) == 0);
+    }
+    (void)!write(done[1], "xx", 2);
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    for (const int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+  }
 }

@@ -120,6 +120,7 @@ long clone_to_site(const SyscallFrame& frame, long number, const long (&args)[6]
         reinterpret_cast<std::uintptr_t>(&zpoline_detail_thread_state) - thread_pointer;
     auto* child_state = reinterpret_cast<ThreadState*>(tls + offset);
     child_state->bypass_depth = 1;
+    child_state->library_thread = 1;
   }
   const std::uint64_t top[2] = {reinterpret_cast<std::uint64_t>(arm), frame.regs->return_address};
   if (!safe_write(reinterpret_cast<void*>(child_stack_top - sizeof top), top, sizeof top)) {

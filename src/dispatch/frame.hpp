@@ -81,7 +81,11 @@ struct alignas(64) ThreadState {
   // code, and its system calls reach the hook again, nested (the dispatcher keeps the outer
   // call's state).
   std::uint8_t forwarding;
-  std::uint16_t unused;
+  // A thread of the library's own (the safety net's rewriter): never armed for Syscall User
+  // Dispatch, whoever asks. Its system calls are the library's; armed, every libc call it made
+  // would trap and be emulated, counted in the coverage and rewritten as the application's.
+  std::uint8_t library_thread;
+  std::uint8_t unused;
   std::uint32_t vfork_depth;
   // While the hook runs: a word in that frame and the value it holds. A syscall from below
   // hook_frame is the hook's own only while that word is intact; after a siglongjmp out of the
@@ -110,6 +114,7 @@ struct alignas(64) ThreadState {
 };
 static_assert(offsetof(ThreadState, hook_frame) == 8);
 static_assert(offsetof(ThreadState, sud_armed) == 16 && offsetof(ThreadState, forwarding) == 17);
+static_assert(offsetof(ThreadState, library_thread) == 18);
 static_assert(offsetof(ThreadState, vfork_depth) == 20);
 static_assert(offsetof(ThreadState, hook_canary_address) == 24);
 static_assert(offsetof(ThreadState, hook_canary) == 32);

@@ -74,7 +74,7 @@ bool this_thread_has_tls() {
 // What another thread runs when asked (platform/signals.hpp): arm SUD, with SIGSYS out of the
 // mask the handler's return restores too.
 void arm_on_request(ucontext_t& interrupted) {
-  if (!net_on() || !this_thread_has_tls()) return;
+  if (!net_on() || !this_thread_has_tls() || zpoline_detail_thread_state.library_thread) return;
   std::uint64_t mask = 0;
   std::memcpy(&mask, &interrupted.uc_sigmask, sizeof mask);
   mask &= ~kSigsysBit;
@@ -139,6 +139,11 @@ std::string image_of(std::uintptr_t site) {
 
 void rewrite_queued_sites() {
   zpoline::ScopedBypass bypass;  // this thread's syscalls are the library's own
+  // Never under SUD (clone_to_site marked it before it ran; this holds even if its creation did
+  // not pass there): off, which is harmless if it was never on.
+  zpoline_detail_thread_state.library_thread = 1;
+  raw(SYS_prctl, kSetSyscallUserDispatch, kDispatchOff);
+  zpoline_detail_thread_state.sud_armed = 0;
   // A file table of its own: the files it opens (/proc/self/maps, the libraries it decodes) must
   // not take descriptor numbers the application's next open() expects (the lowest free one).
   raw(SYS_unshare, CLONE_FILES);
@@ -348,7 +353,8 @@ void arm_safety_net_after_fork() noexcept {
 }
 
 void arm_safety_net_if_needed() noexcept {
-  if (net_on() && !zpoline_detail_thread_state.sud_armed) arm_this_thread();
+  const ThreadState& self = zpoline_detail_thread_state;
+  if (net_on() && !self.sud_armed && !self.library_thread) arm_this_thread();
 }
 
 long forward_signal_call(const RegisterFrame& r) {
