@@ -1,5 +1,6 @@
 // zpoline::install and zpoline::Session: the public entry points, tying together options, the
 // trampoline, the rewriter and the dispatcher.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -225,8 +226,13 @@ Session::LateCoverage Session::late_coverage() const {
   coverage.traps = counters.traps;
   coverage.sites_rewritten_on_trap = counters.sites_rewritten_on_trap;
   coverage.emulated = counters.emulated;
-  for (detail::LazilyRewrittenSite& site : detail::lazily_rewritten_sites()) {
-    coverage.lazily_rewritten.push_back({site.address, std::move(site.image)});
+  // The list is the process's, one entry per count of sites_rewritten_on_trap, in order: this
+  // session's entries are those counted since its install (the last one may still be on its way).
+  std::vector<detail::LazilyRewrittenSite> sites = detail::lazily_rewritten_sites();
+  const std::size_t first = std::min(at_install_.sites_rewritten_on_trap, sites.size());
+  const std::size_t last = std::min(first + counters.sites_rewritten_on_trap, sites.size());
+  for (std::size_t i = first; i < last; ++i) {
+    coverage.lazily_rewritten.push_back({sites[i].address, std::move(sites[i].image)});
   }
   coverage.calls = counters.calls;
   return coverage;

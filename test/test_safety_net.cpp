@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -1479,4 +1480,150 @@ TEST_CASE("library_threads_are_never_armed") {
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
     for (const int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
   }
+}
+
+// Lazy mode: sites a session queued for rewriting and had not rewritten when it ended are
+// forgotten. By the next install the bytes there may be other code (a JIT's): a site is known to
+// be a syscall only when it traps. 250 JIT sites trap once each, the session ends at once; the
+// page then holds `mov $0x50f, %eax` over each old site; a new session must leave it alone.
+TEST_CASE("lazy_sites_queued_at_detach_are_forgotten") {
+  constexpr int kSites = 250, kStride = 16;
+  auto* page = static_cast<unsigned char*>(mmap(nullptr, kSites * kStride,
+                                                PROT_READ | PROT_WRITE | PROT_EXEC,
+                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(page != MAP_FAILED);
+  const auto function = [&](int i) { return reinterpret_cast<long (*)()>(page + i * kStride); };
+  for (int i = 0; i < kSites; ++i) {
+    const unsigned char getpid_code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
+    std::memcpy(page + i * kStride, getpid_code, sizeof getpid_code);
+  }
+  {
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    for (int i = 0; i < kSites; ++i) CHECK(function(i)() == real_getpid());
+  }
+  // No session: other code at the same addresses, the old sites inside an immediate.
+  for (int i = 0; i < kSites; ++i) {
+    const unsigned char other_code[] = {0x90, 0x90, 0x90, 0x90, 0xb8, 0x0f, 0x05, 0x00, 0x00, 0xc3};
+    std::memcpy(page + i * kStride, other_code, sizeof other_code);
+  }
+  JitCode first, second;
+  auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+  // Two new sites, the second queued once the first is rewritten: the rewriter has then gone
+  // through every slot of its queue at least once.
+  for (const JitCode* jit : {&first, &second}) {
+    CHECK(jit->plain() == real_getpid());
+    CHECK(eventually([&] { return jit->plain_rewritten(); }));
+  }
+  int changed = 0;
+  for (int i = 0; i < kSites; ++i) {
+    if (page[i * kStride + 5] != 0x0f || function(i)() != 0x50f) ++changed;
+  }
+  CHECK(changed == 0);
+  const auto begin = reinterpret_cast<std::uintptr_t>(page);
+  for (const auto& site : session.late_coverage().lazily_rewritten) {
+    CHECK((site.address < begin || site.address >= begin + kSites * kStride));
+  }
+  munmap(page, kSites * kStride);
+}
+
+// Session::late_coverage() lists the sites rewritten after a trap during this session only.
+TEST_CASE("late_coverage_lists_this_sessions_sites") {
+  JitCode first, second;
+  std::vector<std::uintptr_t> listed[2];
+  int index = 0;
+  for (const JitCode* jit : {&first, &second}) {
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    CHECK(jit->plain() == real_getpid());
+    CHECK(eventually([&] { return jit->plain_rewritten(); }));
+    const zpoline::Session::LateCoverage coverage = session.late_coverage();
+    for (const auto& site : coverage.lazily_rewritten) listed[index].push_back(site.address);
+    CHECK(listed[index].size() == coverage.sites_rewritten_on_trap);
+    const auto site = reinterpret_cast<std::uintptr_t>(jit->memory + 5);
+    CHECK(std::count(listed[index].begin(), listed[index].end(), site) == 1);
+    ++index;
+  }
+  // The first session's sites are not the second's.
+  for (const std::uintptr_t site : listed[0]) {
+    CHECK(std::count(listed[1].begin(), listed[1].end(), site) == 0);
+  }
+}
+
+// A thread running on its creator's TLS (clone(CLONE_VM) without CLONE_SETTLS) that ends with an
+// exit the safety net trapped, inside the SIGSYS handler, leaves its creator's state alone: the
+// creator's calls through a rewritten site are still counted as such, not as the net's.
+namespace {
+std::atomic<int> tls_sharing_child_done{0};
+extern "C" void zt_tls_sharing_child_mark() {
+  tls_sharing_child_done = 1;
+}
+extern "C" void zt_tls_sharing_child();
+asm(R"(
+  .text
+  .globl zt_tls_sharing_child
+  .type zt_tls_sharing_child, @function
+zt_tls_sharing_child:
+  .cfi_startproc
+  .cfi_undefined %rip
+  call zt_tls_sharing_child_mark
+  mov $60, %eax
+  xor %edi, %edi
+  .byte 0x66
+  syscall
+  ud2
+  .cfi_endproc
+  .size zt_tls_sharing_child, .-zt_tls_sharing_child
+)");
+extern "C" const unsigned char zt_counted_getppid_site[];
+extern "C" long zt_counted_getppid();
+asm(R"(
+  .text
+  .globl zt_counted_getppid
+  .type zt_counted_getppid, @function
+zt_counted_getppid:
+  .cfi_startproc
+  mov $110, %eax
+  .globl zt_counted_getppid_site
+zt_counted_getppid_site:
+  syscall
+  ret
+  .cfi_endproc
+  .size zt_counted_getppid, .-zt_counted_getppid
+)");
+std::size_t threads_of_this_process() {
+  std::size_t count = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/self/task")) {
+    ++count;
+  }
+  return count;
+}
+}  // namespace
+
+TEST_CASE("a_thread_on_its_creators_tls_leaves_the_creators_counts_alone") {
+  auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+  CHECK(zt_counted_getppid() == getppid());
+  CHECK(eventually([] { return rewritten(zt_counted_getppid_site); }));
+  const std::size_t threads = threads_of_this_process();
+  const std::size_t size = 64 * 1024;
+  auto* stack = static_cast<char*>(
+      mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(stack != MAP_FAILED);
+  auto* top = reinterpret_cast<unsigned long*>(stack + size);
+  *--top = reinterpret_cast<unsigned long>(&zt_tls_sharing_child);
+  const long flags =
+      CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+  long child;
+  register long r10 asm("r10") = 0;
+  asm volatile("syscall\n\ttest %%rax, %%rax\n\tjnz 1f\n\tret\n1:"
+               : "=a"(child)
+               : "a"(SYS_clone), "D"(flags), "S"(top), "d"(0), "r"(r10)
+               : "rcx", "r11", "r8", "memory");
+  CHECK(child > 0);
+  CHECK(eventually([] { return tls_sharing_child_done.load() == 1; }));
+  CHECK(eventually([&] { return threads_of_this_process() == threads; }));
+  const zpoline::Session::CallCounts before = session.calls();
+  for (int i = 0; i < 100; ++i) CHECK(zt_counted_getppid() == getppid());
+  const zpoline::Session::CallCounts after = session.calls();
+  CHECK(after.through_net - before.through_net == 0);
+  CHECK(after.through_sites - before.through_sites >= 100);
 }

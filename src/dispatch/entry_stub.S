@@ -158,7 +158,8 @@
         .macro RESTORE_X87 base
         testw $0x3800, 520(\base)
         jz .Lx87_words_\@
-        frstor 576(\base)
+        fnclex                                  /* FRSTOR waits: an exception the hook left */
+        frstor 576(\base)                      /* pending and unmasked would fire here */
         jmp .Lx87_restored_\@
 .Lx87_words_\@:
         fnstsw 524(\base)
@@ -1124,6 +1125,10 @@ zpoline_detail_clone_to_site:
         push %r15
         .cfi_adjust_cfa_offset 8
         .cfi_rel_offset %r15, 0
+        sub $8, %rsp                            /* the caller's x87 control word and MXCSR, */
+        .cfi_adjust_cfa_offset 8                /* which it gets back with an empty x87 stack */
+        fnstcw (%rsp)
+        stmxcsr 4(%rsp)
         push %rdi
         .cfi_adjust_cfa_offset 8
         mov 8(%rdi), %rcx                       /* the application's vector state */
@@ -1166,6 +1171,14 @@ zpoline_detail_clone_to_site:
         mov %rax, %rcx                          /* no flag changes: the child gets the */
         jrcxz 5f                                /* application's flags */
         pop %rdi
+        .cfi_adjust_cfa_offset -8
+        /* The parent returns to the library's C++ (the hook's forward()): the application's x87
+         * stack and MXCSR loaded above stay the child's only (callee-saved control words, and
+         * an empty x87 stack, as at any call). */
+        fninit
+        fldcw (%rsp)
+        ldmxcsr 4(%rsp)
+        lea 8(%rsp), %rsp
         .cfi_adjust_cfa_offset -8
         pop %r15
         .cfi_adjust_cfa_offset -8

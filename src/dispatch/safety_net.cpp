@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -106,6 +107,13 @@ std::atomic<std::uint32_t> queue_signal{0};  // futex word: bumped when a site i
 std::atomic<bool> rewriter_stop{false};
 std::thread* rewriter_thread = nullptr;
 
+// Sites queued and not rewritten when the net goes off, or inherited by a fork child, are
+// forgotten: by the next install the code there may be another (a JIT's), and a site is only
+// known to be a syscall at the moment it trapped.
+void forget_queued_sites() {
+  for (auto& slot : queued_sites) slot.store(0, std::memory_order_relaxed);
+}
+
 void queue_for_rewriting(std::uintptr_t site) {
   for (auto& slot : queued_sites) {
     std::uintptr_t expected = slot.load(std::memory_order_relaxed);
@@ -177,6 +185,44 @@ void rewrite_queued_sites() {
 struct alignas(64) RegisterModeArea {
   unsigned char bytes[576 + 128];
 };
+// The x87 part of an FXSAVE image (the signal frame's) as FNSAVE writes it: the full tag word
+// from the abridged one (a tag per physical register: valid, zero, special or empty), the
+// pointers, and the registers in stack order, 10 bytes each.
+void write_fnsave_image(const unsigned char* fxsave, unsigned top, unsigned char* out) {
+  std::memset(out, 0, 108);
+  std::memcpy(out, fxsave, 2);          // control word
+  std::memcpy(out + 4, fxsave + 2, 2);  // status word
+  const unsigned char abridged = fxsave[4];
+  std::uint16_t tags = 0;
+  for (unsigned physical = 0; physical < 8; ++physical) {
+    unsigned tag = 3;  // empty
+    if (abridged & (1u << physical)) {
+      const unsigned char* value = fxsave + 32 + 16 * ((physical - top) & 7);
+      std::uint64_t significand = 0;
+      std::uint16_t sign_exponent = 0;
+      std::memcpy(&significand, value, sizeof significand);
+      std::memcpy(&sign_exponent, value + 8, sizeof sign_exponent);
+      const unsigned exponent = sign_exponent & 0x7fff;
+      if (exponent == 0 && significand == 0) {
+        tag = 1;  // zero
+      } else if (exponent == 0x7fff || exponent == 0 || !(significand >> 63)) {
+        tag = 2;  // special: NaN, infinity, denormal, unnormal
+      } else {
+        tag = 0;  // valid
+      }
+    }
+    tags = static_cast<std::uint16_t>(tags | tag << (2 * physical));
+  }
+  std::memcpy(out + 8, &tags, sizeof tags);
+  std::memcpy(out + 12, fxsave + 8, 4);  // instruction pointer (its low half)
+  std::uint16_t opcode = 0;
+  std::memcpy(&opcode, fxsave + 6, sizeof opcode);
+  const std::uint32_t selector_and_opcode = static_cast<std::uint32_t>(opcode & 0x7ff) << 16;
+  std::memcpy(out + 16, &selector_and_opcode, sizeof selector_and_opcode);
+  std::memcpy(out + 20, fxsave + 16, 4);  // operand pointer (its low half)
+  for (unsigned i = 0; i < 8; ++i) std::memcpy(out + 28 + 10 * i, fxsave + 32 + 16 * i, 10);
+}
+
 void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
   auto* fpstate = reinterpret_cast<unsigned char*>(context.uc_mcontext.fpregs);
   const unsigned char mode = zpoline_detail_xsave_mode;
@@ -190,13 +236,15 @@ void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
     if (mode == 3 && (present & 4)) std::memcpy(area + 32 * i + 16, fpstate + 576 + 16 * i, 16);
   }
   std::memcpy(area + 512, fpstate + 24, 4);  // MXCSR
-  // The x87 status and control words. TOP is left 0, so that the stub takes them alone and not
-  // an FNSAVE image: the handler runs with the x87 stack empty, and so does the clone child.
+  // The x87 status and control words at 520 and 522, as the stub's SAVE_X87 keeps them, and,
+  // where TOP says the stack holds values, the x87 state as an FNSAVE image at 576 (a clone
+  // child gets it from there).
+  std::memcpy(area + 520, fpstate + 2, 2);
+  std::memcpy(area + 522, fpstate, 2);
   std::uint16_t status = 0;
   std::memcpy(&status, fpstate + 2, sizeof status);
-  status = static_cast<std::uint16_t>(status & ~0x3800);
-  std::memcpy(area + 520, &status, sizeof status);
-  std::memcpy(area + 522, fpstate, 2);
+  const unsigned top = (status >> 11) & 7;
+  if (top != 0) write_fnsave_image(fpstate, top, area + 576);
   return area;
 }
 
@@ -222,7 +270,14 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   frame.return_address = return_address;
   long result;
   {
-    NetDispatchScope net;
+    // Not for a thread running on its creator's TLS (clone(CLONE_VM) without CLONE_SETTLS): the
+    // scope's flag is the creator's, and such a thread may end inside this call (exit).
+    const ThreadState& self = zpoline_detail_thread_state;
+    const bool foreign_tls =
+        (__atomic_load_n(&self.attention, __ATOMIC_ACQUIRE) & kAttentionTlsShared) != 0 &&
+        raw(SYS_gettid) != self.tls_owner;
+    std::optional<NetDispatchScope> net;
+    if (!foreign_tls) net.emplace();
     RegisterModeArea converted;
     result = zpoline_detail_dispatch(&frame, vector_area(context, converted));
   }
@@ -303,6 +358,7 @@ bool safety_net_supported() noexcept {
 }
 
 void enable_safety_net() {
+  forget_queued_sites();  // left by an earlier install, or by the parent of a fork child
   // Not SA_ONSTACK: the handler runs the hook for the trapped call, and a small alternate stack
   // (glibc's SIGSTKSZ is 8 KiB) would overflow. It runs where the trapped code ran. SA_NODEFER:
   // a syscall that traps while the handler runs (the hook's own, say) must be deliverable.
@@ -340,6 +396,7 @@ void disable_safety_net() noexcept {
     delete rewriter_thread;
     rewriter_thread = nullptr;
   }
+  forget_queued_sites();
 }
 
 bool safety_net_enabled() noexcept {
