@@ -25,6 +25,7 @@
 #include "dispatch/thread_records.hpp"
 #include "platform/memory.hpp"
 #include "platform/owned_lock.hpp"
+#include "platform/sanitizers.hpp"
 #include "platform/signals.hpp"
 #include "platform/thread_local.hpp"
 #include "rewriting/patcher.hpp"
@@ -461,11 +462,26 @@ struct NestedHookCall {
 
 using namespace zpoline::detail;
 
+namespace {
+long dispatch_call(RegisterFrame* regs, void* xsave_area);
+}  // namespace
+
+// The stub's entry into C++ (and the safety net's): stale AddressSanitizer poison below this
+// frame goes first (platform/sanitizers.hpp), so that no frame of the dispatcher's or the
+// hook's lands on it. Nothing here is instrumented; the rest is.
+extern "C" ZPOLINE_NO_SANITIZE_ADDRESS long zpoline_detail_dispatch(RegisterFrame* regs,
+                                                                    void* xsave_area) {
+  forget_stale_stack_poison_below(__builtin_frame_address(0));
+  return dispatch_call(regs, xsave_area);
+}
+
+namespace {
+
 // UndefinedBehaviorSanitizer's null check is off here: `catch (abi::__forced_unwind&)` is how
 // libstdc++ documents catching a thread's cancellation, and its __cxa_begin_catch returns a null
 // object for that (foreign) exception, which the check reports as a reference bound to null.
-extern "C" __attribute__((no_sanitize("null"))) long zpoline_detail_dispatch(RegisterFrame* regs,
-                                                                             void* xsave_area) {
+__attribute__((noinline, no_sanitize("null"))) long dispatch_call(RegisterFrame* regs,
+                                                                  void* xsave_area) {
   ThreadState& self = zpoline_detail_thread_state;
   SyscallFrame frame{regs, xsave_area};
   if (const std::uint32_t attention = __atomic_load_n(&self.attention, __ATOMIC_ACQUIRE)) {
@@ -556,6 +572,8 @@ extern "C" __attribute__((no_sanitize("null"))) long zpoline_detail_dispatch(Reg
   // For vfork, the stub makes the call now that the hook is done; it needs the number.
   return self.vfork_frame == this_frame ? static_cast<long>(regs->rax) : result;
 }
+
+}  // namespace
 
 extern "C" long zpoline_detail_forward_frame(const SyscallFrame* frame) {
   return forward(*frame);

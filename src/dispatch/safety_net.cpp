@@ -10,6 +10,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -23,6 +24,7 @@
 
 #include "dispatch/thread_records.hpp"
 #include "platform/memory.hpp"
+#include "platform/sanitizers.hpp"
 #include "platform/signals.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
@@ -316,7 +318,23 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
   g[REG_RIP] = reinterpret_cast<greg_t>(&zpoline_detail_vfork_syscall);
 }
 
-void on_sigsys(int signal, siginfo_t* info, void* raw_context) {
+void handle_sigsys(int signal, siginfo_t* info, void* raw_context);
+
+// The signal frame is the kernel's, and the handler may run on a stack whose AddressSanitizer
+// shadow is stale (platform/sanitizers.hpp): both are cleared before instrumented code runs.
+ZPOLINE_NO_SANITIZE_ADDRESS void on_sigsys(int signal, siginfo_t* info, void* raw_context) {
+  auto* context = static_cast<ucontext_t*>(raw_context);
+  forget_stale_poison(info, sizeof *info);
+  forget_stale_poison(context, sizeof *context);
+  if (context->uc_mcontext.fpregs != nullptr) {
+    forget_stale_poison(context->uc_mcontext.fpregs,
+                        std::max<std::size_t>(zpoline_detail_xsave_size, 1024));
+  }
+  forget_stale_stack_poison_below(__builtin_frame_address(0));
+  handle_sigsys(signal, info, raw_context);
+}
+
+__attribute__((noinline)) void handle_sigsys(int signal, siginfo_t* info, void* raw_context) {
   auto& context = *static_cast<ucontext_t*>(raw_context);
   if (info->si_code != kSysUserDispatch) {
     pass_to_application(signal, info, raw_context);
