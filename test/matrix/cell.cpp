@@ -745,6 +745,7 @@ void event_fork_busy_rewriter() {
   for (int i = 0; i < 10; ++i) {
     const pid_t child = fork();
     if (child == 0) {
+      failures = 0;  // the parent's so far are not this child's
       void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       const bool ok = mprotect(page, 4096, PROT_READ | PROT_EXEC) == 0;
       const long calls = markers(1, cell_pid);
