@@ -698,8 +698,7 @@ void rewrite_new_code(std::uintptr_t begin, std::size_t length) {
 namespace {
 
 // rewrite_trapped_site() with the rewrite lock held, in a fault recovery scope.
-bool rewrite_trapped_site_locked(std::uintptr_t site) {
-  const CurrentMap current;
+bool rewrite_trapped_site_locked(std::uintptr_t site, const CurrentMap& current) {
   const std::vector<Mapping>& map = current.map;
   const Mapping* mapping = find_mapping(map, site);
   if (mapping == nullptr || !(mapping->protection & PROT_EXEC) ||
@@ -762,11 +761,14 @@ bool rewrite_trapped_site(std::uintptr_t site) {
   RewritingScope scope;
   RewriteLock lock(std::try_to_lock);
   if (!lock.owns_lock()) return false;
-  // The code may be unmapped while it is read: JIT code is, all the time.
+  // The code may be unmapped while it is read: JIT code is, all the time. A fault returns to
+  // the recovery point past the destructors of what was allocated after it: the map is read
+  // before it (a site unmapped since its trap faults at its first byte, right after the map).
+  const CurrentMap current;
   sigjmp_buf recovery;
   if (sigsetjmp(recovery, 1) != 0) return false;
   FaultRecovery recoverable(recovery);
-  return rewrite_trapped_site_locked(site);
+  return rewrite_trapped_site_locked(site, current);
 }
 
 void note_unmapped_code(std::uintptr_t begin, std::size_t length) noexcept {
