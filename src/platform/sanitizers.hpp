@@ -40,6 +40,8 @@ inline void forget_stale_poison([[maybe_unused]] const void* address,
 // Clears the poison of the stack below `frame` (an address in the caller's frame), where the
 // frames of the functions it calls will be: 64 KiB of it, more than the library's own frames
 // and a hook's usual ones need. Only the shadow is written; the stack itself is not touched.
+// The price, in sanitizer builds only: below a smaller stack (an alternate signal stack taken
+// from the heap, say) reports about whatever lies there are lost until it is poisoned again.
 inline void forget_stale_stack_poison_below([[maybe_unused]] const void* frame) noexcept {
 #if defined(ZPOLINE_ADDRESS_SANITIZER)
   constexpr std::size_t kSize = 64 * 1024;
