@@ -27,7 +27,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -1959,6 +1958,22 @@ TEST_CASE("avx512_state_preserved") {
                                 "zmm15 bits 256-511", "zmm16", "zmm31", "k0", "k7"});
 }
 
+namespace {
+// Installs `hook` in Mode::exhaustive, or ends the test process with 77 (skipped) where the
+// kernel has no Syscall User Dispatch.
+zpoline::Session install_exhaustive_or_skip(zpoline::Hook hook) {
+  zpoline::Options options;
+  options.mode = zpoline::Mode::exhaustive;
+  try {
+    return install_or_skip(std::move(hook), options);
+  } catch (const zpoline::Error& error) {
+    if (error.code() != zpoline::ErrorCode::unsupported) throw;
+    std::fprintf(stderr, "SKIP: no Syscall User Dispatch here: %s\n", error.what());
+    std::_Exit(77);
+  }
+}
+}  // namespace
+
 // The same state, every register this machine has, through a trap of the Syscall User Dispatch
 // safety net (Mode::exhaustive, a prefixed syscall that is never rewritten): the hook runs in
 // the SIGSYS handler, and the state comes back from the signal frame.
@@ -1968,24 +1983,13 @@ TEST_CASE("vector_state_preserved_through_the_safety_net") {
   state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
   const std::uint32_t flags = all_vector_registers();
   std::atomic<long> site_calls{0};
-  zpoline::Options options;
-  options.mode = zpoline::Mode::exhaustive;
-  std::optional<zpoline::Session> session;
-  try {
-    session.emplace(install_or_skip(
-        [&](zpoline::Syscall& call) -> long {
-          if (!from_state_probe(call)) return call.forward();
-          ++site_calls;
-          clobber_all_state();
-          return call.forward();
-        },
-        options));
-  } catch (const zpoline::Error& error) {
-    if (error.code() != zpoline::ErrorCode::unsupported) throw;
-    std::fprintf(stderr, "SKIP: no Syscall User Dispatch here: %s\n", error.what());
-    std::_Exit(77);
-  }
-  const std::size_t traps = session->late_coverage().traps;
+  auto session = install_exhaustive_or_skip([&](zpoline::Syscall& call) -> long {
+    if (!from_state_probe(call)) return call.forward();
+    ++site_calls;
+    clobber_all_state();
+    return call.forward();
+  });
+  const std::size_t traps = session.late_coverage().traps;
   long expected_calls = 0;
   for (unsigned seed = 20; seed < 24; ++seed) {
     CAPTURE(seed);
@@ -1996,7 +2000,7 @@ TEST_CASE("vector_state_preserved_through_the_safety_net") {
     CHECK(run.differences == "");
     CHECK(run.result == pid);
   }
-  CHECK(session->late_coverage().traps - traps == 4);
+  CHECK(session.late_coverage().traps - traps == 4);
 }
 
 // x87 in the register save modes, the hard cases. A hook that leaves an unmasked x87 exception
@@ -2090,42 +2094,31 @@ TEST_CASE("x87_pending_exceptions_and_clones_in_the_register_modes") {
   state_site_return = address_of(zt_state_probe_site) + 2;
   state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
   std::atomic<long> clones{0}, wrong_hook_results{0};
-  zpoline::Options options;
-  options.mode = zpoline::Mode::exhaustive;
-  std::optional<zpoline::Session> session;
-  try {
-    session.emplace(install_or_skip(
-        [&](zpoline::Syscall& call) -> long {
-          if (call.number() == SYS_clone) {
-            const long result = call.forward();
-            if (result > 0) {
-              ++clones;
-              // x87 arithmetic of the hook's own after forward(): needs free registers.
-              volatile long double three = 3.0L, seven = 7.0L;
-              const long double sixty = (three * seven + three) / (seven - three) * (three + seven);
-              if (sixty != 60.0L) ++wrong_hook_results;
-            }
-            return result;
-          }
-          if (!from_state_probe(call)) return call.forward();
-          const long result = call.forward();
-          // All x87 exceptions unmasked, and an invalid operation left pending (an integer
-          // store of 1e10 into 16 bits): the next waiting x87 instruction would raise SIGFPE.
-          const std::uint16_t unmasked = 0x0360;
-          const double big = 1e10;
-          std::int16_t stored = 0;
-          asm volatile("fldcw %1\n\tfldl %2\n\tfistps %0"
-                       : "=m"(stored)
-                       : "m"(unmasked), "m"(big)
-                       : "memory");
-          return result;
-        },
-        options));
-  } catch (const zpoline::Error& error) {
-    if (error.code() != zpoline::ErrorCode::unsupported) throw;
-    std::fprintf(stderr, "SKIP: no Syscall User Dispatch here: %s\n", error.what());
-    std::_Exit(77);
-  }
+  auto session = install_exhaustive_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.number() == SYS_clone) {
+      const long result = call.forward();
+      if (result > 0) {
+        ++clones;
+        // x87 arithmetic of the hook's own after forward(): needs free registers.
+        volatile long double three = 3.0L, seven = 7.0L;
+        const long double sixty = (three * seven + three) / (seven - three) * (three + seven);
+        if (sixty != 60.0L) ++wrong_hook_results;
+      }
+      return result;
+    }
+    if (!from_state_probe(call)) return call.forward();
+    const long result = call.forward();
+    // All x87 exceptions unmasked, and an invalid operation left pending (an integer
+    // store of 1e10 into 16 bits): the next waiting x87 instruction would raise SIGFPE.
+    const std::uint16_t unmasked = 0x0360;
+    const double big = 1e10;
+    std::int16_t stored = 0;
+    asm volatile("fldcw %1\n\tfldl %2\n\tfistps %0"
+                 : "=m"(stored)
+                 : "m"(unmasked), "m"(big)
+                 : "memory");
+    return result;
+  });
   REQUIRE(is_call_rax(zt_state_probe_site));
   getppid();  // this thread's first call, through the dispatcher, before the mode changes
   const unsigned char chosen = zpoline_detail_xsave_mode;
