@@ -31,6 +31,8 @@
 #include <vector>
 
 #include "support.hpp"
+#include "trampoline/sled.hpp"
+#include "trampoline/trampoline.hpp"
 #include "zpoline/zpoline.hpp"
 
 using zpoline_test::install_or_skip;
@@ -562,10 +564,9 @@ std::string first_line(const char* path) {
 
 }  // namespace
 
-// Something already mapped at address 0, or in the relay's range: install() says so and maps
-// nothing, so that once the range is free again an install succeeds.
+// Something already mapped at address 0, or at every place the relay may go: install() says so and
+// maps nothing, so that once a place is free again an install succeeds.
 TEST_CASE("page_zero_in_use_is_reported") {
-  constexpr std::uintptr_t kRelay = 0x06060000;  // trampoline/trampoline.hpp, README "Limits"
   void* zero =
       mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (zero == MAP_FAILED) {
@@ -582,27 +583,64 @@ TEST_CASE("page_zero_in_use_is_reported") {
   check_process_works();
   REQUIRE(munmap(zero, 4096) == 0);
 
-  // The relay's two pages: one of them taken is enough.
-  void* relay = mmap(reinterpret_cast<void*>(kRelay + 4096), 4096, PROT_READ,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  REQUIRE(relay == reinterpret_cast<void*>(kRelay + 4096));
+  // Every place the relay may go taken (one of its two pages is enough): install() says so and
+  // gives back page 0, which it had reserved first.
+  using zpoline::detail::kRelaySize;
+  const auto places = zpoline::detail::relay_placements();
+  std::vector<void*> taken;
+  for (const auto place : places) {
+    void* wanted = reinterpret_cast<void*>(place.base() + (taken.size() % 2) * 4096);
+    void* page =
+        mmap(wanted, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    REQUIRE(page == wanted);
+    taken.push_back(page);
+  }
   error = install_error();
   CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
   INFO(error.what());
-  CHECK(contains(error.what(), "[0x6060000, 0x6062000)"));
-  CHECK(contains(error.what(), "already mapped"));
-  // Page 0, reserved before the relay was found taken, was given back.
+  CHECK(contains(error.what(), "the trampoline's relay needs two free pages at one of"));
+  CHECK(contains(error.what(), "all of them are already mapped"));
   void* probe =
       mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   CHECK(probe == nullptr);
   if (probe == nullptr) munmap(probe, 4096);
   check_process_works();
-  REQUIRE(munmap(relay, 4096) == 0);
 
+  // With only the preferred place and the relay's old fixed address (0x06060000, where a non-PIE
+  // program's heap can start) still taken, install() uses the next place.
+  for (std::size_t i = 0; i < places.size(); ++i) {
+    if (i != 0 && places[i].base() != 0x06060000) REQUIRE(munmap(taken[i], 4096) == 0);
+  }
   Tally tally;
   auto session = install_or_skip(counting_hook(tally));
+  CHECK(zpoline::detail::trampoline_relay_base() == places[1].base());
   getpid();
   CHECK(tally[SYS_getpid] == 1);
+}
+
+// A non-PIE program's heap starts anywhere in the first GiB above the executable, and can have
+// grown over the place the relay prefers before install(): here the whole first GiB but the
+// executable, the libraries and the stacks is taken (as by such a heap) except one place.
+TEST_CASE("the_relay_finds_the_free_place_left_by_a_low_heap") {
+  const auto places = zpoline::detail::relay_placements();
+  const std::uintptr_t free_place = places[places.size() / 2].base();
+  constexpr std::uintptr_t kLow = 0x01000000;
+  constexpr std::uintptr_t kGiB = std::uintptr_t{1} << 30;
+  void* below = mmap(reinterpret_cast<void*>(kLow), free_place - kLow, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  const std::uintptr_t above_start = free_place + zpoline::detail::kRelaySize;
+  void* above = mmap(reinterpret_cast<void*>(above_start), kGiB - above_start, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  if (below != reinterpret_cast<void*>(kLow) || above != reinterpret_cast<void*>(above_start)) {
+    skip("something of this process is already mapped in the first GiB (a non-PIE test binary?)");
+  }
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally));
+  CHECK(zpoline::detail::trampoline_relay_base() == free_place);
+  getpid();
+  syscall(SYS_getppid);
+  CHECK(tally[SYS_getpid] == 1);
+  CHECK(tally[SYS_getppid] == 1);
 }
 
 // An unprivileged process: without CAP_SYS_RAWIO, the kernel refuses addresses below
@@ -636,10 +674,11 @@ TEST_CASE("page_zero_refused_without_cap_sys_rawio") {
   CHECK(contains(error.what(), ("vm.mmap_min_addr is " + min_addr).c_str()));
   CHECK(contains(error.what(), "sysctl -w vm.mmap_min_addr=0"));
   CHECK(contains(error.what(), "CAP_SYS_RAWIO (this process does not have it)"));
-  // Nothing was left mapped: the relay's range is free.
-  void* relay = mmap(reinterpret_cast<void*>(0x06060000), 8192, PROT_READ,
+  // Nothing was left mapped: the relay's first place is free.
+  void* wanted = reinterpret_cast<void*>(zpoline::detail::relay_placements().front().base());
+  void* relay = mmap(wanted, zpoline::detail::kRelaySize, PROT_READ,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  CHECK(relay == reinterpret_cast<void*>(0x06060000));
+  CHECK(relay == wanted);
   check_process_works();
 }
 

@@ -3,6 +3,7 @@
 #include <Zydis/Zydis.h>
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -24,17 +25,18 @@ struct Walk {
 
 // The sled page and the relay pages, as the CPU would see them at their addresses.
 struct Trampoline {
+  RelayPlacement placement;
   std::array<std::uint8_t, kSledSize> sled{};
   std::array<std::uint8_t, kRelaySize> relay{};
-  Trampoline() {
-    build_sled(std::span<std::uint8_t, kSledSize>(sled));
-    build_relay(std::span<std::uint8_t, kRelaySize>(relay), kStub);
+  explicit Trampoline(RelayPlacement where = relay_placements().front()) : placement(where) {
+    build_sled(std::span<std::uint8_t, kSledSize>(sled), placement);
+    build_relay(std::span<std::uint8_t, kRelaySize>(relay), placement, kStub);
   }
   // The bytes from `address` to the end of its page group, or empty if unmapped.
   std::span<const std::uint8_t> at(std::uintptr_t address) const {
     if (address < kSledSize) return std::span(sled).subspan(address);
-    if (address >= kRelayBase && address < kRelayBase + kRelaySize) {
-      return std::span(relay).subspan(address - kRelayBase);
+    if (address >= placement.base() && address < placement.base() + kRelaySize) {
+      return std::span(relay).subspan(address - placement.base());
     }
     return {};
   }
@@ -128,28 +130,71 @@ TEST_CASE("common syscalls run few instructions") {
   }
 }
 
-TEST_CASE("every other entry faults at once") {
-  const Trampoline trampoline;
-  int faulting = 0;
-  for (std::size_t entry = 0; entry < kSledSize; ++entry) {
-    if (is_sled_entry(entry)) continue;
-    INFO("entry ", entry);
-    CHECK(faults_at_once(trampoline, entry));
-    ++faulting;
-  }
-  CHECK(faulting == 8);  // the displacement bytes of the two exits
-  // In the relay pages, everything but the two relay sequences faults too.
-  for (std::uintptr_t address = kRelayBase; address < kRelayBase + kRelaySize; ++address) {
-    const bool in_relay = (address >= kFirstRelay && address < kFirstRelay + kRelayLength) ||
-                          (address >= kSecondRelay && address < kSecondRelay + kRelayLength);
-    if (!in_relay) REQUIRE(faults_at_once(trampoline, address));
+TEST_CASE("every other entry faults at once, wherever the relay is placed") {
+  for (const RelayPlacement placement : relay_placements()) {
+    const Trampoline trampoline(placement);
+    INFO("relay at ", placement.base());
+    int faulting = 0;
+    for (std::size_t entry = 0; entry < kSledSize; ++entry) {
+      if (is_sled_entry(entry)) continue;
+      INFO("entry ", entry);
+      REQUIRE(faults_at_once(trampoline, entry));
+      ++faulting;
+    }
+    REQUIRE(faulting == 8);  // the displacement bytes of the two exits
+    // In the relay pages, everything but the two relay sequences faults too.
+    const std::uintptr_t first = placement.first_relay();
+    const std::uintptr_t second = placement.second_relay();
+    for (std::uintptr_t address = placement.base(); address < placement.base() + kRelaySize;
+         ++address) {
+      const bool in_relay = (address >= first && address < first + kRelayLength) ||
+                            (address >= second && address < second + kRelayLength);
+      if (!in_relay) REQUIRE(faults_at_once(trampoline, address));
+    }
   }
 }
 
-TEST_CASE("both exits lead to a relay that jumps to the given stub") {
-  const Trampoline trampoline;
-  CHECK(follow(trampoline, kFirstRelay).reached_stub);
-  CHECK(follow(trampoline, kSecondRelay).reached_stub);
-  CHECK(follow(trampoline, kFirstExit).instructions == 3);
-  CHECK(follow(trampoline, kSecondExit).instructions == 3);
+TEST_CASE("both exits lead to a relay that jumps to the given stub, wherever it is placed") {
+  for (const RelayPlacement placement : relay_placements()) {
+    const Trampoline trampoline(placement);
+    INFO("relay at ", placement.base());
+    REQUIRE(follow(trampoline, placement.first_relay()).reached_stub);
+    REQUIRE(follow(trampoline, placement.second_relay()).reached_stub);
+    REQUIRE(follow(trampoline, kFirstExit).instructions == 3);
+    REQUIRE(follow(trampoline, kSecondExit).instructions == 3);
+    // From a sled entry of each region, through this placement's exits.
+    REQUIRE(follow(trampoline, 39).reached_stub);
+    REQUIRE(follow(trampoline, kSecondRegion).reached_stub);
+  }
+}
+
+TEST_CASE("relay placements: distinct, below 1 GiB, and those below the heap tried first") {
+  const auto placements = relay_placements();
+  REQUIRE(placements.size() == 176);  // README, GUIDE and DESIGN give the number
+  for (std::size_t i = 1; i < placements.size(); ++i) {
+    REQUIRE(placements[i].base() + kRelaySize <= placements[i - 1].base());  // no overlap, sorted
+  }
+  CHECK(placements.front().base() + kRelaySize <= std::uintptr_t{1} << 30);
+  // Where the old fixed relay was (0x06060000) is one of them, no longer the only one.
+  CHECK(std::any_of(placements.begin(), placements.end(),
+                    [](RelayPlacement p) { return p.base() == 0x06060000; }));
+
+  // A PIE program: the heap is far above, every placement is below it, highest first.
+  const auto pie = relay_placements_to_try(0x555555554000);
+  CHECK(pie.front().base() == placements.front().base());
+  CHECK(pie.size() == placements.size());
+  // A non-PIE program whose heap starts at 300 MiB: placements below it come first, the highest
+  // of them first; those above follow, highest first (most room for the heap to grow).
+  const std::uintptr_t heap = 300u << 20;
+  const auto non_pie = relay_placements_to_try(heap);
+  REQUIRE(non_pie.size() == placements.size());
+  std::size_t below = 0;
+  while (below < non_pie.size() && non_pie[below].base() + kRelaySize <= heap) ++below;
+  REQUIRE(below > 0);
+  REQUIRE(below < non_pie.size());
+  for (std::size_t i = below; i < non_pie.size(); ++i) REQUIRE(non_pie[i].base() >= heap);
+  for (std::size_t i = 1; i < non_pie.size(); ++i) {
+    if (i != below) REQUIRE(non_pie[i].base() < non_pie[i - 1].base());
+  }
+  CHECK(non_pie[below].base() == placements.front().base());
 }

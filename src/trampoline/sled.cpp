@@ -1,5 +1,6 @@
 #include "trampoline/sled.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <limits>
@@ -20,10 +21,50 @@ constexpr std::size_t kMaxBlock = 14;
 // Pairs closer to the exit than the shortest jump cannot reach it; they become the landing zone.
 constexpr std::size_t kLandingZone = kMinDisplacement + 2 - 2;
 
-void write_exit(std::uint8_t* at) {
+void write_exit(std::uint8_t* at, std::uint32_t displacement) {
   at[0] = 0xe9;  // jmp rel32
-  std::memcpy(at + 1, &kExitDisplacement, sizeof kExitDisplacement);
+  std::memcpy(at + 1, &displacement, sizeof displacement);
 }
+
+constexpr std::uint32_t kLowHalf = 0x0606;
+// Upper bytes below 0x40 keep the relay under 1 GiB.
+constexpr std::uint8_t kHighestTopByte = 0x3f;
+
+constexpr bool faults_when_entered(std::uint32_t displacement) {
+  for (int shift = 0; shift < 32; shift += 8) {
+    if (!is_invalid_opcode(static_cast<std::uint8_t>(displacement >> shift))) return false;
+  }
+  return true;
+}
+
+constexpr std::size_t count_placements() {
+  std::size_t count = 0;
+  for (unsigned top = 0; top <= kHighestTopByte; ++top) {
+    for (unsigned middle = 0; middle <= 0xff; ++middle) {
+      count += faults_when_entered(top << 24 | middle << 16 | kLowHalf) ? 1 : 0;
+    }
+  }
+  return count;
+}
+
+constexpr auto kPlacements = [] {
+  std::array<RelayPlacement, count_placements()> placements{};
+  std::size_t next = 0;
+  for (unsigned top = kHighestTopByte + 1; top-- > 0;) {
+    for (unsigned middle = 0x100; middle-- > 0;) {
+      const std::uint32_t displacement = top << 24 | middle << 16 | kLowHalf;
+      if (faults_when_entered(displacement)) placements[next++] = RelayPlacement{displacement};
+    }
+  }
+  return placements;
+}();
+
+static_assert(kLowHalf >> 8 == kInvalidOpcode && (kLowHalf & 0xff) == kInvalidOpcode);
+static_assert(kPlacements.back().first_relay() >= kPlacements.back().base() &&
+                  kPlacements.back().second_relay() + kRelayLength <=
+                      kPlacements.back().base() + kRelaySize,
+              "both relays must lie in the relay pages");
+static_assert(kPlacements.front().base() + kRelaySize <= std::uintptr_t{1} << 30);
 
 // Long nops ending exactly at `end`: the first block is the remainder, all others are full.
 void write_landing_zone(std::uint8_t* begin, std::uint8_t* end) {
@@ -67,26 +108,32 @@ void write_region(std::uint8_t* sled, std::size_t region, std::size_t exit) {
 
 }  // namespace
 
-void build_sled(std::span<std::uint8_t, kSledSize> sled) {
-  static_assert(kFirstExit % 2 == 0 && (kSecondExit - kSecondRegion) % 2 == 0,
-                "each exit must be on its region's pair parity");
-  static_assert((kExitDisplacement & 0xff) == kInvalidOpcode &&
-                    ((kExitDisplacement >> 8) & 0xff) == kInvalidOpcode &&
-                    ((kExitDisplacement >> 16) & 0xff) == kInvalidOpcode &&
-                    (kExitDisplacement >> 24) == kInvalidOpcode,
-                "entering an exit's displacement must fault");
-  write_region(sled.data(), 0, kFirstExit);
-  write_exit(sled.data() + kFirstExit);
-  write_region(sled.data(), kSecondRegion, kSecondExit);
-  write_exit(sled.data() + kSecondExit);
+std::span<const RelayPlacement> relay_placements() {
+  return kPlacements;
 }
 
-void build_relay(std::span<std::uint8_t, kRelaySize> relay, std::uintptr_t entry_stub) {
-  static_assert(kFirstRelay >= kRelayBase &&
-                kSecondRelay + kRelayLength <= kRelayBase + kRelaySize);
+std::vector<RelayPlacement> relay_placements_to_try(std::uintptr_t heap_start) {
+  std::vector<RelayPlacement> order(kPlacements.begin(), kPlacements.end());
+  std::stable_partition(order.begin(), order.end(), [heap_start](RelayPlacement placement) {
+    return placement.base() + kRelaySize <= heap_start;
+  });
+  return order;
+}
+
+void build_sled(std::span<std::uint8_t, kSledSize> sled, RelayPlacement placement) {
+  static_assert(kFirstExit % 2 == 0 && (kSecondExit - kSecondRegion) % 2 == 0,
+                "each exit must be on its region's pair parity");
+  write_region(sled.data(), 0, kFirstExit);
+  write_exit(sled.data() + kFirstExit, placement.exit_displacement);
+  write_region(sled.data(), kSecondRegion, kSecondExit);
+  write_exit(sled.data() + kSecondExit, placement.exit_displacement);
+}
+
+void build_relay(std::span<std::uint8_t, kRelaySize> relay, RelayPlacement placement,
+                 std::uintptr_t entry_stub) {
   std::memset(relay.data(), kInvalidOpcode, relay.size());
-  for (std::uintptr_t at : {kFirstRelay, kSecondRelay}) {
-    std::uint8_t* code = relay.data() + (at - kRelayBase);
+  for (std::uintptr_t at : {placement.first_relay(), placement.second_relay()}) {
+    std::uint8_t* code = relay.data() + (at - placement.base());
     code[0] = 0x49;  // REX.W+B
     code[1] = 0xbb;  // mov $imm64, %r11
     std::memcpy(code + 2, &entry_stub, sizeof entry_stub);

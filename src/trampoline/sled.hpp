@@ -9,12 +9,15 @@
 //     boundary, and each jump advances 0x42..0x50 bytes.
 //   * a landing zone of long nops (`66 66 ... 90`, valid from any byte) in front of each exit,
 //     for the bytes that are too close to the exit for a jump pair.
-//   * an exit: `jmp rel32` with rel32 = 0x06060606. Its four displacement bytes are also entry
-//     points (for numbers the kernel does not define); 0x06 is an invalid opcode in 64-bit mode,
-//     so entering there faults at once, without side effects, and the fault handler
-//     (trampoline.cpp) sends the call on to the stub.
-// The exits land in the relay, two pages near 0x06060000 (~96 MiB) that hold
-// `movabs $stub, %r11; jmp *%r11` (r11 is clobbered by `syscall` anyway) and 0x06 bytes elsewhere.
+//   * an exit: `jmp rel32`. Its four displacement bytes are also entry points (for numbers the
+//     kernel does not define), so each of them is an opcode that is invalid in 64-bit mode:
+//     entering there faults at once, without side effects, and the fault handler
+//     (fault_redirect.cpp) sends the call on to the stub.
+// The exits land in the relay, two pages below 1 GiB that hold `movabs $stub, %r11; jmp *%r11`
+// (r11 is clobbered by `syscall` anyway) and invalid opcodes elsewhere. Where the relay goes is
+// chosen at install among the addresses such displacements can reach (RelayPlacement): a fixed
+// address can already be taken, by a non-PIE program's heap for one (its start is randomised over
+// 1 GiB), and the install would fail.
 // No instruction on these paths touches a register other than r11, the flags, memory or the stack,
 // and none reads data, so the pages can be execute-only. The displacement of each pair is chosen
 // by dynamic programming to minimise the instructions run from an entry to its exit (getpid,
@@ -24,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace zpoline::detail {
 
@@ -36,22 +40,59 @@ inline constexpr std::size_t kFirstExit = 548;
 inline constexpr std::size_t kSecondRegion = kFirstExit + kExitLength;
 inline constexpr std::size_t kSecondExit = kSledSize - kExitLength;
 
-inline constexpr std::uint32_t kExitDisplacement = 0x06060606;
 inline constexpr std::uint8_t kInvalidOpcode = 0x06;  // `push %es`, invalid in 64-bit mode
-inline constexpr std::uintptr_t kRelayBase = 0x06060000;
 inline constexpr std::size_t kRelaySize = 2 * 4096;
-inline constexpr std::uintptr_t kFirstRelay = kFirstExit + kExitLength + kExitDisplacement;
-inline constexpr std::uintptr_t kSecondRelay = kSecondExit + kExitLength + kExitDisplacement;
 inline constexpr std::size_t kRelayLength = 13;
 
-// Fills the page at address 0 (`sled`) so that every entry in [0, kFirstExit] and
-// [kSecondRegion, kSecondExit] reaches one of the two relays, and every other entry (the exits'
-// displacement bytes: numbers 549..552 and 4092..4095) is an invalid opcode.
-void build_sled(std::span<std::uint8_t, kSledSize> sled);
+// True for the one-byte opcodes that raise #UD in 64-bit mode whatever follows them (legacy
+// instructions dropped by AMD64; not 0x62, 0xc4, 0xc5, which became EVEX/VEX prefixes, nor 0xd6,
+// which not every vendor documents).
+inline constexpr std::uint8_t kInvalidOpcodes[] = {
+    0x06, 0x07, 0x0e, 0x16, 0x17, 0x1e, 0x1f,  // push/pop of segment registers
+    0x27, 0x2f, 0x37, 0x3f,                    // decimal adjust
+    0x60, 0x61, 0xce, 0xd4, 0xd5,              // pusha, popa, into, aam, aad
+};
+constexpr bool is_invalid_opcode(std::uint8_t byte) {
+  for (const std::uint8_t invalid : kInvalidOpcodes) {
+    if (byte == invalid) return true;
+  }
+  return false;
+}
 
-// Fills the relay pages (mapped at kRelayBase) so that both relays jump to `entry_stub` and every
-// other byte is an invalid opcode.
-void build_relay(std::span<std::uint8_t, kRelaySize> relay, std::uintptr_t entry_stub);
+// Where the exits lead: their rel32 displacement, whose four bytes are invalid opcodes. Both
+// relays then lie in the two pages at base(); the low half of the displacement is always 0x0606,
+// so base() is the displacement with its low 16 bits cleared.
+struct RelayPlacement {
+  std::uint32_t exit_displacement;
+
+  constexpr std::uintptr_t first_relay() const {
+    return kFirstExit + kExitLength + exit_displacement;
+  }
+  constexpr std::uintptr_t second_relay() const {
+    return kSecondExit + kExitLength + exit_displacement;
+  }
+  constexpr std::uintptr_t base() const { return exit_displacement & ~std::uintptr_t{0xffff}; }
+};
+
+// Every placement the library may use, highest address first: the displacements whose two upper
+// bytes are invalid opcodes and whose relay ends below 1 GiB (above is the window MAP_32BIT
+// allocates from).
+std::span<const RelayPlacement> relay_placements();
+
+// relay_placements() in the order to try them in a process whose heap starts at `heap_start`:
+// first those entirely below it (the heap grows up, so they never stop it), then the others;
+// highest first within each group (farthest from a low executable, most room for a heap below).
+std::vector<RelayPlacement> relay_placements_to_try(std::uintptr_t heap_start);
+
+// Fills the page at address 0 (`sled`) so that every entry in [0, kFirstExit] and
+// [kSecondRegion, kSecondExit] reaches one of the two relays of `placement`, and every other entry
+// (the exits' displacement bytes: numbers 549..552 and 4092..4095) is an invalid opcode.
+void build_sled(std::span<std::uint8_t, kSledSize> sled, RelayPlacement placement);
+
+// Fills the relay pages (to be mapped at placement.base()) so that both relays jump to
+// `entry_stub` and every other byte is an invalid opcode.
+void build_relay(std::span<std::uint8_t, kRelaySize> relay, RelayPlacement placement,
+                 std::uintptr_t entry_stub);
 
 // True for entries that build_sled() makes reach a relay.
 constexpr bool is_sled_entry(std::size_t offset) {

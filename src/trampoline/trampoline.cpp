@@ -1,12 +1,15 @@
 #include "trampoline/trampoline.hpp"
 
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <span>
@@ -22,6 +25,53 @@ namespace zpoline::detail {
 namespace {
 
 bool mapped = false;
+std::uintptr_t relay_base = 0;
+
+// Where the heap (brk) starts: field 47 of /proc/self/stat (Linux 3.5+), else the current break.
+// Read with plain system calls: install may run in a process whose allocator is not ready.
+std::uintptr_t heap_start() {
+  const std::uintptr_t current_break = static_cast<std::uintptr_t>(syscall(SYS_brk, 0));
+  const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return current_break;
+  char text[1024];
+  const ssize_t length = read(fd, text, sizeof text - 1);
+  close(fd);
+  if (length <= 0) return current_break;
+  text[length] = '\0';
+  // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+  const char* field = std::strrchr(text, ')');
+  if (field == nullptr) return current_break;
+  for (int number = 2; number < 47; ++number) {
+    field = std::strchr(field, ' ');
+    if (field == nullptr) return current_break;
+    ++field;
+  }
+  char* end = nullptr;
+  const unsigned long value = std::strtoul(field, &end, 10);
+  return end != field && value != 0 ? value : current_break;
+}
+
+// Maps the relay's two pages at the first free place of relay_placements_to_try() and says
+// which in `placement`; nullptr with errno set (EEXIST: every place is taken) otherwise.
+void* map_relay(RelayPlacement& placement) {
+  for (const RelayPlacement candidate : relay_placements_to_try(heap_start())) {
+    void* wanted = reinterpret_cast<void*>(candidate.base());
+    void* relay = mmap(wanted, kRelaySize, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (relay == wanted) {
+      placement = candidate;
+      return relay;
+    }
+    if (relay != MAP_FAILED) {
+      munmap(relay, kRelaySize);  // a kernel that took the address as a hint
+      errno = EEXIST;
+      continue;
+    }
+    if (errno != EEXIST) return nullptr;
+  }
+  errno = EEXIST;
+  return nullptr;
+}
 
 std::string first_line(const char* path) {
   std::ifstream file(path);
@@ -80,17 +130,25 @@ void map_trampoline() {
     munmap(page, kSledSize);
     throw_refused(EPERM);
   }
-  void* relay = mmap(reinterpret_cast<void*>(kRelayBase), kRelaySize, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  if (relay != reinterpret_cast<void*>(kRelayBase)) {
-    if (relay != MAP_FAILED) munmap(relay, kRelaySize);
+  RelayPlacement placement{};
+  void* relay = map_relay(placement);
+  if (relay == nullptr) {
+    const int error = errno;
     munmap(page, kSledSize);
-    char range[64];
-    std::snprintf(range, sizeof range, "[%#lx, %#lx)", static_cast<unsigned long>(kRelayBase),
-                  static_cast<unsigned long>(kRelayBase + kRelaySize));
-    throw Error(ErrorCode::page_zero_in_use,
-                std::string("zpoline: the trampoline's relay needs the address range ") + range +
-                    ", which is already mapped in this process.");
+    if (error != EEXIST) {
+      throw Error(ErrorCode::page_zero_refused,
+                  std::string("zpoline: the kernel refused to map the trampoline's relay: ") +
+                      std::strerror(error));
+    }
+    char message[256];
+    std::snprintf(message, sizeof message,
+                  "zpoline: the trampoline's relay needs two free pages at one of %zu places "
+                  "below 1 GiB (from %#lx to %#lx); all of them are already mapped in this "
+                  "process.",
+                  relay_placements().size(),
+                  static_cast<unsigned long>(relay_placements().back().base()),
+                  static_cast<unsigned long>(relay_placements().front().base() + kRelaySize));
+    throw Error(ErrorCode::page_zero_in_use, message);
   }
   // The sled is built in an ordinary page and then moved to address 0 (writing through a null
   // pointer would be undefined behaviour, even where the page is mapped). The reservation at 0
@@ -104,9 +162,10 @@ void map_trampoline() {
     throw Error(ErrorCode::page_zero_refused,
                 std::string("zpoline: no memory for the trampoline: ") + std::strerror(error));
   }
-  build_sled(std::span<std::uint8_t, kSledSize>(static_cast<std::uint8_t*>(staging), kSledSize));
+  build_sled(std::span<std::uint8_t, kSledSize>(static_cast<std::uint8_t*>(staging), kSledSize),
+             placement);
   build_relay(std::span<std::uint8_t, kRelaySize>(static_cast<std::uint8_t*>(relay), kRelaySize),
-              reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
+              placement, reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry));
   // PROT_EXEC alone is execute-only on CPUs with protection keys (the kernel assigns its
   // execute-only key), read+execute elsewhere. The sled and relay read no data, so both work.
   const bool executable =
@@ -124,11 +183,16 @@ void map_trampoline() {
                     " (a security policy may forbid executable anonymous memory).");
   }
   install_fault_redirect();
+  relay_base = placement.base();
   mapped = true;
 }
 
 bool trampoline_is_mapped() noexcept {
   return mapped;
+}
+
+std::uintptr_t trampoline_relay_base() noexcept {
+  return relay_base;
 }
 
 }  // namespace zpoline::detail

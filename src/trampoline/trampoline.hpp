@@ -1,10 +1,13 @@
-// The trampoline: page 0 holding the sled (sled.hpp) that leads to the entry stub.
+// The trampoline: page 0 holding the sled (sled.hpp), and the relay pages that lead from it to the
+// entry stub.
 //
 // Contract: map_trampoline() is called with the install lock held. The page is mapped once per
 // process and stays for the life of the process (rewritten sites keep calling into it even after
 // the hook is detached). After set-up it is execute-only where the CPU supports it (protection
 // keys), otherwise read+execute; never writable.
 #pragma once
+
+#include <cstdint>
 
 namespace zpoline::detail {
 
@@ -13,5 +16,8 @@ namespace zpoline::detail {
 void map_trampoline();
 
 bool trampoline_is_mapped() noexcept;
+
+// Where the relay's two pages are (chosen at the first map_trampoline(); sled.hpp), 0 before.
+std::uintptr_t trampoline_relay_base() noexcept;
 
 }  // namespace zpoline::detail
