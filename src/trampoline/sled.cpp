@@ -30,32 +30,27 @@ constexpr std::uint32_t kLowHalf = 0x0606;
 // Upper bytes below 0x40 keep the relay under 1 GiB.
 constexpr std::uint8_t kHighestTopByte = 0x3f;
 
-constexpr bool faults_when_entered(std::uint32_t displacement) {
-  for (int shift = 0; shift < 32; shift += 8) {
-    if (!is_invalid_opcode(static_cast<std::uint8_t>(displacement >> shift))) return false;
-  }
-  return true;
-}
-
-constexpr std::size_t count_placements() {
+constexpr std::size_t count_top_bytes() {
   std::size_t count = 0;
-  for (unsigned top = 0; top <= kHighestTopByte; ++top) {
-    for (unsigned middle = 0; middle <= 0xff; ++middle) {
-      count += faults_when_entered(top << 24 | middle << 16 | kLowHalf) ? 1 : 0;
-    }
-  }
+  for (const std::uint8_t byte : kInvalidOpcodes) count += byte <= kHighestTopByte ? 1 : 0;
   return count;
 }
 
+// Every invalid opcode as the middle byte, those up to kHighestTopByte as the top byte; sorted
+// by address, highest first.
 constexpr auto kPlacements = [] {
-  std::array<RelayPlacement, count_placements()> placements{};
+  std::array<RelayPlacement, count_top_bytes() * std::size(kInvalidOpcodes)> placements{};
   std::size_t next = 0;
-  for (unsigned top = kHighestTopByte + 1; top-- > 0;) {
-    for (unsigned middle = 0x100; middle-- > 0;) {
-      const std::uint32_t displacement = top << 24 | middle << 16 | kLowHalf;
-      if (faults_when_entered(displacement)) placements[next++] = RelayPlacement{displacement};
+  for (const std::uint8_t top : kInvalidOpcodes) {
+    if (top > kHighestTopByte) continue;
+    for (const std::uint8_t middle : kInvalidOpcodes) {
+      placements[next++] =
+          RelayPlacement{std::uint32_t{top} << 24 | std::uint32_t{middle} << 16 | kLowHalf};
     }
   }
+  std::sort(placements.begin(), placements.end(), [](RelayPlacement a, RelayPlacement b) {
+    return a.exit_displacement > b.exit_displacement;
+  });
   return placements;
 }();
 
