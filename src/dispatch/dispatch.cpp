@@ -313,9 +313,18 @@ long forward(const SyscallFrame& frame) {
 
 namespace {
 
-// The entry point of a hook that is not a plain function: the std::function's own call, as a
-// tail call, so that the hook returns straight to the stub.
-long call_hook_object(Syscall& call, const void* hook) {
+// The entry point of a hook that is not a plain function (of every hook, in AddressSanitizer
+// builds): the std::function's own call, as a tail call, so that the hook returns straight to the
+// stub. The stub calls it on whatever stack the system call was made on, and under ASan that can
+// be a stack whose dead part is still poisoned: __asan_handle_no_return makes a sigaltstack call
+// before it clears the frames a forced unwind (pthread_cancel) abandoned, so the hook ran where
+// a cancelled hook's frames had their redzones (matrix/pthread_cancel, the HookChain cells); the
+// stub's own frame, which the hook reads its registers from, can be there too.
+ZPOLINE_NO_SANITIZE_ADDRESS long call_hook_object(Syscall& call, const void* hook) {
+  // Only the stub calls this, with the Syscall of the HookCall in its frame.
+  const auto* hook_call =
+      reinterpret_cast<const HookCall*>(reinterpret_cast<char*>(&call) - offsetof(HookCall, call));
+  forget_stale_stack_poison_up_to(__builtin_frame_address(0), hook_call->frame.regs->red_zone);
   return (*static_cast<const Hook*>(hook))(call);
 }
 
@@ -355,7 +364,9 @@ void publish_hook(Hook hook) {
   // type (the cast goes through void (*)(), the generic function pointer type).
   using Function = long (*)(Syscall&);
   using NoexceptFunction = long (*)(Syscall&) noexcept;
-  if (const Function* function = object->target<Function>()) {
+  if (kAddressSanitizer) {
+    // Through call_hook_object, which clears the stale poison below the stub first.
+  } else if (const Function* function = object->target<Function>()) {
     installed->entry = reinterpret_cast<HookEntry>(reinterpret_cast<void (*)()>(*function));
   } else if (const NoexceptFunction* f = object->target<NoexceptFunction>()) {
     installed->entry = reinterpret_cast<HookEntry>(reinterpret_cast<void (*)()>(*f));
@@ -467,11 +478,14 @@ long dispatch_call(RegisterFrame* regs, void* xsave_area);
 }  // namespace
 
 // The stub's entry into C++ (and the safety net's): stale AddressSanitizer poison below this
-// frame goes first (platform/sanitizers.hpp), so that no frame of the dispatcher's or the
-// hook's lands on it. Nothing here is instrumented; the rest is.
+// frame and in the stub's frame above it goes first (platform/sanitizers.hpp), so that no frame
+// of the dispatcher's or the hook's lands on it and the saved registers read clean (a call made
+// while a forced unwind runs its landing pads finds abandoned frames' poison there: the
+// dispatcher's catch of abi::__forced_unwind allocates, and the allocator's mmap is hooked too).
+// Nothing here is instrumented; the rest is.
 extern "C" ZPOLINE_NO_SANITIZE_ADDRESS long zpoline_detail_dispatch(RegisterFrame* regs,
                                                                     void* xsave_area) {
-  forget_stale_stack_poison_below(__builtin_frame_address(0));
+  forget_stale_stack_poison_up_to(__builtin_frame_address(0), regs->red_zone);
   return dispatch_call(regs, xsave_area);
 }
 

@@ -4,6 +4,7 @@
 
 #include <asm/prctl.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -107,7 +108,23 @@ constexpr std::size_t kQueueSize = 256;
 std::atomic<std::uintptr_t> queued_sites[kQueueSize];
 std::atomic<std::uint32_t> queue_signal{0};  // futex word: bumped when a site is queued
 std::atomic<bool> rewriter_stop{false};
+std::atomic<bool> rewriter_started{false};
 std::thread* rewriter_thread = nullptr;
+// Held by the rewriter thread while it works on a queued site (it allocates then: the rewriter's
+// bookkeeping, the lazy-site list) and by fork()'s prepare handler, so that a fork child never
+// inherits an allocator lock the rewriter thread held. glibc's malloc resets its locks in the
+// child; other allocators may not (AddressSanitizer's, in GCC 12: fork children in lazy cells
+// waited forever for a size-class lock at their first allocation, matrix/fork, 5 of 150).
+std::mutex& rewriter_work() {
+  static auto* lock = new std::mutex;
+  return *lock;
+}
+void hold_rewriter_work_for_fork() {
+  rewriter_work().lock();
+}
+void release_rewriter_work_after_fork() {
+  rewriter_work().unlock();  // in the child too: the thread that forked holds it there
+}
 
 // Sites queued and not rewritten when the net goes off, or inherited by a fork child, are
 // forgotten: by the next install the code there may be another (a JIT's), and a site is only
@@ -157,6 +174,8 @@ void rewrite_queued_sites() {
   // A file table of its own: the files it opens (/proc/self/maps, the libraries it decodes) must
   // not take descriptor numbers the application's next open() expects (the lowest free one).
   raw(SYS_unshare, CLONE_FILES);
+  std::unique_lock work(rewriter_work());
+  rewriter_started.store(true, std::memory_order_release);
   while (!rewriter_stop.load()) {
     const std::uint32_t seen = queue_signal.load(std::memory_order_acquire);
     for (auto& slot : queued_sites) {
@@ -175,7 +194,9 @@ void rewrite_queued_sites() {
       slot.store(0, std::memory_order_release);
     }
     if (queue_signal.load(std::memory_order_acquire) == seen) {
+      work.unlock();
       raw(SYS_futex, reinterpret_cast<long>(&queue_signal), FUTEX_WAIT_PRIVATE, seen, 0);
+      work.lock();
     }
   }
 }
@@ -322,15 +343,17 @@ void handle_sigsys(int signal, siginfo_t* info, void* raw_context);
 
 // The signal frame is the kernel's, and the handler may run on a stack whose AddressSanitizer
 // shadow is stale (platform/sanitizers.hpp): both are cleared before instrumented code runs.
+// Only inline code before that: no call of an instrumented function (std::max, in a debug build,
+// read this frame's locals where a vfork child had left its frames' poison; matrix/vfork).
 ZPOLINE_NO_SANITIZE_ADDRESS void on_sigsys(int signal, siginfo_t* info, void* raw_context) {
+  forget_stale_stack_poison_below(__builtin_frame_address(0));
   auto* context = static_cast<ucontext_t*>(raw_context);
   forget_stale_poison(info, sizeof *info);
   forget_stale_poison(context, sizeof *context);
   if (context->uc_mcontext.fpregs != nullptr) {
-    forget_stale_poison(context->uc_mcontext.fpregs,
-                        std::max<std::size_t>(zpoline_detail_xsave_size, 1024));
+    const std::size_t xsave_size = zpoline_detail_xsave_size;
+    forget_stale_poison(context->uc_mcontext.fpregs, xsave_size > 1024 ? xsave_size : 1024);
   }
-  forget_stale_stack_poison_below(__builtin_frame_address(0));
   handle_sigsys(signal, info, raw_context);
 }
 
@@ -387,9 +410,18 @@ void enable_safety_net() {
   unblock_sigsys_in_existing_handlers();
   arm_this_thread();
   rewriter_stop.store(false);
+  static bool fork_handlers_registered = false;  // called with the install lock held
+  if (!fork_handlers_registered) {
+    pthread_atfork(hold_rewriter_work_for_fork, release_rewriter_work_after_fork,
+                   release_rewriter_work_after_fork);
+    fork_handlers_registered = true;
+  }
   if (rewriter_thread == nullptr) {
     ScopedLibraryThreadCreation library_thread;
+    rewriter_started.store(false);
     rewriter_thread = new std::thread(rewrite_queued_sites);
+    // Until it holds rewriter_work(), a fork could catch it starting (allocating).
+    while (!rewriter_started.load(std::memory_order_acquire)) sched_yield();
   }
   // The other threads arm SUD themselves; those that block the request signal do it at their
   // next call through the stub (ThreadState::attention).

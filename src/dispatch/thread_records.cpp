@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "dispatch/frame.hpp"
+#include "platform/sanitizers.hpp"
 
 namespace zpoline::detail {
 
@@ -66,6 +67,7 @@ ThreadRecord* claim_thread_record(pid_t tid, std::uint32_t* attention) noexcept 
   const long mapped = raw(SYS_mmap, 0, sizeof(ThreadRecordChunk), PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped < 0 && mapped > -4096) out_of_memory();
+  forget_stale_poison(reinterpret_cast<void*>(mapped), sizeof(ThreadRecordChunk));  // new pages
   auto* chunk = reinterpret_cast<ThreadRecordChunk*>(mapped);  // zero-filled: all records free
   chunk->records[0].owner.store(tid, std::memory_order_relaxed);
   chunk->records[0].attention = attention;

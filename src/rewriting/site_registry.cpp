@@ -4,6 +4,7 @@
 #include <sys/syscall.h>
 
 #include "platform/raw_syscall.hpp"
+#include "platform/sanitizers.hpp"
 
 void* zpoline_detail_site_table = nullptr;
 
@@ -50,6 +51,9 @@ SiteRegistry::Table* SiteRegistry::grow(Table* old, std::size_t capacity) noexce
   const long memory = raw_syscall(SYS_mmap, 0, static_cast<long>(bytes), PROT_READ | PROT_WRITE,
                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (memory < 0 && memory > -4096) return nullptr;
+  // New pages can lie where a stack was unmapped outside AddressSanitizer's view (posix_spawn's
+  // child stack, which glibc maps and unmaps itself), its frames' poison still in the shadow.
+  forget_stale_poison(reinterpret_cast<void*>(memory), bytes);
   Table* table = reinterpret_cast<Table*>(memory);
   table->capacity = capacity;
   table->count = 0;

@@ -14,6 +14,7 @@
 
 #include "platform/memory_map.hpp"
 #include "platform/raw_syscall.hpp"
+#include "platform/sanitizers.hpp"
 #include "platform/signals.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/site_registry.hpp"
@@ -65,7 +66,10 @@ std::uintptr_t map_thunk_page(std::uintptr_t vdso_begin, std::uintptr_t vdso_end
       const long page =
           raw_syscall(SYS_mmap, static_cast<long>(hint), kPageSize, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-      if (page == static_cast<long>(hint)) return hint;
+      if (page == static_cast<long>(hint)) {
+        forget_stale_poison(reinterpret_cast<void*>(page), kPageSize);  // new pages
+        return hint;
+      }
       if (page >= 0) raw_syscall(SYS_munmap, page, kPageSize);
     }
   }

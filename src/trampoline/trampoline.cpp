@@ -17,6 +17,7 @@
 
 #include "dispatch/frame.hpp"
 #include "platform/cpu.hpp"
+#include "platform/sanitizers.hpp"
 #include "trampoline/fault_redirect.hpp"
 #include "trampoline/sled.hpp"
 #include "zpoline/zpoline.hpp"
@@ -59,6 +60,7 @@ void* map_relay(RelayPlacement& placement) {
     void* relay = mmap(wanted, kRelaySize, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (relay == wanted) {
+      forget_stale_poison(relay, kRelaySize);  // new pages (platform/sanitizers.hpp)
       placement = candidate;
       return relay;
     }
@@ -155,6 +157,7 @@ void map_trampoline() {
   // above told whether the kernel allows it; mremap replaces it.
   void* staging =
       mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (staging != MAP_FAILED) forget_stale_poison(staging, kSledSize);
   if (staging == MAP_FAILED) {
     const int error = errno;
     munmap(page, kSledSize);
