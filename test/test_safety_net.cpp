@@ -1644,3 +1644,27 @@ TEST_CASE("a_thread_on_its_creators_tls_leaves_the_creators_counts_alone") {
   CHECK(after.through_net - before.through_net == 0);
   CHECK(after.through_sites - before.through_sites >= 100);
 }
+
+// Lazy mode: fork() from a dlopen'ed library's constructor, while the rewriter thread works on a
+// site that constructor's code trapped at. dlopen holds the dynamic linker's load lock while the
+// constructor runs; the rewriter, holding its work lock, waits for that load lock in dladdr
+// (image_of); fork()'s prepare handler waits for the work lock. The scenario runs in a child
+// process with a 20 s alarm: a deadlock shows as SIGALRM.
+TEST_CASE("lazy_fork_in_a_dlopen_constructor") {
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    void* library = dlopen(ZPOLINE_FORK_IN_CONSTRUCTOR_LIBRARY, RTLD_NOW);
+    if (library == nullptr) _exit(2);
+    const auto* status = static_cast<const int*>(dlsym(library, "fork_in_constructor_status"));
+    _exit(status != nullptr && *status == 0 ? 0 : 3);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
+  CAPTURE(status);
+  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
