@@ -1668,3 +1668,60 @@ TEST_CASE("lazy_fork_in_a_dlopen_constructor") {
   CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }
+
+// Lazy mode: the rewriter thread runs the application's signal handlers. It inherits the signal
+// mask of the thread that installs, so a process-directed signal that the application's threads
+// block goes to it. A handler that forks (allowed: fork() was async-signal-safe until POSIX
+// 2017, and glibc's still copes) then reaches the prepare handler on the thread that already
+// holds rewriter_work() whenever it is not waiting: std::mutex, relocked by its owner, never
+// returns. New JIT sites keep the rewriter busy; each is followed by a SIGUSR1 that only the
+// rewriter does not block. Runs in a child process with a 20 s alarm: a deadlock is SIGALRM.
+namespace {
+std::atomic<int> forks_from_handler{0};
+void fork_from_handler(int) {
+  const int saved_errno = errno;
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  if (child > 0) waitpid(child, nullptr, 0);
+  ++forks_from_handler;
+  errno = saved_errno;
+}
+}  // namespace
+
+TEST_CASE("lazy_signal_handler_that_forks_on_the_rewriter_thread") {
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);
+    constexpr int kSites = 200, kStride = 16;
+    auto* page = static_cast<unsigned char*>(mmap(nullptr, kSites * kStride,
+                                                  PROT_READ | PROT_WRITE | PROT_EXEC,
+                                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (page == MAP_FAILED) _exit(2);
+    for (int i = 0; i < kSites; ++i) {
+      const unsigned char getpid_code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
+      std::memcpy(page + i * kStride, getpid_code, sizeof getpid_code);
+    }
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    struct sigaction action {};
+    action.sa_handler = fork_from_handler;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGUSR1, &action, nullptr);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+    for (int i = 0; i < kSites; ++i) {
+      reinterpret_cast<long (*)()>(page + i * kStride)();  // a trap: work for the rewriter
+      kill(getpid(), SIGUSR1);
+      while (forks_from_handler.load() < i + 1) sched_yield();
+    }
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
+  CAPTURE(status);
+  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
