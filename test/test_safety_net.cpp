@@ -1644,3 +1644,93 @@ TEST_CASE("a_thread_on_its_creators_tls_leaves_the_creators_counts_alone") {
   CHECK(after.through_net - before.through_net == 0);
   CHECK(after.through_sites - before.through_sites >= 100);
 }
+
+// Lazy mode: fork() from a dlopen'ed library's constructor, while the rewriter thread works on a
+// site that constructor's code trapped at. dlopen holds the dynamic linker's load lock while the
+// constructor runs, and the rewriter waits for that lock in dladdr (image_of): nothing of the
+// library's may make fork() wait for the rewriter (a fork handler that took a rewriter work lock
+// deadlocked here). The scenario runs in a child process with a 20 s alarm: a deadlock shows as
+// SIGALRM.
+TEST_CASE("lazy_fork_in_a_dlopen_constructor") {
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    void* library = dlopen(ZPOLINE_FORK_IN_CONSTRUCTOR_LIBRARY, RTLD_NOW);
+    if (library == nullptr) _exit(2);
+    const auto* status = static_cast<const int*>(dlsym(library, "fork_in_constructor_status"));
+    _exit(status != nullptr && *status == 0 ? 0 : 3);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
+  CAPTURE(status);
+  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
+
+// Lazy mode: the application's signals never run on the library's rewriter thread. It used to
+// inherit the installing thread's mask, so a process-directed signal the application's threads
+// block went to it, and the application's handler ran there (unhooked; a handler that forked did
+// so while the rewriter held its locks, and deadlocked with a lock the rewriter thread then
+// held). Here the only thread of the application blocks SIGUSR1 while the rewriter is kept busy
+// with new JIT sites: the signal must stay pending until that thread unblocks it, and then run
+// there, and fork there. Runs in a child process with a 20 s alarm.
+namespace {
+std::atomic<int> forks_from_handler{0};
+std::atomic<long> handler_thread{0};
+void fork_from_handler(int) {
+  const int saved_errno = errno;
+  handler_thread = syscall(SYS_gettid);
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  if (child > 0) waitpid(child, nullptr, 0);
+  ++forks_from_handler;
+  errno = saved_errno;
+}
+}  // namespace
+
+TEST_CASE("lazy_application_signals_never_run_on_the_rewriter_thread") {
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);
+    constexpr int kSites = 100, kStride = 16;
+    auto* page = static_cast<unsigned char*>(mmap(nullptr, kSites * kStride,
+                                                  PROT_READ | PROT_WRITE | PROT_EXEC,
+                                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (page == MAP_FAILED) _exit(2);
+    for (int i = 0; i < kSites; ++i) {
+      const unsigned char getpid_code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
+      std::memcpy(page + i * kStride, getpid_code, sizeof getpid_code);
+    }
+    auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::lazy));
+    struct sigaction action {};
+    action.sa_handler = fork_from_handler;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGUSR1, &action, nullptr);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    const long self = syscall(SYS_gettid);
+    for (int i = 0; i < kSites; ++i) {
+      pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+      reinterpret_cast<long (*)()>(page + i * kStride)();  // a trap: work for the rewriter
+      kill(getpid(), SIGUSR1);
+      for (int spin = 0; spin < 200; ++spin) sched_yield();  // time for a wrong delivery
+      sigset_t pending;
+      sigpending(&pending);
+      if (forks_from_handler.load() != i || !sigismember(&pending, SIGUSR1)) _exit(3);
+      pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);  // delivered here, now
+      if (forks_from_handler.load() != i + 1 || handler_thread.load() != self) _exit(4);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
+  CAPTURE(status);
+  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}

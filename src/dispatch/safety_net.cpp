@@ -4,7 +4,6 @@
 
 #include <asm/prctl.h>
 #include <dlfcn.h>
-#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -110,21 +109,6 @@ std::atomic<std::uint32_t> queue_signal{0};  // futex word: bumped when a site i
 std::atomic<bool> rewriter_stop{false};
 std::atomic<bool> rewriter_started{false};
 std::thread* rewriter_thread = nullptr;
-// Held by the rewriter thread while it works on a queued site (it allocates then: the rewriter's
-// bookkeeping, the lazy-site list) and by fork()'s prepare handler, so that a fork child never
-// inherits an allocator lock the rewriter thread held. glibc's malloc resets its locks in the
-// child; other allocators may not (AddressSanitizer's, in GCC 12: fork children in lazy cells
-// waited forever for a size-class lock at their first allocation, matrix/fork, 5 of 150).
-std::mutex& rewriter_work() {
-  static auto* lock = new std::mutex;
-  return *lock;
-}
-void hold_rewriter_work_for_fork() {
-  rewriter_work().lock();
-}
-void release_rewriter_work_after_fork() {
-  rewriter_work().unlock();  // in the child too: the thread that forked holds it there
-}
 
 // Sites queued and not rewritten when the net goes off, or inherited by a fork child, are
 // forgotten: by the next install the code there may be another (a JIT's), and a site is only
@@ -174,7 +158,16 @@ void rewrite_queued_sites() {
   // A file table of its own: the files it opens (/proc/self/maps, the libraries it decodes) must
   // not take descriptor numbers the application's next open() expects (the lowest free one).
   raw(SYS_unshare, CLONE_FILES);
-  std::unique_lock work(rewriter_work());
+  // No signal of the application's runs here: a process-directed signal its threads block would
+  // otherwise be delivered to this thread and run the application's handler (unhooked, on the
+  // library's thread; a handler that forked did so while this thread held whatever it held).
+  // Faults stay deliverable: the kernel kills a thread whose fault signal is blocked, and the
+  // rewriter recovers from faults on code unmapped under it.
+  std::uint64_t asynchronous = ~std::uint64_t{0};  // the kernel's sigset: bit n-1 for signal n
+  for (const int fault : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS}) {
+    asynchronous &= ~(std::uint64_t{1} << (fault - 1));
+  }
+  raw(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&asynchronous), 0, sizeof asynchronous);
   rewriter_started.store(true, std::memory_order_release);
   while (!rewriter_stop.load()) {
     const std::uint32_t seen = queue_signal.load(std::memory_order_acquire);
@@ -194,9 +187,7 @@ void rewrite_queued_sites() {
       slot.store(0, std::memory_order_release);
     }
     if (queue_signal.load(std::memory_order_acquire) == seen) {
-      work.unlock();
       raw(SYS_futex, reinterpret_cast<long>(&queue_signal), FUTEX_WAIT_PRIVATE, seen, 0);
-      work.lock();
     }
   }
 }
@@ -410,17 +401,14 @@ void enable_safety_net() {
   unblock_sigsys_in_existing_handlers();
   arm_this_thread();
   rewriter_stop.store(false);
-  static bool fork_handlers_registered = false;  // called with the install lock held
-  if (!fork_handlers_registered) {
-    pthread_atfork(hold_rewriter_work_for_fork, release_rewriter_work_after_fork,
-                   release_rewriter_work_after_fork);
-    fork_handlers_registered = true;
-  }
   if (rewriter_thread == nullptr) {
     ScopedLibraryThreadCreation library_thread;
     rewriter_started.store(false);
     rewriter_thread = new std::thread(rewrite_queued_sites);
-    // Until it holds rewriter_work(), a fork could catch it starting (allocating).
+    // Until it has started, a fork() could catch it allocating on its way up (thread start-up,
+    // the runtime's and libstdc++'s): an allocator that does not reset its locks in a fork child
+    // (AddressSanitizer's in GCC 12) then leaves the child waiting forever at its first
+    // allocation (lazy matrix/fork cells under ASan, 5 of 150). glibc's malloc resets them.
     while (!rewriter_started.load(std::memory_order_acquire)) sched_yield();
   }
   // The other threads arm SUD themselves; those that block the request signal do it at their

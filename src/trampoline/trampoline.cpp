@@ -14,6 +14,7 @@
 #include <fstream>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "dispatch/frame.hpp"
 #include "platform/cpu.hpp"
@@ -29,7 +30,7 @@ bool mapped = false;
 std::uintptr_t relay_base = 0;
 
 // Where the heap (brk) starts: field 47 of /proc/self/stat (Linux 3.5+), else the current break.
-// Read with plain system calls: install may run in a process whose allocator is not ready.
+// Read with plain system calls, into a buffer on the stack.
 std::uintptr_t heap_start() {
   const std::uintptr_t current_break = static_cast<std::uintptr_t>(syscall(SYS_brk, 0));
   const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
@@ -52,10 +53,10 @@ std::uintptr_t heap_start() {
   return end != field && value != 0 ? value : current_break;
 }
 
-// Maps the relay's two pages at the first free place of relay_placements_to_try() and says
-// which in `placement`; nullptr with errno set (EEXIST: every place is taken) otherwise.
-void* map_relay(RelayPlacement& placement) {
-  for (const RelayPlacement candidate : relay_placements_to_try(heap_start())) {
+// Maps the relay's two pages at the first free place of `candidates` and says which in
+// `placement`; nullptr with errno set (EEXIST: every place is taken) otherwise.
+void* map_relay(const std::vector<RelayPlacement>& candidates, RelayPlacement& placement) {
+  for (const RelayPlacement candidate : candidates) {
     void* wanted = reinterpret_cast<void*>(candidate.base());
     void* relay = mmap(wanted, kRelaySize, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
@@ -116,6 +117,8 @@ void map_trampoline() {
   // AC, or every bit where SAHF does not work in 64-bit mode.
   constexpr std::uint32_t kTrapDirectionAlignmentFlags = (1u << 8) | (1u << 10) | (1u << 18);
   zpoline_detail_popf_flags = has_lahf_sahf() ? kTrapDirectionAlignmentFlags : ~0u;
+  // Allocated before page 0 is reserved: a bad_alloc here leaves nothing mapped.
+  const std::vector<RelayPlacement> relay_candidates = relay_placements_to_try(heap_start());
   void* page = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (page == MAP_FAILED) {
@@ -133,7 +136,7 @@ void map_trampoline() {
     throw_refused(EPERM);
   }
   RelayPlacement placement{};
-  void* relay = map_relay(placement);
+  void* relay = map_relay(relay_candidates, placement);
   if (relay == nullptr) {
     const int error = errno;
     munmap(page, kSledSize);
