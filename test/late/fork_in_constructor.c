@@ -6,18 +6,18 @@
  * dlopen holds: so the fork() runs either after the rewrite or while the rewriter waits there.
  * fork_in_constructor_status says what happened: 0 if the fork and the child's exit went
  * through. */
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <sched.h>
 #include <unistd.h>
 
 int fork_in_constructor_status = -1;
 
 __attribute__((constructor)) static void fork_from_constructor(void) {
-  unsigned char* code = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
-                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char* code =
+      mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (code == MAP_FAILED) return;
   const unsigned char getpid_code[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3};
   memcpy(code, getpid_code, sizeof getpid_code);
