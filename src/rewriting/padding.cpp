@@ -1,0 +1,87 @@
+#include "rewriting/padding.hpp"
+
+#include <Zydis/Zydis.h>
+
+#include <algorithm>
+
+namespace zpoline::detail {
+namespace {
+
+// True if [begin, end) of `code` (which starts at run-time address `base`) is nothing but nop
+// and int3 instructions, the last one ending exactly at `end`.
+bool is_filler(std::span<const std::uint8_t> code, std::uintptr_t base, std::uintptr_t begin,
+               std::uintptr_t end) {
+  ZydisDecoder decoder;
+  ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  std::uintptr_t at = begin;
+  while (at < end) {
+    ZydisDecodedInstruction instruction;
+    const std::uint8_t* bytes = code.data() + (at - base);
+    if (!ZYAN_SUCCESS(
+            ZydisDecoderDecodeInstruction(&decoder, nullptr, bytes, end - at, &instruction))) {
+      return false;
+    }
+    if (instruction.mnemonic != ZYDIS_MNEMONIC_NOP && instruction.mnemonic != ZYDIS_MNEMONIC_INT3)
+      return false;
+    at += instruction.length;
+  }
+  return at == end;
+}
+
+}  // namespace
+
+std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
+                                          std::uintptr_t runtime_address,
+                                          std::span<const FunctionRange> functions) {
+  std::vector<PaddingGap> gaps;
+  const std::uintptr_t code_end = runtime_address + code.size();
+  for (std::size_t i = 1; i < functions.size(); ++i) {
+    const std::uintptr_t begin = functions[i - 1].end;
+    const std::uintptr_t end = functions[i].begin;
+    if (end < begin + kPaddingSlotSize || begin < runtime_address || end > code_end) continue;
+    if (is_filler(code, runtime_address, begin, end)) gaps.push_back({begin, end});
+  }
+  return gaps;
+}
+
+std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> sites,
+                                              std::span<const PaddingGap> gaps) {
+  // Each gap is cut into whole slots from its start; taken[g][k]: slot k of gap g is given.
+  std::vector<std::vector<bool>> taken(gaps.size());
+  for (std::size_t g = 0; g < gaps.size(); ++g) {
+    taken[g].assign((gaps[g].end - gaps[g].begin) / kPaddingSlotSize, false);
+  }
+  std::vector<PaddingSlot> slots;
+  for (const std::uintptr_t site : sites) {
+    const auto jump_end = static_cast<std::intptr_t>(site + 2);
+    const std::intptr_t lowest = jump_end - kShortJumpBack;
+    const std::intptr_t highest = jump_end + kShortJumpForward;
+    // The first gap that may hold a reachable slot: the first ending above `lowest`.
+    auto first = std::lower_bound(gaps.begin(), gaps.end(), lowest,
+                                  [](const PaddingGap& gap, std::intptr_t address) {
+                                    return static_cast<std::intptr_t>(gap.end) <= address;
+                                  });
+    std::size_t best_gap = gaps.size(), best_slot = 0;
+    std::intptr_t best_distance = 0;
+    for (auto gap = first; gap != gaps.end() && static_cast<std::intptr_t>(gap->begin) <= highest;
+         ++gap) {
+      const auto g = static_cast<std::size_t>(gap - gaps.begin());
+      for (std::size_t k = 0; k < taken[g].size(); ++k) {
+        const auto start = static_cast<std::intptr_t>(gap->begin + k * kPaddingSlotSize);
+        if (taken[g][k] || start < lowest || start > highest) continue;
+        const std::intptr_t distance = start > jump_end ? start - jump_end : jump_end - start;
+        if (best_gap == gaps.size() || distance < best_distance) {
+          best_gap = g;
+          best_slot = k;
+          best_distance = distance;
+        }
+      }
+    }
+    if (best_gap == gaps.size()) continue;
+    taken[best_gap][best_slot] = true;
+    slots.push_back({site, gaps[best_gap].begin + best_slot * kPaddingSlotSize});
+  }
+  return slots;
+}
+
+}  // namespace zpoline::detail

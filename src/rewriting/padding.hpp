@@ -1,0 +1,52 @@
+// Padding near syscall sites: the first step of hooking without page 0 (issue 15, "near"
+// mechanism), not yet used by install().
+//
+// Between two functions, compilers and linkers fill up to the next function's alignment with
+// nops or int3. No code runs there: control reaches a function only at its start. A 2-byte
+// `jmp rel8` written over a `syscall` reaches bytes from 126 before the site to 129 after it; if
+// five of those are such padding, they can hold a `jmp rel32` to a trampoline of that site
+// anywhere within 2 GiB, with no mapping at a low address. This file finds those bytes and
+// hands them out, five per site. Pure: reads code, changes nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "rewriting/function_table.hpp"
+
+namespace zpoline::detail {
+
+// The `jmp rel32` a site's slot holds.
+inline constexpr std::size_t kPaddingSlotSize = 5;
+// A `jmp rel8` in place of the 2-byte syscall at `site` ends at site + 2 and reaches
+// [site + 2 - 128, site + 2 + 127].
+inline constexpr std::intptr_t kShortJumpBack = 128;
+inline constexpr std::intptr_t kShortJumpForward = 127;
+
+// Unreachable filler between two functions: [begin, end), run-time addresses.
+struct PaddingGap {
+  std::uintptr_t begin;
+  std::uintptr_t end;
+};
+
+// The gaps of at least kPaddingSlotSize bytes between consecutive functions of `functions`
+// (sorted, disjoint: FunctionTable::functions) that lie inside `code` (readable at code.data(),
+// running at `runtime_address`) and decode entirely as nop and int3 instructions.
+std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
+                                          std::uintptr_t runtime_address,
+                                          std::span<const FunctionRange> functions);
+
+struct PaddingSlot {
+  std::uintptr_t site;  // the syscall instruction
+  std::uintptr_t slot;  // kPaddingSlotSize bytes of a gap, reachable by a jmp rel8 from site
+};
+
+// Gives each site of `sites` (ascending) that can reach one a slot of its own in `gaps`
+// (ascending, disjoint), the nearest still free; sites out of reach of any free slot get none.
+// Slots never overlap.
+std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> sites,
+                                              std::span<const PaddingGap> gaps);
+
+}  // namespace zpoline::detail
