@@ -409,7 +409,7 @@ void enable_safety_net() {
     // the runtime's and libstdc++'s): an allocator that does not reset its locks in a fork child
     // (AddressSanitizer's in GCC 12) then leaves the child waiting forever at its first
     // allocation (lazy matrix/fork cells under ASan, 5 of 150). glibc's malloc resets them.
-    while (!rewriter_started.load(std::memory_order_acquire)) sched_yield();
+    while (!rewriter_started.load(std::memory_order_acquire)) raw(SYS_sched_yield);  // unhooked
   }
   // The other threads arm SUD themselves; those that block the request signal do it at their
   // next call through the stub (ThreadState::attention).
