@@ -86,12 +86,50 @@ inline std::string cpu_model() {
   return "unknown";
 }
 
-inline void print_header(const char* title, const std::string& method) {
+// The value of the first /proc/cpuinfo line whose key is exactly `key` ("model", not "model
+// name"), or "?".
+inline std::string cpuinfo_value(const std::string& key) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
+    if (name == key) return colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+  }
+  return "?";
+}
+
+// What numbers from one CPU do not carry over to another depend on: the CPU's family, model and
+// stepping, AVX-512 (the stub's XSAVEC path and its 2.4 KiB save area), and page-table isolation
+// with or without PCID (every page the path touches after a system call is a TLB miss under PTI
+// without PCID).
+inline std::string cpu_traits() {
+  const std::string flags = " " + cpuinfo_value("flags") + " ";
+  const auto has = [&flags](const char* flag) {
+    return flags.find(std::string(" ") + flag + " ") != std::string::npos;
+  };
+  std::ifstream vulnerability("/sys/devices/system/cpu/vulnerabilities/meltdown");
+  std::string meltdown;
+  if (!std::getline(vulnerability, meltdown)) meltdown = "?";
+  return "family " + cpuinfo_value("cpu family") + " model " + cpuinfo_value("model") +
+         " stepping " + cpuinfo_value("stepping") +
+         "; AVX-512: " + (has("avx512f") ? "yes" : "no") +
+         "; PCID: " + (has("pcid") ? "yes" : "no") + "; meltdown: " + meltdown;
+}
+
+inline void print_machine() {
   utsname uts{};
   uname(&uts);
-  std::printf("%s\n", title);
   std::printf("cpu     %s (%ld online)\n", cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("cpuid   %s\n", cpu_traits().c_str());
   std::printf("kernel  %s %s %s\n", uts.sysname, uts.release, uts.machine);
+}
+
+inline void print_header(const char* title, const std::string& method) {
+  std::printf("%s\n", title);
+  print_machine();
   std::printf("method  %s\n", method.c_str());
 }
 

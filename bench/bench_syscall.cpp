@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "zpoline/zpoline.hpp"
 
 namespace {
@@ -472,18 +473,6 @@ void trace_instructions(bool general_registers_only) {
 
 // ---- machine description -------------------------------------------------------------------
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
 void pin_to_one_cpu() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -515,11 +504,8 @@ int main(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   setvbuf(stdout, nullptr, _IOLBF, 0);
 
-  utsname uts{};
-  uname(&uts);
   std::printf("bench_syscall: libzpoline system call overhead\n");
-  std::printf("cpu     %s (%ld online)\n", cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
-  std::printf("kernel  %s %s %s\n", uts.sysname, uts.release, uts.machine);
+  bench::print_machine();
   std::printf(
       "method  median of %d rounds x %ld calls, thread CPU time; ratio = variant / baseline within "
       "a round (median [p25..p75])\n",
