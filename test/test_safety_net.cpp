@@ -1645,6 +1645,19 @@ TEST_CASE("a_thread_on_its_creators_tls_leaves_the_creators_counts_alone") {
   CHECK(after.through_sites - before.through_sites >= 100);
 }
 
+namespace {
+// Waits for a scenario run in a child process with a 20 s alarm: skipped (77) passes on, a
+// deadlock shows as SIGALRM, anything but exit status 0 fails.
+void check_scenario_child(pid_t child) {
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
+  CAPTURE(status);
+  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
+}  // namespace
+
 // Lazy mode: fork() from a dlopen'ed library's constructor, while the rewriter thread works on a
 // site that constructor's code trapped at. dlopen holds the dynamic linker's load lock while the
 // constructor runs, and the rewriter waits for that lock in dladdr (image_of): nothing of the
@@ -1662,12 +1675,7 @@ TEST_CASE("lazy_fork_in_a_dlopen_constructor") {
     const auto* status = static_cast<const int*>(dlsym(library, "fork_in_constructor_status"));
     _exit(status != nullptr && *status == 0 ? 0 : 3);
   }
-  int status = 0;
-  REQUIRE(waitpid(child, &status, 0) == child);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
-  CAPTURE(status);
-  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
-  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  check_scenario_child(child);
 }
 
 // Lazy mode: the application's signals never run on the library's rewriter thread. It used to
@@ -1727,10 +1735,5 @@ TEST_CASE("lazy_application_signals_never_run_on_the_rewriter_thread") {
     }
     _exit(0);
   }
-  int status = 0;
-  REQUIRE(waitpid(child, &status, 0) == child);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) std::_Exit(77);
-  CAPTURE(status);
-  CHECK_FALSE((WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM));
-  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  check_scenario_child(child);
 }
