@@ -26,7 +26,8 @@ std::mutex install_lock;
 bool session_alive = false;
 
 constexpr std::string_view kEnvironmentPrefix = "ZPOLINE_";
-constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE", "ZPOLINE_HOOK"};
+constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE",
+                                                "ZPOLINE_MECHANISM", "ZPOLINE_HOOK"};
 // Reserved for the configuration of hook libraries, which check their own variables.
 constexpr std::string_view kHookLibraryPrefix = "ZPOLINE_HOOK_";
 
@@ -46,7 +47,8 @@ void check_environment_names() {
     for (std::string_view k : kKnownVariables) known |= (name == k);
     if (!known) {
       invalid("unknown environment variable " + std::string(name) +
-              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE, ZPOLINE_HOOK, and ZPOLINE_HOOK_* for hook "
+              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE, ZPOLINE_MECHANISM, ZPOLINE_HOOK, and "
+              "ZPOLINE_HOOK_* for hook "
               "libraries). Unset it or fix its name.");
     }
   }
@@ -80,7 +82,54 @@ Mode effective_mode(const Options& options) {
   if (options.use_environment) {
     if (const char* mode = detail::environment_variable("ZPOLINE_MODE")) return parse_mode(mode);
   }
+  if (options.mode != Mode::eager && options.mode != Mode::exhaustive &&
+      options.mode != Mode::lazy) {
+    invalid("Options::mode is " + std::to_string(static_cast<int>(options.mode)) +
+            ", not one of Mode::eager, Mode::exhaustive, Mode::lazy.");
+  }
   return options.mode;
+}
+
+Mechanism parse_mechanism(const std::string& text) {
+  if (text == "auto") return Mechanism::automatic;
+  if (text == "page_zero") return Mechanism::page_zero;
+  if (text == "near") return Mechanism::near;
+  invalid("ZPOLINE_MECHANISM=\"" + text + "\" is not a mechanism; use auto, page_zero or near.");
+}
+
+Mechanism effective_mechanism(const Options& options) {
+  if (options.use_environment) {
+    if (const char* mechanism = detail::environment_variable("ZPOLINE_MECHANISM")) {
+      return parse_mechanism(mechanism);
+    }
+  }
+  if (options.mechanism != Mechanism::automatic && options.mechanism != Mechanism::page_zero &&
+      options.mechanism != Mechanism::near) {
+    invalid("Options::mechanism is " + std::to_string(static_cast<int>(options.mechanism)) +
+            ", not one of Mechanism::automatic, Mechanism::page_zero, Mechanism::near.");
+  }
+  return options.mechanism;
+}
+
+// Page 0 where asked, or where automatic and the kernel allows it; the near mechanism
+// otherwise. Throws the page-0 errors only where page_zero was asked for.
+Mechanism prepare_mechanism(Mechanism wanted) {
+  if (wanted == Mechanism::near) return Mechanism::near;
+  if (wanted == Mechanism::page_zero) {
+    detail::map_trampoline();
+    return Mechanism::page_zero;
+  }
+  if (detail::trampoline_is_mapped()) return Mechanism::page_zero;
+  try {
+    detail::map_trampoline();
+    return Mechanism::page_zero;
+  } catch (const Error& error) {
+    if (error.code() != ErrorCode::page_zero_refused &&
+        error.code() != ErrorCode::page_zero_in_use) {
+      throw;
+    }
+    return Mechanism::near;
+  }
 }
 
 detail::RewriteOptions validate(const Options& options) {
@@ -115,6 +164,8 @@ void configure_vector_state_saving() {
 }
 
 bool restore_on_detach = false;
+// The stub's configuration and the fault handler, set up at the first install.
+bool stub_prepared = false;
 
 }  // namespace
 
@@ -137,7 +188,7 @@ Session install(Hook hook, Options options) {
                 "zpoline: a hook is already installed in this process; destroy its "
                 "zpoline::Session (or call detach()) before installing another.");
   }
-  const detail::RewriteOptions rewrite = validate(options);
+  detail::RewriteOptions rewrite = validate(options);
   const Mode mode = effective_mode(options);
   if (mode != Mode::eager && !detail::safety_net_supported()) {
     throw Error(ErrorCode::unsupported,
@@ -145,11 +196,18 @@ Session install(Hook hook, Options options) {
                 "later, CONFIG_SYSCALL_USER_DISPATCH), which this kernel does not offer; use "
                 "Mode::eager.");
   }
-  if (!detail::trampoline_is_mapped()) configure_vector_state_saving();
-  detail::map_trampoline();
+  const Mechanism wanted = effective_mechanism(options);
+  if (!stub_prepared) {
+    configure_vector_state_saving();
+    detail::prepare_entry();
+    stub_prepared = true;
+  }
+  const Mechanism mechanism = prepare_mechanism(wanted);
+  rewrite.near_mechanism = mechanism == Mechanism::near;
 
   Session session;
   session.mode_ = mode;
+  session.mechanism_ = mechanism;
   session.at_install_ = Session::counters_now();
   session.stats_ = detail::rewrite_loaded_code(rewrite, /*scan=*/mode != Mode::lazy);
   zpoline_detail_general_registers_only = options.general_registers_only ? 1 : 0;
@@ -174,6 +232,7 @@ Session::Session(Session&& other) noexcept
     : active_(std::exchange(other.active_, false)),
       ended_(other.ended_),
       mode_(other.mode_),
+      mechanism_(other.mechanism_),
       stats_(std::move(other.stats_)),
       at_install_(other.at_install_),
       at_end_(other.at_end_) {}
@@ -184,6 +243,7 @@ Session& Session::operator=(Session&& other) noexcept {
     active_ = std::exchange(other.active_, false);
     ended_ = other.ended_;
     mode_ = other.mode_;
+    mechanism_ = other.mechanism_;
     stats_ = std::move(other.stats_);
     at_install_ = other.at_install_;
     at_end_ = other.at_end_;

@@ -2,9 +2,15 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +33,39 @@ inline zpoline::Session install_or_skip(zpoline::Hook hook, zpoline::Options opt
     }
     throw;
   }
+}
+
+// Makes this process unprivileged for page 0 for good, as a process in a default container is:
+// CAP_SYS_RAWIO leaves the bounding, ambient, inheritable, permitted and effective sets (so no
+// program it execs gets it back either). False (with errno) if that failed.
+inline bool drop_cap_sys_rawio() {
+  if (prctl(PR_CAPBSET_DROP, CAP_SYS_RAWIO, 0, 0, 0) != 0 && errno != EINVAL) return false;
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, CAP_SYS_RAWIO, 0, 0);
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  const unsigned bit = 1u << (CAP_SYS_RAWIO % 32);
+  data[CAP_SYS_RAWIO / 32].effective &= ~bit;
+  data[CAP_SYS_RAWIO / 32].permitted &= ~bit;
+  data[CAP_SYS_RAWIO / 32].inheritable &= ~bit;
+  return syscall(SYS_capset, &header, data) == 0;
+}
+
+// Switches this process to the unprivileged user and group `nobody` (65534), with no
+// supplementary groups: every capability goes with the root uid. False (with errno) if not.
+inline bool become_nobody() {
+  constexpr uid_t kNobody = 65534;
+  return setgroups(0, nullptr) == 0 && setresgid(kNobody, kNobody, kNobody) == 0 &&
+         setresuid(kNobody, kNobody, kNobody) == 0;
+}
+
+// Whether the kernel refuses this process address 0 (vm.mmap_min_addr and its capabilities).
+inline bool page_zero_is_refused() {
+  void* zero =
+      mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (zero == MAP_FAILED) return errno == EPERM || errno == EACCES;
+  munmap(zero, 4096);
+  return false;
 }
 
 // Waits until thread `tid` of this process waits in the kernel in system call `number` (as

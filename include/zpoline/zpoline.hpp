@@ -71,9 +71,26 @@ enum class Mode {
   lazy,
 };
 
+// How a rewritten site reaches the hook (docs/GUIDE.md, "Mechanisms").
+enum class Mechanism {
+  // page_zero where the kernel lets the process map address 0 (CAP_SYS_RAWIO or
+  // vm.mmap_min_addr=0) and it is free, near otherwise.
+  automatic,
+  // `call *%rax` into a sled at address 0 (the zpoline technique). Needs the privilege above;
+  // NULL pointers passed to the kernel then point at mapped memory.
+  page_zero,
+  // `jmp rel8` to padding between functions, holding a `jmp rel32` to a trampoline of that site
+  // near the code. Needs no privilege and leaves page 0 unmapped. Sites without such padding
+  // within 128 bytes are not rewritten: in exhaustive and lazy modes Syscall User Dispatch still
+  // brings their calls to the hook, one trap each (ImageStats::skipped_no_padding).
+  near,
+};
+
 struct Options {
   // ZPOLINE_MODE (eager, exhaustive, lazy) overrides it when use_environment is on.
   Mode mode = Mode::eager;
+  // ZPOLINE_MECHANISM (auto, page_zero, near) overrides it when use_environment is on.
+  Mechanism mechanism = Mechanism::automatic;
   // Images (shared objects or the executable) whose code is left alone. An entry containing '/'
   // must equal the image's path; any other entry must equal the file name ("libfoo.so.1").
   // The environment variable ZPOLINE_EXCLUDE adds entries, separated by ':'.
@@ -115,10 +132,13 @@ struct ImageStats {
   std::size_t code_bytes = 0;     // bytes in executable segments
   std::size_t bytes_decoded = 0;  // bytes the decoder walked to classify candidate sites
   std::size_t sites_rewritten = 0;
-  std::size_t skipped_prefixed = 0;     // e.g. `66 0f 05`: rewriting would change the encoding
-  std::size_t skipped_red_zone = 0;     // the function keeps data below rsp
+  std::size_t sites_through_page_zero = 0;  // ... of them, as `call *%rax` (Mechanism::page_zero)
+  std::size_t sites_through_padding = 0;    // ... as `jmp rel8` to padding (Mechanism::near)
+  std::size_t skipped_prefixed = 0;         // e.g. `66 0f 05`: rewriting would change the encoding
+  std::size_t skipped_red_zone = 0;         // the function keeps data below rsp
   std::size_t skipped_undecodable = 0;  // no function boundary or decoding did not reach the site
   std::size_t skipped_excluded = 0;     // inside Options::exclude_ranges
+  std::size_t skipped_no_padding = 0;   // Mechanism::near: no free padding within a rel8 jump
   bool excluded = false;                // the whole image was excluded by path
   std::chrono::nanoseconds time{0};
 };
@@ -173,6 +193,8 @@ class [[nodiscard]] Session {
   };
   LateCoverage late_coverage() const;
   Mode mode() const noexcept { return mode_; }
+  // The mechanism this Session's install used (page_zero or near, never automatic).
+  Mechanism mechanism() const noexcept { return mechanism_; }
   // Ends the session now; does nothing on an inactive Session.
   void detach() noexcept;
 
@@ -188,6 +210,7 @@ class [[nodiscard]] Session {
   bool active_ = false;
   bool ended_ = false;
   Mode mode_ = Mode::eager;
+  Mechanism mechanism_ = Mechanism::page_zero;
   InstallStats stats_;
   Counters at_install_, at_end_;
 };

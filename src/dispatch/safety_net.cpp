@@ -26,6 +26,7 @@
 #include "platform/memory.hpp"
 #include "platform/sanitizers.hpp"
 #include "platform/signals.hpp"
+#include "rewriting/patcher.hpp"
 #include "rewriting/rewriter.hpp"
 #include "rewriting/site_registry.hpp"
 #include "zpoline/zpoline.hpp"
@@ -368,10 +369,10 @@ __attribute__((noinline)) void handle_sigsys(int signal, siginfo_t* info, void* 
   const std::uintptr_t site = return_address - 2;
   std::uint16_t bytes = 0;
   const bool rewritten = safe_read(&bytes, reinterpret_cast<const void*>(site), sizeof bytes) &&
-                         bytes == 0xd0ff && site_registry().contains(site);
+                         is_rewritten_instruction(bytes) && site_registry().contains(site);
   if (rewritten) {
     // Rewritten meanwhile (by the rewriter thread): run the site again, it is a `call *%rax`
-    // now and rax holds the number.
+    // (or the near mechanism's jump) now and rax holds the number.
     g[REG_RAX] = number;
     g[REG_RIP] = static_cast<greg_t>(site);
   } else {

@@ -44,12 +44,55 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
   return gaps;
 }
 
+std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> code,
+                                               std::uintptr_t runtime_address,
+                                               std::span<const FunctionRange> functions,
+                                               std::span<const std::uintptr_t> sites) {
+  std::vector<PaddingGap> gaps;
+  const std::uintptr_t code_end = runtime_address + code.size();
+  std::size_t last_checked = 0;  // gaps are checked once, in order
+  for (const std::uintptr_t site : sites) {
+    const std::uintptr_t lowest = site + 2 >= kShortJumpBack ? site + 2 - kShortJumpBack : 0;
+    const std::uintptr_t highest = site + 2 + kShortJumpForward;
+    // The gap before function i is [functions[i-1].end, functions[i].begin): the first that may
+    // end above `lowest` is the one before the first function that ends above it.
+    auto first = std::upper_bound(functions.begin(), functions.end(), lowest,
+                                  [](std::uintptr_t address, const FunctionRange& function) {
+                                    return address < function.end;
+                                  });
+    auto i = std::max<std::size_t>(static_cast<std::size_t>(first - functions.begin()), 1);
+    i = std::max(i, last_checked + 1);
+    for (; i < functions.size() && functions[i - 1].end <= highest; ++i) {
+      last_checked = i;
+      const std::uintptr_t begin = functions[i - 1].end;
+      const std::uintptr_t end = functions[i].begin;
+      if (end < begin + kPaddingSlotSize || begin < runtime_address || end > code_end) continue;
+      if (is_filler(code, runtime_address, begin, end)) gaps.push_back({begin, end});
+    }
+  }
+  return gaps;
+}
+
 std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> sites,
-                                              std::span<const PaddingGap> gaps) {
+                                              std::span<const PaddingGap> gaps,
+                                              std::span<const std::uintptr_t> taken_before) {
   // Each gap is cut into whole slots from its start; taken[g][k]: slot k of gap g is given.
   std::vector<std::vector<bool>> taken(gaps.size());
   for (std::size_t g = 0; g < gaps.size(); ++g) {
     taken[g].assign((gaps[g].end - gaps[g].begin) / kPaddingSlotSize, false);
+    // Slots given out before (by an earlier rewrite of this code) are taken, and so is any slot
+    // they overlap.
+    auto slot = std::lower_bound(
+        taken_before.begin(), taken_before.end(),
+        gaps[g].begin >= kPaddingSlotSize ? gaps[g].begin - kPaddingSlotSize + 1 : 0);
+    for (; slot != taken_before.end() && *slot < gaps[g].end; ++slot) {
+      for (std::size_t k = 0; k < taken[g].size(); ++k) {
+        const std::uintptr_t start = gaps[g].begin + k * kPaddingSlotSize;
+        if (start < *slot + kPaddingSlotSize && *slot < start + kPaddingSlotSize) {
+          taken[g][k] = true;
+        }
+      }
+    }
   }
   std::vector<PaddingSlot> slots;
   for (const std::uintptr_t site : sites) {

@@ -1,5 +1,5 @@
-// Padding near syscall sites: the first step of hooking without page 0 (issue 15, "near"
-// mechanism), not yet used by install().
+// Padding near syscall sites, for hooking without page 0 (the "near" mechanism:
+// site_trampolines.hpp).
 //
 // Between two functions, compilers and linkers fill up to the next function's alignment with
 // nops or int3. No code runs there: control reaches a function only at its start. A 2-byte
@@ -38,6 +38,13 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
                                           std::uintptr_t runtime_address,
                                           std::span<const FunctionRange> functions);
 
+// The same, only the gaps a `jmp rel8` from one of `sites` (ascending) could reach: what the
+// rewriter needs, without decoding every gap of a large image.
+std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> code,
+                                               std::uintptr_t runtime_address,
+                                               std::span<const FunctionRange> functions,
+                                               std::span<const std::uintptr_t> sites);
+
 struct PaddingSlot {
   std::uintptr_t site;  // the syscall instruction
   std::uintptr_t slot;  // kPaddingSlotSize bytes of a gap, reachable by a jmp rel8 from site
@@ -45,8 +52,10 @@ struct PaddingSlot {
 
 // Gives each site of `sites` (ascending) that can reach one a slot of its own in `gaps`
 // (ascending, disjoint), the nearest still free; sites out of reach of any free slot get none.
-// Slots never overlap.
+// Slots never overlap each other, nor any of the kPaddingSlotSize-byte slots at `taken` (given
+// out before, ascending).
 std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> sites,
-                                              std::span<const PaddingGap> gaps);
+                                              std::span<const PaddingGap> gaps,
+                                              std::span<const std::uintptr_t> taken = {});
 
 }  // namespace zpoline::detail

@@ -21,6 +21,8 @@ constexpr std::uintptr_t kPageSize = 4096;
 constexpr std::uintptr_t kCacheLine = 64;
 // A run of pages lies in at most this many mappings; a longer run is split.
 constexpr std::size_t kMaxSpans = 16;
+// A run holds at most this many patches; a longer one is split.
+constexpr std::size_t kMaxRunPatches = 1024;
 // An invalid opcode in 64-bit mode: the first byte of a site while its second byte changes.
 constexpr std::uint8_t kInvalidOpcode = 0x06;
 
@@ -142,15 +144,23 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
     // with the allocator's lock held) waits for this lock.
     OwnedLockGuard guard(code_change_lock());
     const bool map_is_current = map_generation && *map_generation == code_change_generation();
+    // The bytes a patch writes: its site, and its slot if it has one.
+    const auto low = [](const Patch& patch) {
+      return patch.slot != 0 ? std::min(patch.address, patch.slot) : patch.address;
+    };
+    const auto high = [](const Patch& patch) {
+      return patch.slot != 0 ? std::max(patch.address + 1, patch.slot + kSlotBytes - 1)
+                             : patch.address + 1;
+    };
     std::size_t i = 0;
     while (i < patches.size() && failure.what == nullptr) {
       // A run: the sites on consecutive pages [first_page, last_page], made writable together.
-      const std::uintptr_t first_page = page_of(patches[i].address);
-      std::uintptr_t last_page = page_of(patches[i].address + 1);
+      std::uintptr_t first_page = page_of(low(patches[i]));
+      std::uintptr_t last_page = page_of(high(patches[i]));
       std::size_t run_end = i + 1;
-      while (run_end < patches.size() &&
-             page_of(patches[run_end].address) <= last_page + kPageSize) {
-        last_page = std::max(last_page, page_of(patches[run_end].address + 1));
+      while (run_end < patches.size() && page_of(low(patches[run_end])) <= last_page + kPageSize) {
+        first_page = std::min(first_page, page_of(low(patches[run_end])));
+        last_page = std::max(last_page, page_of(high(patches[run_end])));
         ++run_end;
       }
       // The run's mappings now. Pages no longer mapped executable (unmapped, or made writable
@@ -160,9 +170,10 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
       long count = map_is_current ? spans_from_map(map, first_page, end, spans)
                                   : read_mappings_in(first_page, end, spans, kMaxSpans);
       if (count < 0) {
-        // Too many mappings, or /proc unreadable: one page at a time (each one mapping).
+        // Too many mappings, or /proc unreadable: one patch at a time.
         run_end = i + 1;
-        last_page = page_of(patches[i].address + 1);
+        first_page = page_of(low(patches[i]));
+        last_page = page_of(high(patches[i]));
         count = read_mappings_in(first_page, last_page + kPageSize, spans, kMaxSpans);
         if (count < 0) count = 0;
       }
@@ -179,18 +190,37 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
         ++outcome.protection_changes;
       }
       if (failure.what == nullptr) {
-        for (; i < run_end; ++i) {
-          const Patch& patch = patches[i];
-          const auto writable = [&](std::uintptr_t address) {
-            for (long s = 0; s < count; ++s) {
-              if (made_writable[s] && address >= spans[s].begin && address < spans[s].end) {
-                return true;
-              }
+        const auto writable = [&](std::uintptr_t address) {
+          for (long s = 0; s < count; ++s) {
+            if (made_writable[s] && address >= spans[s].begin && address < spans[s].end) {
+              return true;
             }
-            return false;
-          };
+          }
+          return false;
+        };
+        // Slots first, then (once every CPU sees them) the sites that jump to them.
+        bool slot_ready[kMaxRunPatches];
+        bool any_slot = false;
+        const std::size_t run_length = std::min(run_end - i, kMaxRunPatches);
+        run_end = i + run_length;
+        for (std::size_t k = 0; k < run_length; ++k) {
+          const Patch& patch = patches[i + k];
+          slot_ready[k] = true;
+          if (patch.slot == 0) continue;
+          slot_ready[k] = writable(patch.slot) && writable(patch.slot + kSlotBytes - 1) &&
+                          std::memcmp(reinterpret_cast<const void*>(patch.slot),
+                                      patch.slot_expected.data(), kSlotBytes) == 0;
+          if (!slot_ready[k]) continue;
+          std::memcpy(reinterpret_cast<void*>(patch.slot), patch.slot_bytes.data(), kSlotBytes);
+          any_slot = true;
+        }
+        if (any_slot) sync_cores();
+        for (std::size_t k = 0; k < run_length; ++i, ++k) {
+          const Patch& patch = patches[i];
           if (!writable(patch.address) || !writable(patch.address + 1)) {
             ++outcome.gone;
+          } else if (!slot_ready[k]) {
+            ++outcome.mismatched;
           } else if (write_site(patch)) {
             ++outcome.written;
           } else {

@@ -17,6 +17,7 @@
 // Contract: apply_patches() is called by rewriting code with the rewriter's own lock held.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -28,10 +29,18 @@
 
 namespace zpoline::detail {
 
+inline constexpr std::size_t kSlotBytes = 5;  // padding.hpp: kPaddingSlotSize
+
 struct Patch {
   std::uintptr_t address;
   std::uint16_t expected;     // the bytes there now, little-endian (0x050f for 0f 05)
   std::uint16_t replacement;  // the bytes to write
+  // The near mechanism: padding that the replacement (a `jmp rel8`) reaches, written first with
+  // `slot_bytes` (a `jmp rel32`) if it still holds `slot_expected`; 0 for none. Nothing runs
+  // padding, so it is written with plain stores; every CPU sees it before the site changes.
+  std::uintptr_t slot = 0;
+  std::array<std::uint8_t, kSlotBytes> slot_expected{};
+  std::array<std::uint8_t, kSlotBytes> slot_bytes{};
 };
 
 struct PatchOutcome {
@@ -63,5 +72,13 @@ void note_code_change() noexcept;
 inline constexpr std::uint16_t kSyscallBytes = 0x050f;   // 0f 05
 inline constexpr std::uint16_t kSysenterBytes = 0x340f;  // 0f 34
 inline constexpr std::uint16_t kCallRaxBytes = 0xd0ff;   // ff d0
+inline constexpr std::uint8_t kShortJumpOpcode = 0xeb;   // eb rel8: the near mechanism's site
+inline constexpr std::uint8_t kNearJumpOpcode = 0xe9;    // e9 rel32: its padding slot
+
+// Whether the two bytes at a registered site are a rewritten instruction (either mechanism's),
+// rather than the original `syscall`/`sysenter`.
+inline bool is_rewritten_instruction(std::uint16_t bytes) noexcept {
+  return bytes == kCallRaxBytes || (bytes & 0xff) == kShortJumpOpcode;
+}
 
 }  // namespace zpoline::detail

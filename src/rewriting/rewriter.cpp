@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -21,9 +22,11 @@
 #include "platform/owned_lock.hpp"
 #include "platform/thread_local.hpp"
 #include "rewriting/function_table.hpp"
+#include "rewriting/padding.hpp"
 #include "rewriting/patcher.hpp"
 #include "rewriting/site_registry.hpp"
 #include "rewriting/site_scanner.hpp"
+#include "rewriting/site_trampolines.hpp"
 
 namespace zpoline::detail {
 namespace {
@@ -79,10 +82,17 @@ RewriteOptions& current_options() {
 }
 // What the rewriter builds up as it works. Replaced whole in a fork child made while another
 // thread was changing it (reset_rewriting_after_fork()).
+// A rewritten site: its original bytes (for restore_rewritten_code()), what it holds now, and
+// the padding slot its jump reaches (near mechanism; 0 for `call *%rax`).
+struct RewrittenSite {
+  std::uint16_t original = 0;
+  std::uint16_t replacement = 0;
+  std::uintptr_t slot = 0;
+};
 struct Bookkeeping {
-  // Every site rewritten in this process and its original bytes (for restore_rewritten_code()
-  // and for forgetting the sites of unmapped code).
-  std::map<std::uintptr_t, std::uint16_t> rewritten;
+  // Every site rewritten in this process (for restore_rewritten_code() and for forgetting the
+  // sites of unmapped code).
+  std::map<std::uintptr_t, RewrittenSite> rewritten;
   // Statistics of code that became executable after install, one entry per image.
   std::vector<ImageStats> late_images;
   // Function tables of images whose sites trap one by one (lazy mode): built once per image.
@@ -93,7 +103,7 @@ Bookkeeping& bookkeeping() {
   if (bookkeeping_instance == nullptr) bookkeeping_instance = new Bookkeeping;
   return *bookkeeping_instance;
 }
-std::map<std::uintptr_t, std::uint16_t>& rewritten() {
+std::map<std::uintptr_t, RewrittenSite>& rewritten() {
   return bookkeeping().rewritten;
 }
 std::vector<ImageStats>& late_images() {
@@ -234,12 +244,75 @@ FunctionTable functions_of(const dl_phdr_info& info, const std::string& path) {
   return collect_functions(info, path);
 }
 
+// The padding slots given out so far in [begin, end), ascending.
+std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t end) {
+  std::vector<std::uintptr_t> taken;
+  const std::uintptr_t reach = kShortJumpBack + kPaddingSlotSize;
+  auto it = rewritten().lower_bound(begin > reach ? begin - reach : 0);
+  for (; it != rewritten().end() && it->first < end + reach; ++it) {
+    if (it->second.slot != 0) taken.push_back(it->second.slot);
+  }
+  std::sort(taken.begin(), taken.end());
+  return taken;
+}
+
+// The near mechanism: `patches` (sites of [area_begin, area_end), which lies in one image whose
+// functions are `functions`) get a padding slot and a trampoline each, and a `jmp rel8` to the
+// slot as their replacement. Those that get none are taken out and counted in `stats`.
+void route_through_padding(std::vector<Patch>& patches, std::uintptr_t area_begin,
+                           std::uintptr_t area_end, const FunctionTable& functions,
+                           ImageStats& stats) {
+  std::vector<std::uintptr_t> sites;
+  for (const Patch& patch : patches) sites.push_back(patch.address);
+  const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
+                                           area_end - area_begin);
+  const std::vector<PaddingGap> gaps =
+      find_padding_gaps_near(area, area_begin, functions.functions, sites);
+  const std::vector<std::uintptr_t> taken = slots_taken_in(area_begin, area_end);
+  const std::vector<PaddingSlot> slots = assign_padding_slots(sites, gaps, taken);
+  std::vector<Patch> routed;
+  auto slot = slots.begin();
+  for (const Patch& patch : patches) {
+    while (slot != slots.end() && slot->site < patch.address) ++slot;
+    if (slot == slots.end() || slot->site != patch.address) {
+      ++stats.skipped_no_padding;
+      continue;
+    }
+    const std::uintptr_t trampoline =
+        make_site_trampoline(patch.address, slot->slot + kPaddingSlotSize);
+    if (trampoline == 0) {
+      ++stats.skipped_no_padding;
+      continue;
+    }
+    Patch near = patch;
+    const auto to_slot = static_cast<std::int8_t>(static_cast<std::intptr_t>(slot->slot) -
+                                                  static_cast<std::intptr_t>(patch.address + 2));
+    near.replacement = static_cast<std::uint16_t>(
+        kShortJumpOpcode | (static_cast<std::uint16_t>(static_cast<std::uint8_t>(to_slot)) << 8));
+    near.slot = slot->slot;
+    std::memcpy(near.slot_expected.data(), reinterpret_cast<const void*>(slot->slot), kSlotBytes);
+    const auto to_trampoline =
+        static_cast<std::int32_t>(trampoline - (slot->slot + kPaddingSlotSize));
+    near.slot_bytes[0] = kNearJumpOpcode;
+    std::memcpy(near.slot_bytes.data() + 1, &to_trampoline, sizeof to_trampoline);
+    routed.push_back(near);
+  }
+  seal_site_trampolines();
+  patches = std::move(routed);
+}
+
 // Decides and rewrites `candidates`, the candidates of [begin, end), which lies in one image whose
-// functions are `functions`, adding to `stats`.
+// functions are `functions`, adding to `stats`. [area_begin, area_end) is the readable code
+// around it where padding may be used (the near mechanism): the whole segment.
 void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
                         std::span<const std::uintptr_t> candidates, const FunctionTable& functions,
                         const std::vector<Mapping>& map, std::uint64_t generation,
-                        ImageStats& stats) {
+                        ImageStats& stats, std::uintptr_t area_begin = 0,
+                        std::uintptr_t area_end = 0) {
+  if (area_end == 0) {
+    area_begin = begin;
+    area_end = end;
+  }
   const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
   const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
   const ScanResult scan =
@@ -277,13 +350,20 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
         break;
     }
   }
+  const bool near = current_options().near_mechanism;
+  if (near && !patches.empty())
+    route_through_padding(patches, area_begin, area_end, functions, stats);
   for (const Patch& patch : patches) {
     if (!site_registry().add(patch.address)) throw std::bad_alloc();
   }
   const PatchOutcome outcome = apply_patches(patches, map, generation);
   stats.sites_rewritten += outcome.written;
+  (near ? stats.sites_through_padding : stats.sites_through_page_zero) += outcome.written;
   stats.skipped_undecodable += outcome.mismatched + outcome.gone;
-  for (const Patch& patch : patches) rewritten().emplace(patch.address, patch.expected);
+  for (const Patch& patch : patches) {
+    rewritten().emplace(patch.address,
+                        RewrittenSite{patch.expected, patch.replacement, patch.slot});
+  }
 }
 
 // The byte search comes first: most images hold no candidate at all, and then need neither a
@@ -445,12 +525,12 @@ void forget_unmapped_code() {
   // Too many to keep: every site that no longer holds its rewritten bytes in executable memory.
   const std::vector<Mapping> map = read_memory_map();
   std::vector<std::uintptr_t> gone;
-  for (const auto& [address, original] : rewritten()) {
+  for (const auto& [address, site] : rewritten()) {
     const Mapping* mapping = find_mapping(map, address);
     std::uint16_t bytes = 0;
     if (mapping == nullptr || !(mapping->protection & PROT_EXEC) ||
         !(mapping->protection & PROT_READ) ||
-        !safe_read(&bytes, reinterpret_cast<void*>(address), 2) || bytes != kCallRaxBytes) {
+        !safe_read(&bytes, reinterpret_cast<void*>(address), 2) || bytes != site.replacement) {
       gone.push_back(address);
     }
   }
@@ -536,7 +616,7 @@ void restore_newly_excluded_sites(const std::vector<Image>& images, const std::v
     auto first = rewritten().lower_bound(range.begin > 1 ? range.begin - 1 : 0);
     for (auto it = first; it != rewritten().end() && it->first < range.end; ++it) {
       if (overlaps(it->first, it->first + 2, range)) {
-        restores.push_back({it->first, kCallRaxBytes, it->second});
+        restores.push_back({it->first, it->second.replacement, it->second.original});
       }
     }
   }
@@ -730,10 +810,12 @@ bool rewrite_trapped_site_locked(std::uintptr_t site, const CurrentMap& current)
     const std::uintptr_t range_begin = std::max(function->begin, part->begin);
     const std::uintptr_t range_end = std::min(function->end, part->end);
     rewrite_candidates(range_begin, range_end, candidates_in(range_begin, range_end), functions,
-                       map, current.generation, stats);
+                       map, current.generation, stats, part->begin, part->end);
   } else {
     // Anonymous code (a JIT) has no function boundaries. The trap proves an instruction ending
     // after these two bytes is a syscall; a prefix byte before them would make it longer.
+    // The near mechanism needs padding between functions; here there are none to find.
+    if (current_options().near_mechanism) return false;
     const std::uint8_t previous = site > mapping->begin ? bytes[-1] : 0;
     const bool maybe_prefixed = (previous >= 0x40 && previous <= 0x4f) || previous == 0x66 ||
                                 previous == 0x67 || previous == 0xf2 || previous == 0xf3 ||
@@ -747,7 +829,7 @@ bool rewrite_trapped_site_locked(std::uintptr_t site, const CurrentMap& current)
     const PatchOutcome outcome = apply_patches(std::span(&patch, 1), map, current.generation);
     stats.sites_rewritten += outcome.written;
     if (outcome.written) {
-      rewritten().emplace(site, original);
+      rewritten().emplace(site, RewrittenSite{original, kCallRaxBytes, 0});
       remember_anonymous_site(site);
     }
   }
@@ -816,11 +898,11 @@ void restore_rewritten_code() {
   std::vector<Patch> restores;
   restores.reserve(rewritten().size());
   const CurrentMap current;
-  for (const auto& [address, original] : rewritten()) {
+  for (const auto& [address, site] : rewritten()) {
     // Skip sites whose library has been unloaded since.
     const Mapping* mapping = find_mapping(current.map, address);
     if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
-    restores.push_back({address, kCallRaxBytes, original});
+    restores.push_back({address, site.replacement, site.original});
   }
   // The sites stay in the registry: a thread that ran one before its bytes changed back enters
   // the stub all the same, and is served.

@@ -18,6 +18,9 @@ namespace zpoline::detail {
 struct RewriteOptions {
   std::vector<std::string> exclude_paths;  // validated: non-empty entries
   std::vector<AddressRange> exclude_ranges;
+  // Rewrite sites into `jmp rel8` to padding and a per-site trampoline (site_trampolines.hpp)
+  // instead of `call *%rax` into page 0.
+  bool near_mechanism = false;
 };
 
 // With scan off (lazy mode) only the options are recorded and the images listed.

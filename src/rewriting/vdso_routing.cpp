@@ -12,6 +12,7 @@
 #include <cstring>
 #include <iterator>
 
+#include "dispatch/frame.hpp"
 #include "platform/memory_map.hpp"
 #include "platform/raw_syscall.hpp"
 #include "platform/sanitizers.hpp"
@@ -38,7 +39,12 @@ constexpr std::size_t kFunctions = std::size(kVdsoFunctions);
 
 constexpr std::size_t kJumpLength = 5;  // jmp rel32
 constexpr std::size_t kThunkSize = 16;
-constexpr std::size_t kCallOffset = 5;  // in the thunk: mov $number, %eax (5 bytes), call *%rax
+// The thunk: mov $number, %eax (5 bytes); call *entry(%rip) (6 bytes); ret. The stub takes the
+// 2 bytes before the return address for the site, whatever they hold: it registers thunk + 9.
+// The stub's address is read from the thunk page's last 8 bytes, so no sled at page 0 is needed
+// (Mechanism::near).
+constexpr std::size_t kCallEnd = 11;
+constexpr std::size_t kSiteOffset = kCallEnd - 2;
 constexpr std::uint8_t kInvalidOpcode = 0x06;
 constexpr std::uintptr_t kPageSize = 4096;
 
@@ -158,6 +164,9 @@ std::size_t prepare() {
   }
   std::size_t count = 0;
   auto* thunks = reinterpret_cast<std::uint8_t*>(thunk_page);
+  const std::uintptr_t entry_pointer = thunk_page + kPageSize - sizeof(std::uintptr_t);
+  const auto entry = reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry);
+  std::memcpy(reinterpret_cast<void*>(entry_pointer), &entry, sizeof entry);
   for (const VdsoFunction& function : kVdsoFunctions) {
     void* address = dlsym(handle, function.symbol);
     if (address == nullptr) continue;
@@ -165,29 +174,32 @@ std::size_t prepare() {
     routed_function.entry = reinterpret_cast<std::uintptr_t>(address);
     routed_function.thunk = thunk_page + count * kThunkSize;
     std::memcpy(routed_function.original, address, kJumpLength);
-    const std::uint8_t code[kThunkSize] = {0xb8,
-                                           static_cast<std::uint8_t>(function.number & 0xff),
-                                           static_cast<std::uint8_t>(function.number >> 8),
-                                           0x00,
-                                           0x00,  // mov $number, %eax
-                                           0xff,
-                                           0xd0,  // call *%rax
-                                           0xc3,  // ret
-                                           0xcc,
-                                           0xcc,
-                                           0xcc,
-                                           0xcc,
-                                           0xcc,
-                                           0xcc,
-                                           0xcc,
-                                           0xcc};
+    const auto to_pointer =
+        static_cast<std::int32_t>(entry_pointer - (routed_function.thunk + kCallEnd));
+    std::uint8_t code[kThunkSize] = {0xb8,
+                                     static_cast<std::uint8_t>(function.number & 0xff),
+                                     static_cast<std::uint8_t>(function.number >> 8),
+                                     0x00,
+                                     0x00,  // mov $number, %eax
+                                     0xff,
+                                     0x15,  // call *disp32(%rip)
+                                     0,
+                                     0,
+                                     0,
+                                     0,
+                                     0xc3,  // ret
+                                     0xcc,
+                                     0xcc,
+                                     0xcc,
+                                     0xcc};
+    std::memcpy(code + 7, &to_pointer, sizeof to_pointer);
     std::memcpy(thunks + count * kThunkSize, code, sizeof code);
     const auto displacement =
         static_cast<std::int32_t>(static_cast<std::int64_t>(routed_function.thunk) -
                                   static_cast<std::int64_t>(routed_function.entry + kJumpLength));
     routed_function.jump[0] = 0xe9;
     std::memcpy(routed_function.jump + 1, &displacement, sizeof displacement);
-    if (!site_registry().add(routed_function.thunk + kCallOffset)) break;
+    if (!site_registry().add(routed_function.thunk + kSiteOffset)) break;
     ++count;
   }
   dlclose(handle);

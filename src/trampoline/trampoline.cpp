@@ -111,12 +111,16 @@ bool has_effective_capability(int capability) {
 
 }  // namespace
 
-void map_trampoline() {
-  if (mapped) return;
+void prepare_entry() {
   // The RFLAGS bits for which the stub restores the flags with popfq (entry_stub.S): TF, DF and
   // AC, or every bit where SAHF does not work in 64-bit mode.
   constexpr std::uint32_t kTrapDirectionAlignmentFlags = (1u << 8) | (1u << 10) | (1u << 18);
   zpoline_detail_popf_flags = has_lahf_sahf() ? kTrapDirectionAlignmentFlags : ~0u;
+  install_fault_redirect();
+}
+
+void map_trampoline() {
+  if (mapped) return;
   // Allocated before page 0 is reserved: a bad_alloc here leaves nothing mapped.
   const std::vector<RelayPlacement> relay_candidates = relay_placements_to_try(heap_start());
   void* page = mmap(nullptr, kSledSize, PROT_READ | PROT_WRITE,
@@ -188,7 +192,6 @@ void map_trampoline() {
                     std::strerror(error) +
                     " (a security policy may forbid executable anonymous memory).");
   }
-  install_fault_redirect();
   relay_base = placement.base();
   mapped = true;
 }

@@ -11,6 +11,11 @@
 
 namespace zpoline::detail {
 
+// What the stub needs whichever mechanism is used, at the first install: its flags
+// configuration, and the fault handler (fault_redirect.hpp: a thread without TLS at the stub's
+// first TLS access, a site faulting while its bytes change, a call into the sled that faults).
+void prepare_entry();
+
 // Maps and fills page 0 unless already done. Throws zpoline::Error (page_zero_refused,
 // page_zero_in_use) with a message naming what to change.
 void map_trampoline();

@@ -56,6 +56,8 @@ using Clock = std::chrono::steady_clock;
 // ---- the cell ----------------------------------------------------------------------------------
 
 zpoline::Mode mode = zpoline::Mode::eager;
+zpoline::Mechanism mechanism = zpoline::Mechanism::page_zero;
+bool unprivileged = false;
 std::string hook_kind;
 unsigned seed = 0;
 matrix::Counts* counts = nullptr;
@@ -202,9 +204,13 @@ zpoline::Hook make_hook() {
 
 zpoline::Session install(zpoline::Options options = {}) {
   options.mode = mode;
+  options.mechanism = mechanism;
   options.use_environment = false;
   try {
-    return zpoline::install(make_hook(), options);
+    zpoline::Session session = zpoline::install(make_hook(), options);
+    // Unprivileged, the automatic choice must have been the near mechanism.
+    if (unprivileged) EXPECT(session.mechanism() == zpoline::Mechanism::near);
+    return session;
   } catch (const zpoline::Error& error) {
     if (error.code() == zpoline::ErrorCode::page_zero_refused) skip("page 0 refused");
     throw;
@@ -891,8 +897,26 @@ const std::map<std::string, void (*)()> kEvents = {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s MODE HOOK EVENT SEED\n", argv[0]);
+  if (argc != 5 && argc != 6) {
+    std::fprintf(stderr, "usage: %s MODE HOOK EVENT SEED [page_zero|near|unprivileged]\n", argv[0]);
+    return 2;
+  }
+  // The mechanism: page_zero (the default) or near forced, or unprivileged: CAP_SYS_RAWIO
+  // dropped for good before anything else, and the automatic choice.
+  const std::string mechanism_name = argc == 6 ? argv[5] : "page_zero";
+  if (mechanism_name == "near") {
+    mechanism = zpoline::Mechanism::near;
+  } else if (mechanism_name == "unprivileged") {
+    mechanism = zpoline::Mechanism::automatic;
+    unprivileged = true;
+    if (!zpoline_test::drop_cap_sys_rawio()) {
+      std::fprintf(stderr, "could not drop CAP_SYS_RAWIO: %s\n", std::strerror(errno));
+      return 2;
+    }
+    if (!zpoline_test::page_zero_is_refused())
+      skip("vm.mmap_min_addr is 0: page 0 is not refused here");
+  } else if (mechanism_name != "page_zero") {
+    std::fprintf(stderr, "unknown mechanism %s\n", mechanism_name.c_str());
     return 2;
   }
   const std::string mode_name = argv[1];

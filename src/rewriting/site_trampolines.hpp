@@ -1,0 +1,54 @@
+// Per-site trampolines of the near mechanism (hooking without page 0).
+//
+// A site rewritten this way holds `jmp rel8` to five bytes of padding near it (padding.hpp),
+// which hold `jmp rel32` to the site's trampoline here. The trampoline does what `call *%rax`
+// at the site does on the page-0 path: it pushes the address after the site (8 bytes below the
+// caller's rsp, the only memory the call touches) and enters the stub, so the stub, its return
+// with `pop; jmp`, and the clone, vfork and rt_sigreturn paths are the same for both mechanisms.
+// It clobbers r11, which `syscall` clobbers too (the page-0 relay does the same).
+//
+// Trampolines live in arenas mapped within reach of a rel32 jump from the padding: a few hundred
+// KiB per region of the address space that holds rewritten code, never unmapped (a thread may be
+// in one long after its site is gone). Arenas are read+execute; one is made writable only while a
+// trampoline is added, keeping the execute bit so that threads running its other trampolines go
+// on.
+//
+// Contract: make_site_trampoline() is called with the rewriter's lock held (rewriter.cpp); it
+// makes only raw system calls and allocates nothing from the heap.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace zpoline::detail {
+
+inline constexpr std::size_t kSiteTrampolineSize = 16;
+
+// The bytes of the trampoline for `site` placed at `trampoline`, entering the stub at `entry`
+// directly (rel32) if it is within reach, else through the 8-byte pointer at `entry_pointer`.
+// Pure; for make_site_trampoline() and tests.
+void encode_site_trampoline(std::uint8_t (&code)[kSiteTrampolineSize], std::uintptr_t trampoline,
+                            std::uintptr_t site, std::uintptr_t entry,
+                            std::uintptr_t entry_pointer);
+
+// A new trampoline for `site`, within reach of a `jmp rel32` that ends at `jump_end`; 0 if no
+// memory within reach could be mapped.
+std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end) noexcept;
+
+// Makes the arena pages written since the last call read+execute again.
+void seal_site_trampolines() noexcept;
+
+// Whether `address` lies in a trampoline arena (for tests and diagnostics).
+bool in_site_trampolines(std::uintptr_t address) noexcept;
+
+// How many trampolines have been made, and arenas mapped, in this process.
+struct SiteTrampolineCounts {
+  std::size_t trampolines = 0;
+  std::size_t arenas = 0;
+};
+SiteTrampolineCounts site_trampoline_counts() noexcept;
+
+// The displacement of a rel32 jump or call ending at `from` to `to`, if it fits.
+bool rel32_reaches(std::uintptr_t from, std::uintptr_t to) noexcept;
+
+}  // namespace zpoline::detail
