@@ -14,8 +14,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <utility>
 
+#include "rewriting/site_trampolines.hpp"
 #include "zpoline/zpoline.hpp"
 
 namespace zpoline_test {
@@ -33,6 +35,30 @@ inline zpoline::Session install_or_skip(zpoline::Hook hook, zpoline::Options opt
     }
     throw;
   }
+}
+
+// Whether the `syscall` at `site` has been rewritten, by either mechanism: `call *%rax` (page
+// 0), `jmp rel8` (near, through padding), or still `syscall` with the instruction before it
+// replaced by a jump to its trampoline (near, moved instruction).
+inline bool is_rewritten_site(const unsigned char* site) {
+  if (site[0] == 0xff && site[1] == 0xd0) return true;
+  if (site[0] == 0xeb) return true;
+  if (site[0] != 0x0f) return false;
+  for (std::size_t length = 5; length <= zpoline::detail::kMaxMovedInstruction; ++length) {
+    const auto at = reinterpret_cast<std::uintptr_t>(site) - length;
+    if (zpoline::detail::trampoline_of_moved_instruction(at) != 0 &&
+        *reinterpret_cast<const unsigned char*>(at) == 0xe9) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The mechanism the tests' installs get: ZPOLINE_MECHANISM where set (meson runs the scenario
+// suites once more with it set to near), else page 0.
+inline bool near_mechanism_wanted() {
+  const char* mechanism = std::getenv("ZPOLINE_MECHANISM");
+  return mechanism != nullptr && std::string(mechanism) == "near";
 }
 
 // Makes this process unprivileged for page 0 for good, as a process in a default container is:

@@ -71,7 +71,8 @@ const zpoline::ImageStats* find_image(const zpoline::InstallStats& stats, const 
 const unsigned char* find_getpid_site() {
   const auto* code = reinterpret_cast<const unsigned char*>(&getpid);
   for (int i = 0; i < 16; ++i) {
-    if ((code[i] == 0x0f && code[i + 1] == 0x05) || (code[i] == 0xff && code[i + 1] == 0xd0)) {
+    if ((code[i] == 0x0f && code[i + 1] == 0x05) || (code[i] == 0xff && code[i + 1] == 0xd0) ||
+        code[i] == 0xeb) {
       return code + i;
     }
   }
@@ -302,13 +303,13 @@ TEST_CASE("restore_on_detach_puts_the_original_bytes_back") {
     zpoline::Options options;
     options.restore_on_detach = true;
     auto session = install_or_skip(counting_hook(tally), options);
-    CHECK(site[0] == 0xff);
-    CHECK(site[1] == 0xd0);
+    CHECK(zpoline_test::is_rewritten_site(site));
     getpid();
     CHECK(tally[SYS_getpid] == 1);
   }
   CHECK(site[0] == 0x0f);
   CHECK(site[1] == 0x05);
+  CHECK(!zpoline_test::is_rewritten_site(site));
   CHECK(getpid() == real_getpid());
 }
 
@@ -575,12 +576,23 @@ TEST_CASE("page_zero_in_use_is_reported") {
          "), so it cannot put something there first");
   }
   REQUIRE(zero == nullptr);
-  zpoline::Error error = install_error();
+  zpoline::Options page_zero;
+  page_zero.mechanism = zpoline::Mechanism::page_zero;
+  zpoline::Error error = install_error(page_zero);
   CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
   INFO(error.what());
   CHECK(contains(error.what(), "address 0 is already mapped"));
   CHECK(contains(error.what(), "cannot be placed there"));
   check_process_works();
+  {
+    // The automatic choice takes the near mechanism instead, and leaves page 0 alone.
+    Tally tally;
+    auto session = install_or_skip(counting_hook(tally));
+    CHECK(session.mechanism() == zpoline::Mechanism::near);
+    getpid();
+    CHECK(tally[SYS_getpid] == 1);
+    CHECK(*static_cast<volatile const char*>(zero) == 0);
+  }
   REQUIRE(munmap(zero, 4096) == 0);
 
   // Every place the relay may go taken (one of its two pages is enough): install() says so and
@@ -595,7 +607,7 @@ TEST_CASE("page_zero_in_use_is_reported") {
     REQUIRE(page == wanted);
     taken.push_back(page);
   }
-  error = install_error();
+  error = install_error(page_zero);
   CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
   INFO(error.what());
   CHECK(contains(error.what(), "the trampoline's relay needs two free pages at one of"));
@@ -612,7 +624,8 @@ TEST_CASE("page_zero_in_use_is_reported") {
     if (i != 0 && places[i].base() != 0x06060000) REQUIRE(munmap(taken[i], 4096) == 0);
   }
   Tally tally;
-  auto session = install_or_skip(counting_hook(tally));
+  auto session = install_or_skip(counting_hook(tally), page_zero);
+  CHECK(session.mechanism() == zpoline::Mechanism::page_zero);
   CHECK(zpoline::detail::trampoline_relay_base() == places[1].base());
   getpid();
   CHECK(tally[SYS_getpid] == 1);
@@ -635,7 +648,9 @@ TEST_CASE("the_relay_finds_the_free_place_left_by_a_low_heap") {
     skip("something of this process is already mapped in the first GiB (a non-PIE test binary?)");
   }
   Tally tally;
-  auto session = install_or_skip(counting_hook(tally));
+  zpoline::Options page_zero;
+  page_zero.mechanism = zpoline::Mechanism::page_zero;
+  auto session = install_or_skip(counting_hook(tally), page_zero);
   CHECK(zpoline::detail::trampoline_relay_base() == free_place);
   getpid();
   syscall(SYS_getppid);
@@ -651,23 +666,17 @@ TEST_CASE("page_zero_refused_without_cap_sys_rawio") {
     skip("vm.mmap_min_addr is " + (min_addr.empty() ? std::string("unreadable") : min_addr) +
          ": any process may map address 0 here, so there is no refusal to see");
   }
-  // Drop CAP_SYS_RAWIO from the effective and permitted sets (for good, as an unprivileged
-  // process never had it).
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2] = {};
-  REQUIRE(syscall(SYS_capget, &header, data) == 0);
-  const unsigned bit = 1u << (CAP_SYS_RAWIO % 32);
-  data[CAP_SYS_RAWIO / 32].effective &= ~bit;
-  data[CAP_SYS_RAWIO / 32].permitted &= ~bit;
-  data[CAP_SYS_RAWIO / 32].inheritable &= ~bit;
-  REQUIRE(syscall(SYS_capset, &header, data) == 0);
+  // Drop CAP_SYS_RAWIO for good, as an unprivileged process never had it.
+  REQUIRE(zpoline_test::drop_cap_sys_rawio());
   // The kernel now refuses this process address 0 itself.
   void* zero =
       mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   CHECK(zero == MAP_FAILED);
   if (zero != MAP_FAILED) munmap(zero, 4096);
 
-  const zpoline::Error error = install_error();
+  zpoline::Options page_zero;
+  page_zero.mechanism = zpoline::Mechanism::page_zero;
+  const zpoline::Error error = install_error(page_zero);
   CHECK(error.code() == zpoline::ErrorCode::page_zero_refused);
   INFO(error.what());
   CHECK(contains(error.what(), "refused to map the trampoline at address 0"));

@@ -28,6 +28,61 @@ bool is_filler(std::span<const std::uint8_t> code, std::uintptr_t base, std::uin
   return at == end;
 }
 
+// Filler inside `function` (within `code`): nop and int3 instructions right after an unconditional
+// jump or a return, which only a branch could reach. Compilers put them there to align the next
+// branch target. A run ends at the first instruction that is not filler or that a direct branch
+// of the function lands on (a run that a branch lands on at its start is not filler at all).
+// Indirect branches (jump tables) land on the aligned instruction after the run, as direct ones
+// do; none is known to land inside alignment.
+void add_inner_gaps(std::span<const std::uint8_t> code, std::uintptr_t base,
+                    const FunctionRange& function, std::vector<PaddingGap>& gaps) {
+  const std::uintptr_t code_end = base + code.size();
+  if (function.begin < base || function.end > code_end) return;
+  ZydisDecoder decoder;
+  ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  ZydisDecodedInstruction instruction;
+  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+  std::vector<PaddingGap> runs;
+  std::vector<std::uintptr_t> targets;
+  bool after_transfer = false;
+  for (std::uintptr_t at = function.begin; at < function.end;) {
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.data() + (at - base), function.end - at,
+                                             &instruction, operands))) {
+      return;  // not decodable to its end: no filler is trusted in it
+    }
+    const bool filler =
+        instruction.mnemonic == ZYDIS_MNEMONIC_NOP || instruction.mnemonic == ZYDIS_MNEMONIC_INT3;
+    if (filler && after_transfer) {
+      if (!runs.empty() && runs.back().end == at) {
+        runs.back().end = at + instruction.length;
+      } else {
+        runs.push_back({at, at + instruction.length});
+      }
+    } else {
+      after_transfer = instruction.mnemonic == ZYDIS_MNEMONIC_RET ||
+                       instruction.mnemonic == ZYDIS_MNEMONIC_JMP ||
+                       instruction.mnemonic == ZYDIS_MNEMONIC_UD2;
+    }
+    if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
+      for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
+        ZyanU64 target = 0;
+        if (operands[i].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
+            ZYAN_SUCCESS(ZydisCalcAbsoluteAddress(&instruction, &operands[i], at, &target))) {
+          targets.push_back(static_cast<std::uintptr_t>(target));
+        }
+      }
+    }
+    at += instruction.length;
+  }
+  std::sort(targets.begin(), targets.end());
+  for (PaddingGap run : runs) {
+    // The first target inside the run cuts it there.
+    const auto target = std::lower_bound(targets.begin(), targets.end(), run.begin);
+    if (target != targets.end() && *target < run.end) run.end = *target;
+    if (run.end >= run.begin + kPaddingSlotSize) gaps.push_back(run);
+  }
+}
+
 }  // namespace
 
 std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
@@ -51,9 +106,21 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
   std::vector<PaddingGap> gaps;
   const std::uintptr_t code_end = runtime_address + code.size();
   std::size_t last_checked = 0;  // gaps are checked once, in order
+  std::size_t last_decoded = 0;  // functions are decoded once (index + 1), in order
   for (const std::uintptr_t site : sites) {
     const std::uintptr_t lowest = site + 2 >= kShortJumpBack ? site + 2 - kShortJumpBack : 0;
     const std::uintptr_t highest = site + 2 + kShortJumpForward;
+    // Filler inside the functions the jump can reach.
+    auto reached = std::upper_bound(functions.begin(), functions.end(), lowest,
+                                    [](std::uintptr_t address, const FunctionRange& function) {
+                                      return address < function.end;
+                                    });
+    for (auto f = static_cast<std::size_t>(reached - functions.begin());
+         f < functions.size() && functions[f].begin <= highest; ++f) {
+      if (f + 1 <= last_decoded) continue;
+      last_decoded = f + 1;
+      add_inner_gaps(code, runtime_address, functions[f], gaps);
+    }
     // The gap before function i is [functions[i-1].end, functions[i].begin): the first that may
     // end above `lowest` is the one before the first function that ends above it.
     auto first = std::upper_bound(functions.begin(), functions.end(), lowest,
@@ -70,6 +137,8 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
       if (is_filler(code, runtime_address, begin, end)) gaps.push_back({begin, end});
     }
   }
+  std::sort(gaps.begin(), gaps.end(),
+            [](const PaddingGap& a, const PaddingGap& b) { return a.begin < b.begin; });
   return gaps;
 }
 

@@ -146,11 +146,16 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
     const bool map_is_current = map_generation && *map_generation == code_change_generation();
     // The bytes a patch writes: its site, and its slot if it has one.
     const auto low = [](const Patch& patch) {
-      return patch.slot != 0 ? std::min(patch.address, patch.slot) : patch.address;
+      std::uintptr_t address = patch.address;
+      if (patch.slot != 0) address = std::min(address, patch.slot);
+      if (patch.jump_at != 0) address = std::min(address, patch.jump_at);
+      return address;
     };
     const auto high = [](const Patch& patch) {
-      return patch.slot != 0 ? std::max(patch.address + 1, patch.slot + kSlotBytes - 1)
-                             : patch.address + 1;
+      std::uintptr_t address = patch.address + 1;
+      if (patch.slot != 0) address = std::max(address, patch.slot + kSlotBytes - 1);
+      if (patch.jump_at != 0) address = std::max(address, patch.jump_at + kSlotBytes - 1);
+      return address;
     };
     std::size_t i = 0;
     while (i < patches.size() && failure.what == nullptr) {
@@ -198,31 +203,59 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
           }
           return false;
         };
-        // Slots first, then (once every CPU sees them) the sites that jump to them.
-        bool slot_ready[kMaxRunPatches];
-        bool any_slot = false;
+        // Slots first, then (once every CPU sees them) the sites that jump to them; moved
+        // instructions in three steps (see Patch::jump_at).
+        bool ready[kMaxRunPatches];
+        bool any_slot = false, any_jump = false;
         const std::size_t run_length = std::min(run_end - i, kMaxRunPatches);
         run_end = i + run_length;
         for (std::size_t k = 0; k < run_length; ++k) {
           const Patch& patch = patches[i + k];
-          slot_ready[k] = true;
-          if (patch.slot == 0) continue;
-          slot_ready[k] = writable(patch.slot) && writable(patch.slot + kSlotBytes - 1) &&
-                          std::memcmp(reinterpret_cast<const void*>(patch.slot),
-                                      patch.slot_expected.data(), kSlotBytes) == 0;
-          if (!slot_ready[k]) continue;
-          std::memcpy(reinterpret_cast<void*>(patch.slot), patch.slot_bytes.data(), kSlotBytes);
-          any_slot = true;
+          ready[k] = true;
+          if (patch.slot != 0) {
+            ready[k] = writable(patch.slot) && writable(patch.slot + kSlotBytes - 1) &&
+                       std::memcmp(reinterpret_cast<const void*>(patch.slot),
+                                   patch.slot_expected.data(), kSlotBytes) == 0;
+            if (!ready[k]) continue;
+            std::memcpy(reinterpret_cast<void*>(patch.slot), patch.slot_bytes.data(), kSlotBytes);
+            any_slot = true;
+          }
+          if (patch.jump_at != 0) {
+            auto* bytes = reinterpret_cast<volatile std::uint8_t*>(patch.jump_at);
+            ready[k] = writable(patch.jump_at) && writable(patch.jump_at + kSlotBytes - 1) &&
+                       std::memcmp(reinterpret_cast<const void*>(patch.jump_at),
+                                   patch.jump_expected.data(), kSlotBytes) == 0 &&
+                       sync_cores();
+            if (!ready[k]) continue;
+            bytes[0] = kInvalidOpcode;
+            any_jump = true;
+          }
         }
-        if (any_slot) sync_cores();
+        if (any_slot || any_jump) sync_cores();
+        if (any_jump) {
+          for (std::size_t k = 0; k < run_length; ++k) {
+            const Patch& patch = patches[i + k];
+            if (patch.jump_at == 0 || !ready[k]) continue;
+            auto* bytes = reinterpret_cast<volatile std::uint8_t*>(patch.jump_at);
+            for (std::size_t b = 1; b < kSlotBytes; ++b) bytes[b] = patch.jump_bytes[b];
+          }
+          sync_cores();
+          for (std::size_t k = 0; k < run_length; ++k) {
+            const Patch& patch = patches[i + k];
+            if (patch.jump_at == 0 || !ready[k]) continue;
+            reinterpret_cast<volatile std::uint8_t*>(patch.jump_at)[0] = patch.jump_bytes[0];
+          }
+          sync_cores();
+        }
         for (std::size_t k = 0; k < run_length; ++i, ++k) {
           const Patch& patch = patches[i];
           if (!writable(patch.address) || !writable(patch.address + 1)) {
             ++outcome.gone;
-          } else if (!slot_ready[k]) {
+          } else if (!ready[k]) {
             ++outcome.mismatched;
-          } else if (write_site(patch)) {
+          } else if (patch.expected == patch.replacement || write_site(patch)) {
             ++outcome.written;
+            if (patch.jump_at != 0) ++outcome.written_with_jump;
           } else {
             ++outcome.mismatched;
           }

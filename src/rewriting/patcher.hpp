@@ -41,10 +41,20 @@ struct Patch {
   std::uintptr_t slot = 0;
   std::array<std::uint8_t, kSlotBytes> slot_expected{};
   std::array<std::uint8_t, kSlotBytes> slot_bytes{};
+  // The near mechanism's other way: the instruction before the site (at `jump_at`, at least
+  // five bytes, still holding `jump_expected`) becomes `jump_bytes` (a `jmp rel32` to a trampoline
+  // that runs it), or back. Written while threads may run it: its first byte becomes an invalid
+  // opcode, then the other four change, then the first (each step seen by every CPU before the
+  // next; fault_redirect.cpp sends a thread that meets the invalid opcode to the trampoline). 0
+  // for none. With one, the site's own bytes may stay (replacement == expected).
+  std::uintptr_t jump_at = 0;
+  std::array<std::uint8_t, kSlotBytes> jump_expected{};
+  std::array<std::uint8_t, kSlotBytes> jump_bytes{};
 };
 
 struct PatchOutcome {
   std::size_t written = 0;
+  std::size_t written_with_jump = 0;   // ... of them, with a moved instruction (Patch::jump_at)
   std::size_t mismatched = 0;          // bytes were not `expected` any more: left alone
   std::size_t gone = 0;                // the page is no longer mapped executable: left alone
   std::size_t protection_changes = 0;  // mprotect calls that made pages writable (each is undone

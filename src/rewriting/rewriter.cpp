@@ -7,7 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <Zydis/Zydis.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -88,6 +91,10 @@ struct RewrittenSite {
   std::uint16_t original = 0;
   std::uint16_t replacement = 0;
   std::uintptr_t slot = 0;
+  // The near mechanism's moved instruction: where, its bytes, and the jump that replaced them.
+  std::uintptr_t jump_at = 0;
+  std::array<std::uint8_t, kSlotBytes> jump_original{};
+  std::array<std::uint8_t, kSlotBytes> jump_bytes{};
 };
 struct Bookkeeping {
   // Every site rewritten in this process (for restore_rewritten_code() and for forgetting the
@@ -244,6 +251,17 @@ FunctionTable functions_of(const dl_phdr_info& info, const std::string& path) {
   return collect_functions(info, path);
 }
 
+// What puts a rewritten site's original instructions back.
+Patch restore_patch(std::uintptr_t address, const RewrittenSite& site) {
+  Patch patch{address, site.replacement, site.original};
+  if (site.jump_at != 0) {
+    patch.jump_at = site.jump_at;
+    patch.jump_expected = site.jump_bytes;
+    patch.jump_bytes = site.jump_original;
+  }
+  return patch;
+}
+
 // The padding slots given out so far in [begin, end), ascending.
 std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t end) {
   std::vector<std::uintptr_t> taken;
@@ -256,12 +274,78 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
   return taken;
 }
 
+// Whether the instruction at `previous`, which ends at the syscall `site`, can run in the site's
+// trampoline instead (the near mechanism's way for sites without padding): five bytes or more
+// (room for a `jmp rel32`), position-independent (no RIP-relative operand, not a branch), and no
+// direct branch of its function lands after its start up to the site (a branch to the site would
+// skip the trampoline: the call would go to the kernel unhooked). Branches from other functions
+// and indirect ones are not seen: compilers do not make them into the middle of such a pair.
+bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable& functions,
+              std::uintptr_t area_begin, std::uintptr_t area_end) {
+  if (previous == 0 || previous < area_begin || site - previous < kSlotBytes ||
+      site - previous > kMaxMovedInstruction) {
+    return false;
+  }
+  const FunctionRange* function = functions.find(site);
+  if (function == nullptr || function->begin < area_begin || function->end > area_end) return false;
+  ZydisDecoder decoder;
+  ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  ZydisDecodedInstruction instruction;
+  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
+  const auto decode_at = [&](std::uintptr_t at, std::uintptr_t end) {
+    return ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(at),
+                                               end - at, &instruction, operands));
+  };
+  if (!decode_at(previous, site) || instruction.length != site - previous) return false;
+  if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) return false;
+  switch (instruction.meta.category) {
+    case ZYDIS_CATEGORY_COND_BR:
+    case ZYDIS_CATEGORY_UNCOND_BR:
+    case ZYDIS_CATEGORY_CALL:
+    case ZYDIS_CATEGORY_RET:
+    case ZYDIS_CATEGORY_SYSCALL:
+    case ZYDIS_CATEGORY_SYSTEM:
+    case ZYDIS_CATEGORY_INTERRUPT:
+      return false;
+    default:
+      break;
+  }
+  for (unsigned i = 0; i < instruction.operand_count; ++i) {
+    const ZydisDecodedOperand& operand = operands[i];
+    if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == ZYDIS_REGISTER_RIP) {
+      return false;
+    }
+  }
+  // Every direct branch of the function, decoded from its start as the scanner did.
+  for (std::uintptr_t at = function->begin; at < function->end;) {
+    if (!decode_at(at, function->end)) return false;
+    if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0 &&
+        (instruction.meta.category == ZYDIS_CATEGORY_COND_BR ||
+         instruction.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
+         instruction.meta.category == ZYDIS_CATEGORY_CALL)) {
+      ZyanU64 target = 0;
+      for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
+        if (operands[i].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
+            ZYAN_SUCCESS(ZydisCalcAbsoluteAddress(&instruction, &operands[i], at, &target)) &&
+            target > previous && target <= site) {
+          return false;
+        }
+      }
+    }
+    at += instruction.length;
+  }
+  return true;
+}
+
 // The near mechanism: `patches` (sites of [area_begin, area_end), which lies in one image whose
-// functions are `functions`) get a padding slot and a trampoline each, and a `jmp rel8` to the
-// slot as their replacement. Those that get none are taken out and counted in `stats`.
-void route_through_padding(std::vector<Patch>& patches, std::uintptr_t area_begin,
-                           std::uintptr_t area_end, const FunctionTable& functions,
-                           ImageStats& stats) {
+// functions are `functions`; `previous[i]` is the instruction before patches[i]'s site) get a
+// padding slot and a trampoline each, and a `jmp rel8` to the slot as their replacement; those
+// without padding within reach get their preceding instruction moved into their trampoline and
+// a `jmp rel32` in its place, where can_move() allows it. The others are taken out and counted in
+// `stats`.
+void route_through_padding(std::vector<Patch>& patches, std::span<const std::uintptr_t> previous,
+                           std::uintptr_t area_begin, std::uintptr_t area_end,
+                           const FunctionTable& functions, ImageStats& stats) {
   std::vector<std::uintptr_t> sites;
   for (const Patch& patch : patches) sites.push_back(patch.address);
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
@@ -272,10 +356,30 @@ void route_through_padding(std::vector<Patch>& patches, std::uintptr_t area_begi
   const std::vector<PaddingSlot> slots = assign_padding_slots(sites, gaps, taken);
   std::vector<Patch> routed;
   auto slot = slots.begin();
-  for (const Patch& patch : patches) {
+  for (std::size_t index = 0; index < patches.size(); ++index) {
+    const Patch& patch = patches[index];
     while (slot != slots.end() && slot->site < patch.address) ++slot;
     if (slot == slots.end() || slot->site != patch.address) {
-      ++stats.skipped_no_padding;
+      if (!can_move(previous[index], patch.address, functions, area_begin, area_end)) {
+        ++stats.skipped_no_padding;
+        continue;
+      }
+      const std::uintptr_t at = previous[index];
+      const std::span<const std::uint8_t> moved(reinterpret_cast<const std::uint8_t*>(at),
+                                                patch.address - at);
+      const std::uintptr_t trampoline = make_site_trampoline(patch.address, at + kSlotBytes, moved);
+      if (trampoline == 0 || !add_moved_instruction(at, trampoline)) {
+        ++stats.skipped_no_padding;
+        continue;
+      }
+      Patch near = patch;
+      near.replacement = near.expected;  // the site stays; the trampoline returns past it
+      near.jump_at = at;
+      std::memcpy(near.jump_expected.data(), moved.data(), kSlotBytes);
+      const auto to_trampoline = static_cast<std::int32_t>(trampoline - (at + kSlotBytes));
+      near.jump_bytes[0] = kNearJumpOpcode;
+      std::memcpy(near.jump_bytes.data() + 1, &to_trampoline, sizeof to_trampoline);
+      routed.push_back(near);
       continue;
     }
     const std::uintptr_t trampoline =
@@ -320,8 +424,12 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
                       functions.functions, candidates);
   stats.bytes_decoded += scan.bytes_decoded;
   std::vector<Patch> patches;
+  std::vector<std::uintptr_t> previous;
   for (const SiteDecision& site : scan.sites) {
     if (site.address >= own_begin && site.address < own_end) continue;  // our raw syscalls
+    // Already rewritten: a moved instruction's site keeps its bytes (and traps under SUD if a
+    // thread ran it from elsewhere).
+    if (rewritten().count(site.address) != 0) continue;
     const auto covers_site = [&](const AddressRange& range) {
       return overlaps(site.address, site.address + 2, range);
     };
@@ -337,6 +445,7 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
         const auto* bytes = reinterpret_cast<const std::uint8_t*>(site.address);
         const std::uint16_t original = static_cast<std::uint16_t>(bytes[0] | (bytes[1] << 8));
         patches.push_back({site.address, original, kCallRaxBytes});
+        previous.push_back(site.previous);
         break;
       }
       case SiteKind::prefixed:
@@ -351,18 +460,28 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
     }
   }
   const bool near = current_options().near_mechanism;
-  if (near && !patches.empty())
-    route_through_padding(patches, area_begin, area_end, functions, stats);
+  if (near && !patches.empty()) {
+    route_through_padding(patches, previous, area_begin, area_end, functions, stats);
+  }
   for (const Patch& patch : patches) {
     if (!site_registry().add(patch.address)) throw std::bad_alloc();
   }
   const PatchOutcome outcome = apply_patches(patches, map, generation);
   stats.sites_rewritten += outcome.written;
-  (near ? stats.sites_through_padding : stats.sites_through_page_zero) += outcome.written;
+  if (near) {
+    stats.sites_through_moved_instruction += outcome.written_with_jump;
+    stats.sites_through_padding += outcome.written - outcome.written_with_jump;
+  } else {
+    stats.sites_through_page_zero += outcome.written;
+  }
   stats.skipped_undecodable += outcome.mismatched + outcome.gone;
   for (const Patch& patch : patches) {
-    rewritten().emplace(patch.address,
-                        RewrittenSite{patch.expected, patch.replacement, patch.slot});
+    RewrittenSite site{patch.expected, patch.replacement, patch.slot, patch.jump_at, {}, {}};
+    if (patch.jump_at != 0) {
+      site.jump_original = patch.jump_expected;
+      site.jump_bytes = patch.jump_bytes;
+    }
+    rewritten().emplace(patch.address, site);
   }
 }
 
@@ -616,7 +735,7 @@ void restore_newly_excluded_sites(const std::vector<Image>& images, const std::v
     auto first = rewritten().lower_bound(range.begin > 1 ? range.begin - 1 : 0);
     for (auto it = first; it != rewritten().end() && it->first < range.end; ++it) {
       if (overlaps(it->first, it->first + 2, range)) {
-        restores.push_back({it->first, it->second.replacement, it->second.original});
+        restores.push_back(restore_patch(it->first, it->second));
       }
     }
   }
@@ -902,7 +1021,7 @@ void restore_rewritten_code() {
     // Skip sites whose library has been unloaded since.
     const Mapping* mapping = find_mapping(current.map, address);
     if (mapping == nullptr || !(mapping->protection & PROT_EXEC)) continue;
-    restores.push_back({address, site.replacement, site.original});
+    restores.push_back(restore_patch(address, site));
   }
   // The sites stay in the registry: a thread that ran one before its bytes changed back enters
   // the stub all the same, and is served.

@@ -425,6 +425,7 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
   const std::uintptr_t* next = first;
   bool failed = false;
   Instruction instruction;
+  std::uintptr_t previous = 0;
   while (ip < end && (next != last || (any_rewritable && !evidence.below_rsp))) {
     if (!decode(decoders, code.data() + (ip - runtime_address), end - ip, instruction, evidence)) {
       failed = true;
@@ -437,11 +438,13 @@ void decide_in_function(const Decoders& decoders, std::span<const std::uint8_t> 
     while (next != last && *next < after) {
       if (instruction.syscall) {
         const bool plain = *next == ip && instruction.length == 2;
-        result.sites.push_back({*next, plain ? SiteKind::rewritable : SiteKind::prefixed});
+        result.sites.push_back(
+            {*next, plain ? SiteKind::rewritable : SiteKind::prefixed, plain ? previous : 0});
         any_rewritable = any_rewritable || plain;
       }
       ++next;
     }
+    previous = ip;
     ip = after;
   }
   result.bytes_decoded += ip - begin;

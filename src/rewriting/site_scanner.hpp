@@ -26,6 +26,9 @@ enum class SiteKind {
 struct SiteDecision {
   std::uintptr_t address;  // of the 0f byte
   SiteKind kind;
+  // The start of the instruction decoded just before the site in its function (the linear
+  // decode reached the site from it), 0 if none. The near mechanism may move it.
+  std::uintptr_t previous = 0;
 };
 
 struct ScanResult {

@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -71,7 +73,7 @@ Arena* map_arena(std::uintptr_t jump_end) {
         arena.end = hint + kArenaSize;
         // The first 16 bytes hold the stub's address, for trampolines that cannot reach it with
         // a rel32 jump (written with the first trampoline, while the page is writable).
-        arena.next = hint + kSiteTrampolineSize;
+        arena.next = hint + kTrampolineUnit;
         arena.writable_begin = arena.writable_end = hint;
         ++arena_count;
         return &arena;
@@ -110,38 +112,47 @@ bool rel32_reaches(std::uintptr_t from, std::uintptr_t to) noexcept {
   return displacement >= INT32_MIN && displacement <= INT32_MAX;
 }
 
-void encode_site_trampoline(std::uint8_t (&code)[kSiteTrampolineSize], std::uintptr_t trampoline,
-                            std::uintptr_t site, std::uintptr_t entry,
-                            std::uintptr_t entry_pointer) {
+std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
+                                   std::uintptr_t trampoline, std::uintptr_t site,
+                                   std::span<const std::uint8_t> moved, std::uintptr_t entry,
+                                   std::uintptr_t entry_pointer) {
   std::memset(code, kInt3, sizeof code);
+  std::size_t at = std::min(moved.size(), kMaxMovedInstruction);
+  std::memcpy(code, moved.data(), at);
   // lea site+2(%rip), %r11: the return address `call *%rax` at the site would push.
-  const auto to_return = static_cast<std::int32_t>(site + 2 - (trampoline + 7));
-  code[0] = 0x4c;
-  code[1] = 0x8d;
-  code[2] = 0x1d;
-  std::memcpy(code + 3, &to_return, 4);
+  const auto to_return = static_cast<std::int32_t>(site + 2 - (trampoline + at + 7));
+  code[at + 0] = 0x4c;
+  code[at + 1] = 0x8d;
+  code[at + 2] = 0x1d;
+  std::memcpy(code + at + 3, &to_return, 4);
   // push %r11
-  code[7] = 0x41;
-  code[8] = 0x53;
-  if (rel32_reaches(trampoline + 14, entry)) {
+  code[at + 7] = 0x41;
+  code[at + 8] = 0x53;
+  at += 9;
+  if (rel32_reaches(trampoline + at + 5, entry)) {
     // jmp entry
-    const auto to_entry = static_cast<std::int32_t>(entry - (trampoline + 14));
-    code[9] = 0xe9;
-    std::memcpy(code + 10, &to_entry, 4);
+    const auto to_entry = static_cast<std::int32_t>(entry - (trampoline + at + 5));
+    code[at] = 0xe9;
+    std::memcpy(code + at + 1, &to_entry, 4);
+    at += 5;
   } else {
     // jmp *entry_pointer(%rip)
-    const auto to_pointer = static_cast<std::int32_t>(entry_pointer - (trampoline + 15));
-    code[9] = 0xff;
-    code[10] = 0x25;
-    std::memcpy(code + 11, &to_pointer, 4);
+    const auto to_pointer = static_cast<std::int32_t>(entry_pointer - (trampoline + at + 6));
+    code[at] = 0xff;
+    code[at + 1] = 0x25;
+    std::memcpy(code + at + 2, &to_pointer, 4);
+    at += 6;
   }
+  return (at + kTrampolineUnit - 1) / kTrampolineUnit * kTrampolineUnit;
 }
 
-std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end) noexcept {
+std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
+                                    std::span<const std::uint8_t> moved) noexcept {
+  if (moved.size() > kMaxMovedInstruction) return 0;
   Arena* arena = nullptr;
   for (std::size_t i = 0; i < arena_count && arena == nullptr; ++i) {
     Arena& candidate = arenas[i];
-    if (candidate.next + kSiteTrampolineSize <= candidate.end &&
+    if (candidate.next + kMaxTrampolineSize <= candidate.end &&
         distance(candidate.begin, jump_end) < kReach &&
         distance(candidate.end, jump_end) < kReach) {
       arena = &candidate;
@@ -150,16 +161,17 @@ std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end
   if (arena == nullptr) arena = map_arena(jump_end);
   if (arena == nullptr) return 0;
   const std::uintptr_t trampoline = arena->next;
-  if (!make_writable(*arena, trampoline)) return 0;
   const auto entry = reinterpret_cast<std::uintptr_t>(&zpoline_detail_entry);
-  if (trampoline == arena->begin + kSiteTrampolineSize) {
+  std::uint8_t code[kMaxTrampolineSize];
+  const std::size_t size =
+      encode_site_trampoline(code, trampoline, site, moved, entry, arena->begin);
+  if (!make_writable(*arena, trampoline) || !make_writable(*arena, trampoline + size - 1)) return 0;
+  if (trampoline == arena->begin + kTrampolineUnit) {
     // The arena's first trampoline: its first page is writable now, write the stub's address.
     std::memcpy(reinterpret_cast<void*>(arena->begin), &entry, sizeof entry);
   }
-  std::uint8_t code[kSiteTrampolineSize];
-  encode_site_trampoline(code, trampoline, site, entry, arena->begin);
-  std::memcpy(reinterpret_cast<void*>(trampoline), code, sizeof code);
-  arena->next += kSiteTrampolineSize;
+  std::memcpy(reinterpret_cast<void*>(trampoline), code, size);
+  arena->next += size;
   ++trampolines_made;
   return trampoline;
 }
@@ -170,6 +182,52 @@ void seal_site_trampolines() noexcept {
     if (arena.writable_begin == arena.writable_end) continue;
     protect(arena.writable_begin, arena.writable_end, PROT_READ | PROT_EXEC);
     arena.writable_begin = arena.writable_end = 0;
+  }
+}
+
+namespace {
+
+// add_moved_instruction()'s table: open addressing, 0 marks a free entry. An entry's trampoline is
+// written before its address, and read after it.
+struct MovedInstruction {
+  std::atomic<std::uintptr_t> address{0};
+  std::atomic<std::uintptr_t> trampoline{0};
+};
+constexpr std::size_t kMovedCapacity = 1 << 14;
+MovedInstruction moved_instructions[kMovedCapacity];
+std::size_t moved_count = 0;
+
+std::size_t moved_slot(std::uintptr_t address) {
+  return static_cast<std::size_t>((address * 0x9e3779b97f4a7c15ull) >> 50) & (kMovedCapacity - 1);
+}
+
+}  // namespace
+
+bool add_moved_instruction(std::uintptr_t address, std::uintptr_t trampoline) noexcept {
+  // At most 3/4 full, so that a lookup of an absent address ends soon.
+  if (moved_count >= kMovedCapacity / 4 * 3) return false;
+  for (std::size_t i = moved_slot(address);; i = (i + 1) & (kMovedCapacity - 1)) {
+    MovedInstruction& entry = moved_instructions[i];
+    const std::uintptr_t current = entry.address.load(std::memory_order_acquire);
+    if (current == address) {
+      entry.trampoline.store(trampoline, std::memory_order_release);
+      return true;
+    }
+    if (current != 0) continue;
+    entry.trampoline.store(trampoline, std::memory_order_relaxed);
+    entry.address.store(address, std::memory_order_release);
+    ++moved_count;
+    return true;
+  }
+}
+
+std::uintptr_t trampoline_of_moved_instruction(std::uintptr_t address) noexcept {
+  if (address == 0) return 0;
+  for (std::size_t i = moved_slot(address);; i = (i + 1) & (kMovedCapacity - 1)) {
+    const MovedInstruction& entry = moved_instructions[i];
+    const std::uintptr_t current = entry.address.load(std::memory_order_acquire);
+    if (current == 0) return 0;
+    if (current == address) return entry.trampoline.load(std::memory_order_acquire);
   }
 }
 

@@ -19,21 +19,38 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 namespace zpoline::detail {
 
-inline constexpr std::size_t kSiteTrampolineSize = 16;
+// Trampolines are made of 16-byte units: one for a padding site, two for a site whose preceding
+// instruction they run (a moved instruction is at most 15 bytes).
+inline constexpr std::size_t kTrampolineUnit = 16;
+inline constexpr std::size_t kMaxTrampolineSize = 2 * kTrampolineUnit;
+inline constexpr std::size_t kMaxMovedInstruction = 15;
 
-// The bytes of the trampoline for `site` placed at `trampoline`, entering the stub at `entry`
-// directly (rel32) if it is within reach, else through the 8-byte pointer at `entry_pointer`.
-// Pure; for make_site_trampoline() and tests.
-void encode_site_trampoline(std::uint8_t (&code)[kSiteTrampolineSize], std::uintptr_t trampoline,
-                            std::uintptr_t site, std::uintptr_t entry,
-                            std::uintptr_t entry_pointer);
+// The bytes of the trampoline for `site` placed at `trampoline`: `moved` (an instruction moved
+// out of the code before the site, position-independent; empty for a padding site), then the
+// push of site + 2, then the jump to the stub at `entry`, directly (rel32) if it is within
+// reach, else through the 8-byte pointer at `entry_pointer`. Returns its size (a multiple of
+// kTrampolineUnit). Pure; for make_site_trampoline() and tests.
+std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
+                                   std::uintptr_t trampoline, std::uintptr_t site,
+                                   std::span<const std::uint8_t> moved, std::uintptr_t entry,
+                                   std::uintptr_t entry_pointer);
 
-// A new trampoline for `site`, within reach of a `jmp rel32` that ends at `jump_end`; 0 if no
-// memory within reach could be mapped.
-std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end) noexcept;
+// A new trampoline for `site` (running `moved` first), within reach of a `jmp rel32` that ends
+// at `jump_end`; 0 if no memory within reach could be mapped.
+std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
+                                    std::span<const std::uint8_t> moved = {}) noexcept;
+
+// Instructions moved into trampolines: the address each one was at, where a `jmp rel32` to its
+// trampoline replaces it, so that a thread that runs into that address while the jump's bytes
+// change (the first one is an invalid opcode meanwhile) continues in the trampoline. Entries stay
+// for the life of the process (a thread may fault there long after). add is called with the
+// rewriter's lock held; false if the table is full. find may run in a signal handler at any time.
+bool add_moved_instruction(std::uintptr_t address, std::uintptr_t trampoline) noexcept;
+std::uintptr_t trampoline_of_moved_instruction(std::uintptr_t address) noexcept;
 
 // Makes the arena pages written since the last call read+execute again.
 void seal_site_trampolines() noexcept;

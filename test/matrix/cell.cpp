@@ -898,7 +898,8 @@ const std::map<std::string, void (*)()> kEvents = {
 
 int main(int argc, char** argv) {
   if (argc != 5 && argc != 6) {
-    std::fprintf(stderr, "usage: %s MODE HOOK EVENT SEED [page_zero|near|unprivileged]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODE HOOK EVENT SEED [page_zero|near|unprivileged|nobody]\n",
+                 argv[0]);
     return 2;
   }
   // The mechanism: page_zero (the default) or near forced, or unprivileged: CAP_SYS_RAWIO
@@ -911,6 +912,16 @@ int main(int argc, char** argv) {
     unprivileged = true;
     if (!zpoline_test::drop_cap_sys_rawio()) {
       std::fprintf(stderr, "could not drop CAP_SYS_RAWIO: %s\n", std::strerror(errno));
+      return 2;
+    }
+    if (!zpoline_test::page_zero_is_refused())
+      skip("vm.mmap_min_addr is 0: page 0 is not refused here");
+  } else if (mechanism_name == "nobody") {
+    // The unprivileged user: every capability goes with the uid.
+    mechanism = zpoline::Mechanism::automatic;
+    unprivileged = true;
+    if (!zpoline_test::become_nobody()) {
+      std::fprintf(stderr, "could not switch to the user nobody: %s\n", std::strerror(errno));
       return 2;
     }
     if (!zpoline_test::page_zero_is_refused())
