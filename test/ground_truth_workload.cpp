@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 
+#include "support.hpp"
 #include "zpoline/zpoline.hpp"
 
 #ifdef ZPOLINE_GROUND_TRUTH_PYTHON
@@ -93,7 +94,7 @@ long (*write_code(unsigned char* memory, bool prefixed))() {
 bool wait_until_rewritten(const volatile unsigned char* site) {
   timespec start{};
   clock_gettime(CLOCK_MONOTONIC, &start);
-  while (!(site[0] == 0xff && site[1] == 0xd0)) {
+  while (!zpoline_test::is_rewritten_site(const_cast<const unsigned char*>(site))) {
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (now.tv_sec - start.tv_sec > 10) return false;

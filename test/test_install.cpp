@@ -7,6 +7,8 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -578,6 +580,7 @@ TEST_CASE("page_zero_in_use_is_reported") {
   REQUIRE(zero == nullptr);
   zpoline::Options page_zero;
   page_zero.mechanism = zpoline::Mechanism::page_zero;
+  page_zero.use_environment = false;  // also where the suite runs with ZPOLINE_MECHANISM=near
   zpoline::Error error = install_error(page_zero);
   CHECK(error.code() == zpoline::ErrorCode::page_zero_in_use);
   INFO(error.what());
@@ -650,6 +653,7 @@ TEST_CASE("the_relay_finds_the_free_place_left_by_a_low_heap") {
   Tally tally;
   zpoline::Options page_zero;
   page_zero.mechanism = zpoline::Mechanism::page_zero;
+  page_zero.use_environment = false;  // also where the suite runs with ZPOLINE_MECHANISM=near
   auto session = install_or_skip(counting_hook(tally), page_zero);
   CHECK(zpoline::detail::trampoline_relay_base() == free_place);
   getpid();
@@ -676,6 +680,7 @@ TEST_CASE("page_zero_refused_without_cap_sys_rawio") {
 
   zpoline::Options page_zero;
   page_zero.mechanism = zpoline::Mechanism::page_zero;
+  page_zero.use_environment = false;  // also where the suite runs with ZPOLINE_MECHANISM=near
   const zpoline::Error error = install_error(page_zero);
   CHECK(error.code() == zpoline::ErrorCode::page_zero_refused);
   INFO(error.what());
@@ -780,10 +785,222 @@ TEST_CASE("rewrite_failed_when_code_cannot_be_made_writable") {
     const zpoline::Error error = install_error();
     CHECK(error.code() == zpoline::ErrorCode::rewrite_failed);
     INFO(error.what());
-    CHECK(contains(error.what(), "could not make writable the code page at 0x"));
+    // A code page, or with the near mechanism the page of a site's trampoline.
+    CHECK((contains(error.what(), "could not make writable the code page at 0x") ||
+           contains(error.what(), "could not make writable the trampoline page at 0x")));
     CHECK(contains(error.what(), std::strerror(EPERM)));
   }
   CHECK(site[0] == 0x0f);  // libc's getpid is still `syscall`
   CHECK(site[1] == 0x05);
   check_process_works();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Without page 0 (the near mechanism): a process that may not map address 0 is hooked all the
+// same, in every mode. Each scenario runs in a child made unprivileged for real before install().
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+int scenario_failures = 0;
+void expect(bool condition, const char* what) {
+  if (condition) return;
+  std::fprintf(stderr, "FAILED: %s\n", what);
+  ++scenario_failures;
+}
+
+// In a child that can no longer map page 0: installs with the automatic choice and a hook that
+// does what real hooks do (allocates, formats, makes its own system calls), then checks that
+// every kind of call reaches it, that page 0 stays unmapped (NULL arguments fail as without the
+// library), and that threads, fork, vfork+exec and signal handlers work.
+void run_unprivileged_scenario(zpoline::Mode mode) {
+  expect(zpoline_test::page_zero_is_refused(), "the kernel refuses page 0 to this process");
+  Tally tally;
+  std::atomic<long> own_calls{0};
+  zpoline::Options options;
+  options.mode = mode;
+  options.use_environment = false;
+  auto session = zpoline::install(
+      [&](zpoline::Syscall& call) {
+        tally.count(call.number());
+        std::string note = "call " + std::to_string(call.number());  // allocates
+        if (note.size() > 5 && getppid() > 0) ++own_calls;          // its own system call
+        return call.forward();
+      },
+      options);
+  expect(session.mechanism() == zpoline::Mechanism::near, "the automatic choice is near");
+  const zpoline::ImageStats* libc = find_image(session.stats(), "libc.so.6");
+  if (mode != zpoline::Mode::lazy) {
+    expect(libc != nullptr && libc->sites_through_padding + libc->sites_through_moved_instruction ==
+                                  libc->sites_rewritten,
+           "libc's sites go through padding or a moved instruction");
+    expect(libc != nullptr && libc->sites_rewritten > 400, "most of libc's sites are rewritten");
+    expect(libc != nullptr && libc->sites_through_page_zero == 0, "no site uses page 0");
+  }
+  // Plain calls, from several threads at once.
+  const long getpid_before = tally[SYS_getpid];
+  expect(getpid() == real_getpid(), "getpid works");
+  expect(tally[SYS_getpid] == getpid_before + 1, "getpid reaches the hook once");
+  std::vector<std::thread> threads;
+  const long threads_before = tally[SYS_getpid];
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([] {
+      for (int i = 0; i < 250; ++i) getpid();
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  expect(tally[SYS_getpid] == threads_before + 1000, "every thread's getpid reaches the hook");
+  expect(own_calls.load() > 1000, "the hook's own system calls work");
+  // NULL arguments: page 0 is not mapped, so the kernel says EFAULT and a read faults.
+  int fds[2];
+  expect(pipe(fds) == 0, "pipe");
+  const long writes_before = tally[SYS_write];
+  errno = 0;
+  expect(write(fds[1], nullptr, 64) == -1 && errno == EFAULT, "write(fd, NULL, 64) is EFAULT");
+  expect(tally[SYS_write] == writes_before + 1, "that write reaches the hook");
+  // fork: the child is hooked too; a NULL read kills it with SIGSEGV as without the library.
+  pid_t child = fork();
+  if (child == 0) {
+    const long before = tally[SYS_getpid];
+    getpid();
+    if (tally[SYS_getpid] != before + 1) _exit(3);
+    signal(SIGSEGV, SIG_DFL);  // the test framework's handler would report a crash
+    return void(_exit(*static_cast<volatile const int*>(nullptr)));
+  }
+  int status = 0;
+  expect(waitpid(child, &status, 0) == child, "waitpid");
+  expect(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
+         "the fork child was hooked, then its NULL read raised SIGSEGV");
+  // vfork and exec (posix_spawn), through the hook.
+  const long clones_before = tally[SYS_clone] + tally[SYS_clone3] + tally[SYS_vfork];
+  child = 0;
+  char* argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"), const_cast<char*>("exit 7"),
+                  nullptr};
+  expect(posix_spawn(&child, "/bin/sh", nullptr, nullptr, argv, environ) == 0, "posix_spawn");
+  expect(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 7,
+         "the spawned shell ran and exited 7");
+  expect(tally[SYS_clone] + tally[SYS_clone3] + tally[SYS_vfork] > clones_before,
+         "the spawn's clone reached the hook");
+  // A signal handler's call reaches the hook.
+  static std::atomic<int> handled{0};
+  signal(SIGUSR1, [](int) {
+    getuid();
+    ++handled;
+  });
+  const long handler_before = tally[SYS_getuid];
+  raise(SIGUSR1);
+  expect(handled.load() == 1 && tally[SYS_getuid] == handler_before + 1,
+         "the signal handler's getuid reached the hook");
+  // Nothing of the library at address 0.
+  std::ifstream maps("/proc/self/maps");
+  std::string first;
+  std::getline(maps, first);
+  expect(first.rfind("00000000-", 0) != 0, "nothing is mapped at address 0");
+  close(fds[0]);
+  close(fds[1]);
+}
+
+enum class Privilege { without_cap_sys_rawio, as_nobody };
+
+// Runs the scenario in a child per mode; each child gives up its privilege first.
+void check_unprivileged_in_every_mode(Privilege privilege) {
+  for (const zpoline::Mode mode :
+       {zpoline::Mode::eager, zpoline::Mode::exhaustive, zpoline::Mode::lazy}) {
+    CAPTURE(static_cast<int>(mode));
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      const bool dropped = privilege == Privilege::without_cap_sys_rawio
+                               ? zpoline_test::drop_cap_sys_rawio()
+                               : zpoline_test::become_nobody();
+      if (!dropped) _exit(2);
+      if (!zpoline_test::page_zero_is_refused()) _exit(77);
+      try {
+        run_unprivileged_scenario(mode);
+      } catch (const zpoline::Error& error) {
+        std::fprintf(stderr, "FAILED: install threw: %s\n", error.what());
+        _exit(4);
+      }
+      _exit(scenario_failures == 0 ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+      skip("vm.mmap_min_addr is 0 here: a process without privilege may map page 0");
+    }
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("without_cap_sys_rawio_the_near_mechanism_hooks_every_kind_of_call") {
+  check_unprivileged_in_every_mode(Privilege::without_cap_sys_rawio);
+}
+
+TEST_CASE("as_user_nobody_the_near_mechanism_hooks_every_kind_of_call") {
+  check_unprivileged_in_every_mode(Privilege::as_nobody);
+}
+
+// As root, Mechanism::near (or ZPOLINE_MECHANISM=near) leaves page 0 unmapped; page_zero maps it.
+// Invalid values are refused with a clear error.
+TEST_CASE("mechanism_is_chosen_by_option_and_environment") {
+  Tally tally;
+  {
+    zpoline::Options options;
+    options.mechanism = zpoline::Mechanism::near;
+    options.use_environment = false;
+    auto session = install_or_skip(counting_hook(tally), options);
+    CHECK(session.mechanism() == zpoline::Mechanism::near);
+    getpid();
+    CHECK(tally[SYS_getpid] == 1);
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    errno = 0;
+    CHECK(write(fds[1], nullptr, 64) == -1);
+    CHECK(errno == EFAULT);
+    close(fds[0]);
+    close(fds[1]);
+    CHECK(!zpoline::detail::trampoline_is_mapped());
+  }
+  const auto expect_invalid = [](zpoline::Options options, const char* fragment) {
+    try {
+      auto session = zpoline::install([](zpoline::Syscall& call) { return call.forward(); },
+                                      std::move(options));
+      FAIL("install accepted an invalid mechanism");
+    } catch (const zpoline::Error& error) {
+      CHECK(error.code() == zpoline::ErrorCode::invalid_option);
+      INFO(error.what());
+      CHECK(contains(error.what(), fragment));
+    }
+  };
+  zpoline::Options bad_mechanism;
+  bad_mechanism.mechanism = static_cast<zpoline::Mechanism>(42);
+  bad_mechanism.use_environment = false;
+  expect_invalid(bad_mechanism, "Options::mechanism is 42");
+  zpoline::Options bad_mode;
+  bad_mode.mode = static_cast<zpoline::Mode>(-1);
+  bad_mode.use_environment = false;
+  expect_invalid(bad_mode, "Options::mode is -1");
+  setenv("ZPOLINE_MECHANISM", "page0", 1);
+  expect_invalid({}, "ZPOLINE_MECHANISM=\"page0\" is not a mechanism");
+  // The environment overrides the option: page_zero asked for, near given.
+  setenv("ZPOLINE_MECHANISM", "near", 1);
+  zpoline::Options page_zero;
+  page_zero.mechanism = zpoline::Mechanism::page_zero;
+  {
+    auto session = install_or_skip(counting_hook(tally), page_zero);
+    CHECK(session.mechanism() == zpoline::Mechanism::near);
+  }
+  unsetenv("ZPOLINE_MECHANISM");
+  {
+    auto session = install_or_skip(counting_hook(tally), page_zero);
+    CHECK(session.mechanism() == zpoline::Mechanism::page_zero);
+    CHECK(zpoline::detail::trampoline_is_mapped());
+    // Sites rewritten by the near session keep working beside page 0.
+    const long before = tally[SYS_getpid];
+    getpid();
+    CHECK(tally[SYS_getpid] == before + 1);
+  }
 }

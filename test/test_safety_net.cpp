@@ -73,7 +73,7 @@ struct JitCode {
   ~JitCode() { munmap(memory, 4096); }
   long plain() const { return reinterpret_cast<long (*)()>(memory)(); }
   long prefixed() const { return reinterpret_cast<long (*)()>(memory + 64)(); }
-  bool plain_rewritten() const { return memory[5] == 0xff && memory[6] == 0xd0; }
+  bool plain_rewritten() const { return zpoline_test::is_rewritten_site(memory + 5); }
 };
 
 // Waits, without sleeping for a fixed time, until `done` holds; false after 10 s.
@@ -389,8 +389,7 @@ TEST_CASE("eager_misses_jit_and_unsafe_sites") {
 
 TEST_CASE("eager_rewrites_red_zone_sites_whose_return_slot_is_dead") {
   auto session = zpoline_test::install_or_skip(counting_getpid(), with_mode(zpoline::Mode::eager));
-  CHECK(zt_red_zone_below_slot_site[0] == 0xff);
-  CHECK(zt_red_zone_below_slot_site[1] == 0xd0);
+  CHECK(zpoline_test::is_rewritten_site(zt_red_zone_below_slot_site));
   const long before = getpid_calls.load();
   CHECK(zt_red_zone_below_slot_getpid() == real_getpid());  // and its red-zone data survived
   CHECK(getpid_calls.load() == before + 1);
@@ -398,10 +397,8 @@ TEST_CASE("eager_rewrites_red_zone_sites_whose_return_slot_is_dead") {
   // the dynamic linker's copies, which open every library dlopen loads, now reach the hook.
 
   // Functions that move rsp down keep red-zone data below their frame, or none: rewritten.
-  CHECK(zt_big_frame_below_slot_site[0] == 0xff);
-  CHECK(zt_big_frame_below_slot_site[1] == 0xd0);
-  CHECK(zt_big_frame_within_site[0] == 0xff);
-  CHECK(zt_big_frame_within_site[1] == 0xd0);
+  CHECK(zpoline_test::is_rewritten_site(zt_big_frame_below_slot_site));
+  CHECK(zpoline_test::is_rewritten_site(zt_big_frame_within_site));
   const long before_frames = getpid_calls.load();
   CHECK(zt_big_frame_below_slot_getpid() == real_getpid());
   CHECK(zt_big_frame_within_getpid() == real_getpid());
@@ -546,7 +543,7 @@ void load_library_mapped_past_its_file_end(zpoline::Mode mode) {
   REQUIRE(site != nullptr);
   REQUIRE(reinterpret_cast<void*>(bss_is_zero) != nullptr);
   CHECK(bss_is_zero() == 1);
-  const auto rewritten = [&] { return site[0] == 0xff && site[1] == 0xd0; };
+  const auto rewritten = [&] { return zpoline_test::is_rewritten_site(site); };
 
   if (mode != zpoline::Mode::lazy) {
     // Rewritten when dlopen made the code executable, before it could run.
@@ -730,8 +727,7 @@ TEST_CASE("eager_reads_no_unwind_table_past_the_file_end") {
   // The code becomes executable: the rewriter describes the image and builds its function table.
   REQUIRE(mprotect(base, (code.p_memsz + 4095) & ~4095ul, PROT_READ | PROT_EXEC) == 0);
   const unsigned char* site = base + site_symbol[0]->st_value;
-  CHECK(site[0] == 0xff);
-  CHECK(site[1] == 0xd0);
+  CHECK(zpoline_test::is_rewritten_site(site));
   const auto call = reinterpret_cast<long (*)()>(base + function[0]->st_value);
   const long before = getpid_calls.load();
   CHECK(call() == real_getpid());
@@ -769,7 +765,7 @@ TEST_CASE("lazy_decodes_no_function_past_the_file_end") {
   CHECK(eventually([&] {
     ++calls;
     if (call() != real_getpid()) return false;
-    return site[0] == 0xff && site[1] == 0xd0;
+    return zpoline_test::is_rewritten_site(site);
   }));
   CHECK(call() == real_getpid());
   CHECK(getpid_calls.load() == before + calls + 1);
@@ -854,7 +850,8 @@ struct HandMappedObject {
 // The 2-byte syscall (or its rewritten call) in the first 16 bytes of `code`.
 const unsigned char* syscall_site(const unsigned char* code) {
   for (int i = 0; i < 16; ++i) {
-    if ((code[i] == 0x0f && code[i + 1] == 0x05) || (code[i] == 0xff && code[i + 1] == 0xd0)) {
+    if ((code[i] == 0x0f && code[i + 1] == 0x05) || (code[i] == 0xff && code[i + 1] == 0xd0) ||
+        code[i] == 0xeb) {
       return code + i;
     }
   }
@@ -862,7 +859,7 @@ const unsigned char* syscall_site(const unsigned char* code) {
 }
 
 bool rewritten(const unsigned char* site) {
-  return site != nullptr && site[0] == 0xff && site[1] == 0xd0;
+  return site != nullptr && zpoline_test::is_rewritten_site(site);
 }
 
 }  // namespace
@@ -1071,7 +1068,7 @@ TEST_CASE("lazy_rewrites_on_first_trap") {
   // libc's getpid site is rewritten by the library's thread after that first trap.
   CHECK(eventually([&] {
     for (int i = 0; i < 16; ++i) {
-      if (code[i] == 0xff && code[i + 1] == 0xd0) return true;
+      if (zpoline_test::is_rewritten_site(code + i)) return true;
     }
     return false;
   }));

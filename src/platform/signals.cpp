@@ -113,7 +113,10 @@ void restart_interrupted_call(ucontext_t& context, const RequestInfo& request) {
   std::uint8_t instruction[2];
   if (!safe_read(instruction, reinterpret_cast<const void*>(pc - 2), sizeof instruction)) return;
   const bool syscall_there = instruction[0] == 0x0f && instruction[1] == 0x05;
-  const bool rewritten_there = instruction[0] == 0xff && instruction[1] == 0xd0;
+  // A site rewritten since the call started: `call *%rax` into page 0, or the near mechanism's
+  // `jmp rel8` to its trampoline; either makes the call again through the hook.
+  const bool rewritten_there =
+      (instruction[0] == 0xff && instruction[1] == 0xd0) || instruction[0] == 0xeb;
   if (!syscall_there && !rewritten_there) return;
   // Another signal the thread accepts is pending (this handler blocks the others while it
   // runs): it would have interrupted the call all the same, and its handler runs next.

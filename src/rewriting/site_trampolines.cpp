@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "dispatch/frame.hpp"
 #include "platform/raw_syscall.hpp"
 #include "platform/sanitizers.hpp"
+#include "zpoline/zpoline.hpp"
 
 namespace zpoline::detail {
 namespace {
@@ -90,7 +92,10 @@ Arena* map_arena(std::uintptr_t jump_end) {
 bool make_writable(Arena& arena, std::uintptr_t address) {
   const std::uintptr_t page = address & ~(kPageSize - 1);
   if (page >= arena.writable_begin && page < arena.writable_end) return true;
-  if (protect(page, page + kPageSize, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
+  if (const long error = protect(page, page + kPageSize, PROT_READ | PROT_WRITE | PROT_EXEC)) {
+    errno = static_cast<int>(-error);
+    return false;
+  }
   if (arena.writable_begin == arena.writable_end) {
     arena.writable_begin = page;
     arena.writable_end = page + kPageSize;
@@ -147,7 +152,7 @@ std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
 }
 
 std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
-                                    std::span<const std::uint8_t> moved) noexcept {
+                                    std::span<const std::uint8_t> moved) {
   if (moved.size() > kMaxMovedInstruction) return 0;
   Arena* arena = nullptr;
   for (std::size_t i = 0; i < arena_count && arena == nullptr; ++i) {
@@ -165,7 +170,14 @@ std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end
   std::uint8_t code[kMaxTrampolineSize];
   const std::size_t size =
       encode_site_trampoline(code, trampoline, site, moved, entry, arena->begin);
-  if (!make_writable(*arena, trampoline) || !make_writable(*arena, trampoline + size - 1)) return 0;
+  if (!make_writable(*arena, trampoline) || !make_writable(*arena, trampoline + size - 1)) {
+    const int error = errno;
+    char message[160];
+    std::snprintf(message, sizeof message,
+                  "zpoline: could not make writable the trampoline page at %#lx: %s",
+                  static_cast<unsigned long>(trampoline & ~(kPageSize - 1)), std::strerror(error));
+    throw Error(ErrorCode::rewrite_failed, message);
+  }
   if (trampoline == arena->begin + kTrampolineUnit) {
     // The arena's first trampoline: its first page is writable now, write the stub's address.
     std::memcpy(reinterpret_cast<void*>(arena->begin), &entry, sizeof entry);

@@ -14,7 +14,8 @@
 // on.
 //
 // Contract: make_site_trampoline() is called with the rewriter's lock held (rewriter.cpp); it
-// makes only raw system calls and allocates nothing from the heap.
+// makes only raw system calls and allocates nothing from the heap (but the exception it may
+// throw).
 #pragma once
 
 #include <cstddef>
@@ -40,9 +41,10 @@ std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
                                    std::uintptr_t entry_pointer);
 
 // A new trampoline for `site` (running `moved` first), within reach of a `jmp rel32` that ends
-// at `jump_end`; 0 if no memory within reach could be mapped.
+// at `jump_end`; 0 if no memory within reach could be mapped. Throws zpoline::Error
+// (rewrite_failed) if a trampoline page cannot be made writable, as for code pages.
 std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
-                                    std::span<const std::uint8_t> moved = {}) noexcept;
+                                    std::span<const std::uint8_t> moved = {});
 
 // Instructions moved into trampolines: the address each one was at, where a `jmp rel32` to its
 // trampoline replaces it, so that a thread that runs into that address while the jump's bytes
