@@ -6,7 +6,7 @@
 set -e
 build=${1:-build}
 shift 2>/dev/null || true
-for program in bench_syscall bench_modes bench_install bench_workload; do
+for program in bench_syscall bench_mechanisms bench_modes bench_install bench_workload; do
   echo "==== $program $*"
   "$build/bench/$program" "$@"
   echo

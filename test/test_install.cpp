@@ -824,7 +824,7 @@ void run_unprivileged_scenario(zpoline::Mode mode) {
       [&](zpoline::Syscall& call) {
         tally.count(call.number());
         std::string note = "call " + std::to_string(call.number());  // allocates
-        if (note.size() > 5 && getppid() > 0) ++own_calls;          // its own system call
+        if (note.size() > 5 && getppid() > 0) ++own_calls;           // its own system call
         return call.forward();
       },
       options);
