@@ -856,7 +856,8 @@ void run_unprivileged_scenario(zpoline::Mode mode) {
   expect(pipe(fds) == 0, "pipe");
   const long writes_before = tally[SYS_write];
   errno = 0;
-  expect(write(fds[1], nullptr, 64) == -1 && errno == EFAULT, "write(fd, NULL, 64) is EFAULT");
+  const void* volatile null_buffer = nullptr;  // hidden from the compiler's nonnull check
+  expect(write(fds[1], null_buffer, 64) == -1 && errno == EFAULT, "write(fd, NULL, 64) is EFAULT");
   expect(tally[SYS_write] == writes_before + 1, "that write reaches the hook");
   // fork: the child is hooked too; a NULL read kills it with SIGSEGV as without the library.
   pid_t child = fork();
@@ -958,7 +959,8 @@ TEST_CASE("mechanism_is_chosen_by_option_and_environment") {
     int fds[2];
     REQUIRE(pipe(fds) == 0);
     errno = 0;
-    CHECK(write(fds[1], nullptr, 64) == -1);
+    const void* volatile null_buffer = nullptr;  // hidden from the compiler's nonnull check
+    CHECK(write(fds[1], null_buffer, 64) == -1);
     CHECK(errno == EFAULT);
     close(fds[0]);
     close(fds[1]);
