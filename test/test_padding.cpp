@@ -75,6 +75,30 @@ TEST_CASE("each site gets the nearest free slot within a jmp rel8, and slots nev
   CHECK(assign_padding_slots(std::vector<std::uintptr_t>{too_far_after}, far).empty());
 }
 
+TEST_CASE("filler after a return or jump inside a function is a gap up to a branch target") {
+  // One function: `syscall; ret`, 10 bytes of nops, a target of the `jne` below; then
+  // `jmp` and 9 nops of which a branch lands on the fifth; then `ud2` and 3 nops (too few).
+  std::vector<std::uint8_t> code = {0x0f, 0x05, 0xc3,  // 0: syscall; ret
+                                    0x66, 0x2e, 0x0f, 0x1f, 0x84,
+                                    0x00, 0x00, 0x00, 0x00, 0x00,  // 3: 10-byte nop
+                                    0x75, 0xf1,                    // 13: jne 0 (the function)
+                                    0xeb, 0x0b,                    // 15: jmp 28
+                                    0x90, 0x90, 0x90, 0x90,        // 17: 4 nops
+                                    0x90, 0x90, 0x90, 0x90, 0x90,  // 21: 5 nops, a target at 21
+                                    0x74, 0xf8,                    // 26: je 20... see below
+                                    0x0f, 0x0b, 0x90, 0x90, 0x90,  // 28: ud2, 3 nops
+                                    0xc3};                         // 33: ret
+  code[27] = static_cast<std::uint8_t>(21 - 28);                   // je 21
+  const std::vector<FunctionRange> functions = {{kBase, kBase + code.size()}};
+  const std::vector<std::uintptr_t> sites = {kBase};
+  const auto gaps = find_padding_gaps_near(code, kBase, functions, sites);
+  // After `ret`: 10 bytes. After `jmp`: 4 nops, cut at the target 21 (fewer than 5: none).
+  // After `je`... not an unconditional transfer. After `ud2`: 3 bytes, too few.
+  REQUIRE(gaps.size() == 1);
+  CHECK(gaps[0].begin == kBase + 3);
+  CHECK(gaps[0].end == kBase + 13);
+}
+
 struct Image {
   dl_phdr_info info{};
   std::string path;

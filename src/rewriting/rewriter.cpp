@@ -281,7 +281,9 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
 // skip the trampoline: the call would go to the kernel unhooked). Branches from other functions
 // and indirect ones are not seen: compilers do not make them into the middle of such a pair.
 bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable& functions,
-              std::uintptr_t area_begin, std::uintptr_t area_end) {
+              std::uintptr_t area_begin, std::uintptr_t area_end,
+              std::size_t& displacement_offset) {
+  displacement_offset = 0;
   if (previous == 0 || previous < area_begin || site - previous < kSlotBytes ||
       site - previous > kMaxMovedInstruction) {
     return false;
@@ -297,7 +299,6 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
                                                end - at, &instruction, operands));
   };
   if (!decode_at(previous, site) || instruction.length != site - previous) return false;
-  if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) return false;
   switch (instruction.meta.category) {
     case ZYDIS_CATEGORY_COND_BR:
     case ZYDIS_CATEGORY_UNCOND_BR:
@@ -310,11 +311,20 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     default:
       break;
   }
+  // A RIP-relative operand (`lea sym(%rip), %rsi`) is moved with its 32-bit displacement
+  // adjusted (make_site_trampoline()); any other relative operand is not moved.
+  bool rip_relative = false;
   for (unsigned i = 0; i < instruction.operand_count; ++i) {
     const ZydisDecodedOperand& operand = operands[i];
     if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == ZYDIS_REGISTER_RIP) {
-      return false;
+      rip_relative = true;
     }
+  }
+  if (rip_relative) {
+    if (instruction.raw.disp.size != 32 || instruction.raw.disp.offset == 0) return false;
+    displacement_offset = instruction.raw.disp.offset;
+  } else if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
+    return false;
   }
   // Every direct branch of the function, decoded from its start as the scanner did.
   for (std::uintptr_t at = function->begin; at < function->end;) {
@@ -360,14 +370,17 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     const Patch& patch = patches[index];
     while (slot != slots.end() && slot->site < patch.address) ++slot;
     if (slot == slots.end() || slot->site != patch.address) {
-      if (!can_move(previous[index], patch.address, functions, area_begin, area_end)) {
+      std::size_t displacement_offset = 0;
+      if (!can_move(previous[index], patch.address, functions, area_begin, area_end,
+                    displacement_offset)) {
         ++stats.skipped_no_padding;
         continue;
       }
       const std::uintptr_t at = previous[index];
       const std::span<const std::uint8_t> moved(reinterpret_cast<const std::uint8_t*>(at),
                                                 patch.address - at);
-      const std::uintptr_t trampoline = make_site_trampoline(patch.address, at + kSlotBytes, moved);
+      const std::uintptr_t trampoline = make_site_trampoline(
+          patch.address, at + kSlotBytes, MovedInstruction{moved, at, displacement_offset});
       if (trampoline == 0 || !add_moved_instruction(at, trampoline)) {
         ++stats.skipped_no_padding;
         continue;

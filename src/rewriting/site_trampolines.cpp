@@ -119,11 +119,21 @@ bool rel32_reaches(std::uintptr_t from, std::uintptr_t to) noexcept {
 
 std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
                                    std::uintptr_t trampoline, std::uintptr_t site,
-                                   std::span<const std::uint8_t> moved, std::uintptr_t entry,
+                                   const MovedInstruction& moved, std::uintptr_t entry,
                                    std::uintptr_t entry_pointer) {
   std::memset(code, kInt3, sizeof code);
-  std::size_t at = std::min(moved.size(), kMaxMovedInstruction);
-  std::memcpy(code, moved.data(), at);
+  std::size_t at = std::min(moved.bytes.size(), kMaxMovedInstruction);
+  std::memcpy(code, moved.bytes.data(), at);
+  if (moved.displacement_offset != 0) {
+    if (moved.displacement_offset + 4 > at) return 0;
+    std::int32_t displacement = 0;
+    std::memcpy(&displacement, code + moved.displacement_offset, 4);
+    const std::int64_t adjusted = static_cast<std::int64_t>(displacement) +
+                                  static_cast<std::int64_t>(moved.address - trampoline);
+    if (adjusted < INT32_MIN || adjusted > INT32_MAX) return 0;
+    displacement = static_cast<std::int32_t>(adjusted);
+    std::memcpy(code + moved.displacement_offset, &displacement, 4);
+  }
   // lea site+2(%rip), %r11: the return address `call *%rax` at the site would push.
   const auto to_return = static_cast<std::int32_t>(site + 2 - (trampoline + at + 7));
   code[at + 0] = 0x4c;
@@ -152,8 +162,8 @@ std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
 }
 
 std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
-                                    std::span<const std::uint8_t> moved) {
-  if (moved.size() > kMaxMovedInstruction) return 0;
+                                    const MovedInstruction& moved) {
+  if (moved.bytes.size() > kMaxMovedInstruction) return 0;
   Arena* arena = nullptr;
   for (std::size_t i = 0; i < arena_count && arena == nullptr; ++i) {
     Arena& candidate = arenas[i];
@@ -170,6 +180,7 @@ std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end
   std::uint8_t code[kMaxTrampolineSize];
   const std::size_t size =
       encode_site_trampoline(code, trampoline, site, moved, entry, arena->begin);
+  if (size == 0) return 0;
   if (!make_writable(*arena, trampoline) || !make_writable(*arena, trampoline + size - 1)) {
     const int error = errno;
     char message[160];
@@ -201,12 +212,12 @@ namespace {
 
 // add_moved_instruction()'s table: open addressing, 0 marks a free entry. An entry's trampoline is
 // written before its address, and read after it.
-struct MovedInstruction {
+struct MovedEntry {
   std::atomic<std::uintptr_t> address{0};
   std::atomic<std::uintptr_t> trampoline{0};
 };
 constexpr std::size_t kMovedCapacity = 1 << 14;
-MovedInstruction moved_instructions[kMovedCapacity];
+MovedEntry moved_instructions[kMovedCapacity];
 std::size_t moved_count = 0;
 
 std::size_t moved_slot(std::uintptr_t address) {
@@ -219,7 +230,7 @@ bool add_moved_instruction(std::uintptr_t address, std::uintptr_t trampoline) no
   // At most 3/4 full, so that a lookup of an absent address ends soon.
   if (moved_count >= kMovedCapacity / 4 * 3) return false;
   for (std::size_t i = moved_slot(address);; i = (i + 1) & (kMovedCapacity - 1)) {
-    MovedInstruction& entry = moved_instructions[i];
+    MovedEntry& entry = moved_instructions[i];
     const std::uintptr_t current = entry.address.load(std::memory_order_acquire);
     if (current == address) {
       entry.trampoline.store(trampoline, std::memory_order_release);
@@ -236,7 +247,7 @@ bool add_moved_instruction(std::uintptr_t address, std::uintptr_t trampoline) no
 std::uintptr_t trampoline_of_moved_instruction(std::uintptr_t address) noexcept {
   if (address == 0) return 0;
   for (std::size_t i = moved_slot(address);; i = (i + 1) & (kMovedCapacity - 1)) {
-    const MovedInstruction& entry = moved_instructions[i];
+    const MovedEntry& entry = moved_instructions[i];
     const std::uintptr_t current = entry.address.load(std::memory_order_acquire);
     if (current == 0) return 0;
     if (current == address) return entry.trampoline.load(std::memory_order_acquire);

@@ -35,16 +35,26 @@ inline constexpr std::size_t kMaxMovedInstruction = 15;
 // push of site + 2, then the jump to the stub at `entry`, directly (rel32) if it is within
 // reach, else through the 8-byte pointer at `entry_pointer`. Returns its size (a multiple of
 // kTrampolineUnit). Pure; for make_site_trampoline() and tests.
+// A moved instruction: its bytes, where it was, and the offset of its RIP-relative 32-bit
+// displacement (0: none), which is adjusted so that it addresses the same memory from the
+// trampoline.
+struct MovedInstruction {
+  std::span<const std::uint8_t> bytes;
+  std::uintptr_t address = 0;
+  std::size_t displacement_offset = 0;
+};
+
+// 0 if `moved`'s displacement cannot reach its memory from the trampoline.
 std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
                                    std::uintptr_t trampoline, std::uintptr_t site,
-                                   std::span<const std::uint8_t> moved, std::uintptr_t entry,
+                                   const MovedInstruction& moved, std::uintptr_t entry,
                                    std::uintptr_t entry_pointer);
 
 // A new trampoline for `site` (running `moved` first), within reach of a `jmp rel32` that ends
 // at `jump_end`; 0 if no memory within reach could be mapped. Throws zpoline::Error
 // (rewrite_failed) if a trampoline page cannot be made writable, as for code pages.
 std::uintptr_t make_site_trampoline(std::uintptr_t site, std::uintptr_t jump_end,
-                                    std::span<const std::uint8_t> moved = {});
+                                    const MovedInstruction& moved = {});
 
 // Instructions moved into trampolines: the address each one was at, where a `jmp rel32` to its
 // trampoline replaces it, so that a thread that runs into that address while the jump's bytes
