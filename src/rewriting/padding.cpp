@@ -37,7 +37,8 @@ bool is_filler(std::span<const std::uint8_t> code, std::uintptr_t base, std::uin
 void add_inner_gaps(std::span<const std::uint8_t> code, std::uintptr_t base,
                     const FunctionRange& function, std::vector<PaddingGap>& gaps) {
   const std::uintptr_t code_end = base + code.size();
-  if (function.begin < base || function.end > code_end) return;
+  if (function.begin < base) return;
+  const std::uintptr_t end = std::min(function.end, code_end);  // bounds may claim more
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction instruction;
@@ -45,8 +46,8 @@ void add_inner_gaps(std::span<const std::uint8_t> code, std::uintptr_t base,
   std::vector<PaddingGap> runs;
   std::vector<std::uintptr_t> targets;
   bool after_transfer = false;
-  for (std::uintptr_t at = function.begin; at < function.end;) {
-    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.data() + (at - base), function.end - at,
+  for (std::uintptr_t at = function.begin; at < end;) {
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.data() + (at - base), end - at,
                                              &instruction, operands))) {
       return;  // not decodable to its end: no filler is trusted in it
     }

@@ -289,7 +289,9 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     return false;
   }
   const FunctionRange* function = functions.find(site);
-  if (function == nullptr || function->begin < area_begin || function->end > area_end) return false;
+  if (function == nullptr || function->begin < area_begin) return false;
+  // Decoded only as far as readable code goes (bounds may claim more: the scanner stops there too).
+  const std::uintptr_t function_end = std::min(function->end, area_end);
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction instruction;
@@ -327,8 +329,8 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     return false;
   }
   // Every direct branch of the function, decoded from its start as the scanner did.
-  for (std::uintptr_t at = function->begin; at < function->end;) {
-    if (!decode_at(at, function->end)) return false;
+  for (std::uintptr_t at = function->begin; at < function_end;) {
+    if (!decode_at(at, function_end)) return false;
     if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0 &&
         (instruction.meta.category == ZYDIS_CATEGORY_COND_BR ||
          instruction.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
