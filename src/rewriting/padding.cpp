@@ -3,6 +3,9 @@
 #include <Zydis/Zydis.h>
 
 #include <algorithm>
+#include <cstring>
+
+#include "rewriting/instruction_length.hpp"
 
 namespace zpoline::detail {
 namespace {
@@ -28,63 +31,85 @@ bool is_filler(std::span<const std::uint8_t> code, std::uintptr_t base, std::uin
   return at == end;
 }
 
-// Filler inside `function` (within `code`): nop and int3 instructions right after an unconditional
-// jump or a return, which only a branch could reach. Compilers put them there to align the next
-// branch target. A run ends at the first instruction that is not filler or that a direct branch
-// of the function lands on (a run that a branch lands on at its start is not filler at all).
-// Indirect branches (jump tables) land on the aligned instruction after the run, as direct ones
-// do; none is known to land inside alignment.
-void add_inner_gaps(std::span<const std::uint8_t> code, std::uintptr_t base,
-                    const FunctionRange& function, std::vector<PaddingGap>& gaps) {
+}  // namespace
+
+FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
+                       const FunctionRange& function) {
+  FunctionShape shape;
   const std::uintptr_t code_end = base + code.size();
-  if (function.begin < base) return;
+  if (function.begin < base || function.begin >= code_end) return shape;
   const std::uintptr_t end = std::min(function.end, code_end);  // bounds may claim more
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
-  ZydisDecodedInstruction instruction;
-  ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
-  std::vector<PaddingGap> runs;
-  std::vector<std::uintptr_t> targets;
+  ZydisDecoderEnableMode(&decoder, ZYDIS_DECODER_MODE_MINIMAL, ZYAN_TRUE);
   bool after_transfer = false;
   for (std::uintptr_t at = function.begin; at < end;) {
-    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.data() + (at - base), end - at,
-                                             &instruction, operands))) {
-      return;  // not decodable to its end: no filler is trusted in it
+    const std::uint8_t* bytes = code.data() + (at - base);
+    const std::size_t available = end - at;
+    std::size_t length = 0;
+    QuickInstruction quick;
+    if (decode_quickly(bytes, available, quick)) {
+      length = quick.length;
+    } else {
+      ZydisDecodedInstruction instruction;
+      if (!ZYAN_SUCCESS(
+              ZydisDecoderDecodeInstruction(&decoder, nullptr, bytes, available, &instruction))) {
+        return shape;  // decoded is false: nothing about this function is trusted
+      }
+      length = instruction.length;
     }
-    const bool filler =
-        instruction.mnemonic == ZYDIS_MNEMONIC_NOP || instruction.mnemonic == ZYDIS_MNEMONIC_INT3;
-    if (filler && after_transfer) {
-      if (!runs.empty() && runs.back().end == at) {
-        runs.back().end = at + instruction.length;
+    // The opcode, after legacy and REX prefixes.
+    std::size_t o = 0;
+    bool rex = false;
+    while (o < length) {
+      const std::uint8_t b = bytes[o];
+      if (b == 0x66 || b == 0x67 || b == 0xf2 || b == 0xf3 || b == 0x2e || b == 0x3e || b == 0x26 ||
+          b == 0x36 || b == 0x64 || b == 0x65 || b == 0xf0) {
+        ++o;
+      } else if (b >= 0x40 && b <= 0x4f) {
+        rex = true;
+        ++o;
       } else {
-        runs.push_back({at, at + instruction.length});
+        break;
+      }
+    }
+    const std::uint8_t op = o < length ? bytes[o] : 0;
+    const std::uint8_t op2 = o + 1 < length ? bytes[o + 1] : 0;
+    const bool filler = (op == 0x90 && !rex) || op == 0xcc || (op == 0x0f && op2 == 0x1f);
+    // A direct branch: its target is the end of the instruction plus its last 1 or 4 bytes.
+    int relative_size = 0;
+    if (op == 0xeb || (op >= 0x70 && op <= 0x7f) || (op >= 0xe0 && op <= 0xe3)) {
+      relative_size = 1;
+    } else if (op == 0xe9 || op == 0xe8 || (op == 0x0f && op2 >= 0x80 && op2 <= 0x8f)) {
+      relative_size = 4;
+    }
+    if (relative_size != 0 && length >= static_cast<std::size_t>(relative_size) + 1) {
+      std::int32_t displacement = 0;
+      if (relative_size == 1) {
+        displacement = static_cast<std::int8_t>(bytes[length - 1]);
+      } else {
+        std::memcpy(&displacement, bytes + length - 4, 4);
+      }
+      shape.branch_targets.push_back(at + length + static_cast<std::intptr_t>(displacement));
+    }
+    if (filler && after_transfer) {
+      if (!shape.filler.empty() && shape.filler.back().end == at) {
+        shape.filler.back().end = at + length;
+      } else {
+        shape.filler.push_back({at, at + length});
       }
     } else {
-      after_transfer = instruction.mnemonic == ZYDIS_MNEMONIC_RET ||
-                       instruction.mnemonic == ZYDIS_MNEMONIC_JMP ||
-                       instruction.mnemonic == ZYDIS_MNEMONIC_UD2;
+      const bool indirect_jump =
+          op == 0xff && o + 1 < length && ((op2 >> 3) & 7) >= 4 && ((op2 >> 3) & 7) <= 5;
+      after_transfer = op == 0xc3 || op == 0xc2 || op == 0xeb || op == 0xe9 || indirect_jump ||
+                       (op == 0x0f && op2 == 0x0b);
     }
-    if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
-      for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
-        ZyanU64 target = 0;
-        if (operands[i].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
-            ZYAN_SUCCESS(ZydisCalcAbsoluteAddress(&instruction, &operands[i], at, &target))) {
-          targets.push_back(static_cast<std::uintptr_t>(target));
-        }
-      }
-    }
-    at += instruction.length;
+    at += length;
   }
-  std::sort(targets.begin(), targets.end());
-  for (PaddingGap run : runs) {
-    // The first target inside the run cuts it there.
-    const auto target = std::lower_bound(targets.begin(), targets.end(), run.begin);
-    if (target != targets.end() && *target < run.end) run.end = *target;
-    if (run.end >= run.begin + kPaddingSlotSize) gaps.push_back(run);
-  }
+  std::sort(shape.branch_targets.begin(), shape.branch_targets.end());
+  shape.decoded = true;
+  return shape;
 }
-
-}  // namespace
 
 std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
                                           std::uintptr_t runtime_address,
@@ -120,7 +145,18 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
          f < functions.size() && functions[f].begin <= highest; ++f) {
       if (f + 1 <= last_decoded) continue;
       last_decoded = f + 1;
-      add_inner_gaps(code, runtime_address, functions[f], gaps);
+      // Filler inside a function: runs right after an unconditional jump or return, cut at the
+      // first direct branch target inside them (a run a branch lands on at its start is not
+      // filler). Indirect branches (jump tables) land on the aligned instruction after a run, as
+      // direct ones do; none is known to land inside alignment.
+      const FunctionShape shape = shape_of(code, runtime_address, functions[f]);
+      if (!shape.decoded) continue;
+      for (PaddingGap run : shape.filler) {
+        const auto target =
+            std::lower_bound(shape.branch_targets.begin(), shape.branch_targets.end(), run.begin);
+        if (target != shape.branch_targets.end() && *target < run.end) run.end = *target;
+        if (run.end >= run.begin + kPaddingSlotSize) gaps.push_back(run);
+      }
     }
     // The gap before function i is [functions[i-1].end, functions[i].begin): the first that may
     // end above `lowest` is the one before the first function that ends above it.

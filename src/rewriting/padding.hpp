@@ -45,6 +45,17 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
                                                std::span<const FunctionRange> functions,
                                                std::span<const std::uintptr_t> sites);
 
+// What the near mechanism needs to know of a function: its filler after unconditional transfers
+// (ret, jmp, ud2: candidate padding) and where its direct branches land (sorted). Decoded linearly
+// from its start, as far as `code` holds it; `decoded` is false if that failed.
+struct FunctionShape {
+  bool decoded = false;
+  std::vector<PaddingGap> filler;
+  std::vector<std::uintptr_t> branch_targets;
+};
+FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
+                       const FunctionRange& function);
+
 struct PaddingSlot {
   std::uintptr_t site;  // the syscall instruction
   std::uintptr_t slot;  // kPaddingSlotSize bytes of a gap, reachable by a jmp rel8 from site

@@ -290,8 +290,6 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
   }
   const FunctionRange* function = functions.find(site);
   if (function == nullptr || function->begin < area_begin) return false;
-  // Decoded only as far as readable code goes (bounds may claim more: the scanner stops there too).
-  const std::uintptr_t function_end = std::min(function->end, area_end);
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction instruction;
@@ -328,24 +326,14 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
   } else if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
     return false;
   }
-  // Every direct branch of the function, decoded from its start as the scanner did.
-  for (std::uintptr_t at = function->begin; at < function_end;) {
-    if (!decode_at(at, function_end)) return false;
-    if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0 &&
-        (instruction.meta.category == ZYDIS_CATEGORY_COND_BR ||
-         instruction.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
-         instruction.meta.category == ZYDIS_CATEGORY_CALL)) {
-      ZyanU64 target = 0;
-      for (unsigned i = 0; i < instruction.operand_count_visible; ++i) {
-        if (operands[i].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
-            ZYAN_SUCCESS(ZydisCalcAbsoluteAddress(&instruction, &operands[i], at, &target)) &&
-            target > previous && target <= site) {
-          return false;
-        }
-      }
-    }
-    at += instruction.length;
-  }
+  // No direct branch of the function may land after the instruction's start, up to the site.
+  const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
+                                           area_end - area_begin);
+  const FunctionShape shape = shape_of(area, area_begin, *function);
+  if (!shape.decoded) return false;
+  const auto target =
+      std::upper_bound(shape.branch_targets.begin(), shape.branch_targets.end(), previous);
+  if (target != shape.branch_targets.end() && *target <= site) return false;
   return true;
 }
 
