@@ -79,10 +79,12 @@ inline bool drop_cap_sys_rawio() {
 
 // Switches this process to the unprivileged user and group `nobody` (65534), with no
 // supplementary groups: every capability goes with the root uid. False (with errno) if not.
+// The process stays dumpable (a uid change clears that), so that it can still read its own
+// /proc/self/task/*/syscall, as a program started by nobody can.
 inline bool become_nobody() {
   constexpr uid_t kNobody = 65534;
   return setgroups(0, nullptr) == 0 && setresgid(kNobody, kNobody, kNobody) == 0 &&
-         setresuid(kNobody, kNobody, kNobody) == 0;
+         setresuid(kNobody, kNobody, kNobody) == 0 && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) == 0;
 }
 
 // Whether the kernel refuses this process address 0 (vm.mmap_min_addr and its capabilities).

@@ -191,7 +191,9 @@ asm(".pushsection .text\n"
     "  mov 104(%rdi), %r14\n"
     "  mov 112(%rdi), %r15\n"
     // A 32-bit displacement: seven bytes, which the near mechanism can move into the site's
-    // trampoline (this probe has no padding within reach).
+    // trampoline (this probe has no padding within reach), aligned so that they can be replaced
+    // in one 16-byte exchange.
+    "  .p2align 4\n"
     "  {disp32} mov 40(%rdi), %rdi\n"
     ZT_LABEL(zt_register_probe_site)
     "  syscall\n"

@@ -54,7 +54,7 @@ TEST_CASE("filler between two functions is a gap; code, data and the edges are n
 TEST_CASE("each site gets the nearest free slot within a jmp rel8, and slots never overlap") {
   // Two sites close together and one gap with room for two slots: both get one; a third site
   // near them gets none. A site 200 bytes from any gap gets none.
-  const std::vector<PaddingGap> gaps = {{kBase + 100, kBase + 111}};  // 11 bytes: 2 slots
+  const std::vector<PaddingGap> gaps = {{kBase + 100, kBase + 111, {}}};  // 11 bytes: 2 slots
   const std::vector<std::uintptr_t> sites = {kBase + 10, kBase + 20, kBase + 30, kBase + 400};
   const auto slots = assign_padding_slots(sites, gaps);
   REQUIRE(slots.size() == 2);
@@ -64,7 +64,7 @@ TEST_CASE("each site gets the nearest free slot within a jmp rel8, and slots nev
   CHECK(slots[1].slot == kBase + 105);
 
   // The reach of `jmp rel8` from a site: its end (site + 2) plus -128..+127.
-  const std::vector<PaddingGap> far = {{kBase + 1000, kBase + 1005}};
+  const std::vector<PaddingGap> far = {{kBase + 1000, kBase + 1005, {}}};
   const std::uintptr_t just_before = kBase + 1000 - 127 - 2;
   const std::uintptr_t too_far_before = just_before - 1;
   const std::uintptr_t just_after = kBase + 1000 + 128 - 2;
@@ -97,6 +97,38 @@ TEST_CASE("filler after a return or jump inside a function is a gap up to a bran
   REQUIRE(gaps.size() == 1);
   CHECK(gaps[0].begin == kBase + 3);
   CHECK(gaps[0].end == kBase + 13);
+}
+
+TEST_CASE("a slot starts where a filler instruction starts and ends where the one it cuts ends") {
+  // Filler: a 10-byte nop, then a 6-byte nop. A slot at the first takes all ten bytes (its jump,
+  // then int3); the next starts at the 6-byte nop.
+  const std::vector<PaddingGap> gaps = {{kBase + 100, kBase + 116, {kBase + 100, kBase + 110}}};
+  const std::vector<std::uintptr_t> sites = {kBase + 60, kBase + 70, kBase + 80};
+  const auto slots = assign_padding_slots(sites, gaps);
+  REQUIRE(slots.size() == 2);
+  CHECK(slots[0].slot == kBase + 100);
+  CHECK(slots[0].end == kBase + 110);
+  CHECK(slots[1].slot == kBase + 110);
+  CHECK(slots[1].end == kBase + 116);
+  // A slot given out before is not given again; one written before but free again is, and its
+  // bytes (a `jmp rel32`) still count as filler when gaps are searched.
+  CHECK(assign_padding_slots(std::vector<std::uintptr_t>{kBase + 60}, gaps,
+                             std::vector<std::uintptr_t>{kBase + 100})[0]
+            .slot == kBase + 110);
+  std::vector<std::uint8_t> code(48, 0xcc);
+  const std::uint8_t jump[] = {0xe9, 0x11, 0x22, 0x33, 0x44};  // a slot written before, at 16
+  std::copy(std::begin(jump), std::end(jump), code.begin() + 16);
+  code[0] = 0x0f;  // f1: syscall; ret
+  code[1] = 0x05;
+  code[2] = 0xc3;
+  const std::vector<FunctionRange> functions = {{kBase, kBase + 3}, {kBase + 40, kBase + 48}};
+  const std::vector<std::uintptr_t> site = {kBase};
+  CHECK(find_padding_gaps_near(code, kBase, functions, site).empty());
+  const auto gaps_with_slot =
+      find_padding_gaps_near(code, kBase, functions, site, std::vector<std::uintptr_t>{kBase + 16});
+  REQUIRE(gaps_with_slot.size() == 1);
+  CHECK(gaps_with_slot[0].begin == kBase + 3);
+  CHECK(gaps_with_slot[0].end == kBase + 40);
 }
 
 struct Image {

@@ -4,37 +4,51 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "rewriting/instruction_length.hpp"
 
 namespace zpoline::detail {
 namespace {
 
-// True if [begin, end) of `code` (which starts at run-time address `base`) is nothing but nop
-// and int3 instructions, the last one ending exactly at `end`.
-bool is_filler(std::span<const std::uint8_t> code, std::uintptr_t base, std::uintptr_t begin,
-               std::uintptr_t end) {
+bool is_written_slot(std::span<const std::uintptr_t> written, std::uintptr_t address) {
+  return std::binary_search(written.begin(), written.end(), address);
+}
+
+// The gap [begin, end) of `code` (which starts at run-time address `base`) if it is nothing but
+// nop and int3 instructions and slots written before (`written`), the last one ending exactly at
+// `end`, with the start of each; nullopt otherwise.
+std::optional<PaddingGap> filler_gap(std::span<const std::uint8_t> code, std::uintptr_t base,
+                                     std::uintptr_t begin, std::uintptr_t end,
+                                     std::span<const std::uintptr_t> written) {
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  PaddingGap gap{begin, end, {}};
   std::uintptr_t at = begin;
   while (at < end) {
+    gap.starts.push_back(at);
+    if (is_written_slot(written, at)) {
+      at += kPaddingSlotSize;
+      continue;
+    }
     ZydisDecodedInstruction instruction;
     const std::uint8_t* bytes = code.data() + (at - base);
     if (!ZYAN_SUCCESS(
             ZydisDecoderDecodeInstruction(&decoder, nullptr, bytes, end - at, &instruction))) {
-      return false;
+      return std::nullopt;
     }
     if (instruction.mnemonic != ZYDIS_MNEMONIC_NOP && instruction.mnemonic != ZYDIS_MNEMONIC_INT3)
-      return false;
+      return std::nullopt;
     at += instruction.length;
   }
-  return at == end;
+  if (at != end) return std::nullopt;
+  return gap;
 }
 
 }  // namespace
 
 FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
-                       const FunctionRange& function) {
+                       const FunctionRange& function, std::span<const std::uintptr_t> written) {
   FunctionShape shape;
   const std::uintptr_t code_end = base + code.size();
   if (function.begin < base || function.begin >= code_end) return shape;
@@ -46,6 +60,19 @@ FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
   for (std::uintptr_t at = function.begin; at < end;) {
     const std::uint8_t* bytes = code.data() + (at - base);
     const std::size_t available = end - at;
+    if (is_written_slot(written, at) && available >= kPaddingSlotSize) {
+      // A slot written before (its `jmp rel32` to a trampoline): filler still.
+      if (after_transfer) {
+        if (!shape.filler.empty() && shape.filler.back().end == at) {
+          shape.filler.back().end = at + kPaddingSlotSize;
+        } else {
+          shape.filler.push_back({at, at + kPaddingSlotSize, {}});
+        }
+        shape.filler.back().starts.push_back(at);
+      }
+      at += kPaddingSlotSize;
+      continue;
+    }
     std::size_t length = 0;
     QuickInstruction quick;
     if (decode_quickly(bytes, available, quick)) {
@@ -96,11 +123,18 @@ FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
       if (!shape.filler.empty() && shape.filler.back().end == at) {
         shape.filler.back().end = at + length;
       } else {
-        shape.filler.push_back({at, at + length});
+        shape.filler.push_back({at, at + length, {}});
       }
+      shape.filler.back().starts.push_back(at);
     } else {
       const bool indirect_jump =
           op == 0xff && o + 1 < length && ((op2 >> 3) & 7) >= 4 && ((op2 >> 3) & 7) <= 5;
+      // `jmp *%reg` or `jmp *table(,%reg,8)`: a jump table (or a computed jump), whose targets
+      // are not known here. `jmp *sym(%rip)` (a tail call through the GOT) leaves the function.
+      const bool through_rip = (op2 >> 6) == 0 && (op2 & 7) == 5;
+      if (indirect_jump && ((op2 >> 3) & 7) == 4 && !through_rip) {
+        shape.jumps_through_register = true;
+      }
       after_transfer = op == 0xc3 || op == 0xc2 || op == 0xeb || op == 0xe9 || indirect_jump ||
                        (op == 0x0f && op2 == 0x0b);
     }
@@ -120,7 +154,7 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
     const std::uintptr_t begin = functions[i - 1].end;
     const std::uintptr_t end = functions[i].begin;
     if (end < begin + kPaddingSlotSize || begin < runtime_address || end > code_end) continue;
-    if (is_filler(code, runtime_address, begin, end)) gaps.push_back({begin, end});
+    if (auto gap = filler_gap(code, runtime_address, begin, end, {})) gaps.push_back(*gap);
   }
   return gaps;
 }
@@ -128,7 +162,8 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
 std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> code,
                                                std::uintptr_t runtime_address,
                                                std::span<const FunctionRange> functions,
-                                               std::span<const std::uintptr_t> sites) {
+                                               std::span<const std::uintptr_t> sites,
+                                               std::span<const std::uintptr_t> written) {
   std::vector<PaddingGap> gaps;
   const std::uintptr_t code_end = runtime_address + code.size();
   std::size_t last_checked = 0;  // gaps are checked once, in order
@@ -149,13 +184,16 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
       // first direct branch target inside them (a run a branch lands on at its start is not
       // filler). Indirect branches (jump tables) land on the aligned instruction after a run, as
       // direct ones do; none is known to land inside alignment.
-      const FunctionShape shape = shape_of(code, runtime_address, functions[f]);
+      const FunctionShape shape = shape_of(code, runtime_address, functions[f], written);
       if (!shape.decoded) continue;
       for (PaddingGap run : shape.filler) {
         const auto target =
             std::lower_bound(shape.branch_targets.begin(), shape.branch_targets.end(), run.begin);
-        if (target != shape.branch_targets.end() && *target < run.end) run.end = *target;
-        if (run.end >= run.begin + kPaddingSlotSize) gaps.push_back(run);
+        if (target != shape.branch_targets.end() && *target < run.end) {
+          run.end = *target;
+          std::erase_if(run.starts, [&](std::uintptr_t start) { return start >= run.end; });
+        }
+        if (run.end >= run.begin + kPaddingSlotSize) gaps.push_back(std::move(run));
       }
     }
     // The gap before function i is [functions[i-1].end, functions[i].begin): the first that may
@@ -171,7 +209,9 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
       const std::uintptr_t begin = functions[i - 1].end;
       const std::uintptr_t end = functions[i].begin;
       if (end < begin + kPaddingSlotSize || begin < runtime_address || end > code_end) continue;
-      if (is_filler(code, runtime_address, begin, end)) gaps.push_back({begin, end});
+      if (auto gap = filler_gap(code, runtime_address, begin, end, written)) {
+        gaps.push_back(std::move(*gap));
+      }
     }
   }
   std::sort(gaps.begin(), gaps.end(),
@@ -182,53 +222,62 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
 std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> sites,
                                               std::span<const PaddingGap> gaps,
                                               std::span<const std::uintptr_t> taken_before) {
-  // Each gap is cut into whole slots from its start; taken[g][k]: slot k of gap g is given.
-  std::vector<std::vector<bool>> taken(gaps.size());
-  for (std::size_t g = 0; g < gaps.size(); ++g) {
-    taken[g].assign((gaps[g].end - gaps[g].begin) / kPaddingSlotSize, false);
-    // Slots given out before (by an earlier rewrite of this code) are taken, and so is any slot
-    // they overlap.
-    auto slot = std::lower_bound(
-        taken_before.begin(), taken_before.end(),
-        gaps[g].begin >= kPaddingSlotSize ? gaps[g].begin - kPaddingSlotSize + 1 : 0);
-    for (; slot != taken_before.end() && *slot < gaps[g].end; ++slot) {
-      for (std::size_t k = 0; k < taken[g].size(); ++k) {
-        const std::uintptr_t start = gaps[g].begin + k * kPaddingSlotSize;
-        if (start < *slot + kPaddingSlotSize && *slot < start + kPaddingSlotSize) {
-          taken[g][k] = true;
+  // A slot starts where a filler instruction starts (every byte of a gap without `starts`) and
+  // ends where the filler instruction holding its fifth byte ends: the bytes after the jump up to
+  // there become int3, so that code read linearly stays in step with the instructions. Regions
+  // given out (now or before, `taken_before`, which are five bytes each) never overlap.
+  struct Candidate {
+    std::uintptr_t begin, end;
+  };
+  std::vector<Candidate> candidates;
+  for (const PaddingGap& gap : gaps) {
+    const auto start_at = [&](std::size_t k) {
+      return gap.starts.empty() ? gap.begin + k : gap.starts[k];
+    };
+    const std::size_t count = gap.starts.empty() ? gap.end - gap.begin : gap.starts.size();
+    for (std::size_t k = 0; k < count; ++k) {
+      const std::uintptr_t begin = start_at(k);
+      if (begin + kPaddingSlotSize > gap.end) break;
+      std::uintptr_t end = gap.end;
+      for (std::size_t n = k + 1; n < count; ++n) {
+        if (start_at(n) >= begin + kPaddingSlotSize) {
+          end = start_at(n);
+          break;
         }
       }
+      if (end - begin > kMaxSlotRegion) continue;
+      candidates.push_back({begin, end});
     }
   }
+  std::vector<Candidate> given;
+  for (const std::uintptr_t slot : taken_before) given.push_back({slot, slot + kPaddingSlotSize});
+  const auto overlaps_given = [&](const Candidate& c) {
+    return std::any_of(given.begin(), given.end(),
+                       [&](const Candidate& g) { return c.begin < g.end && g.begin < c.end; });
+  };
   std::vector<PaddingSlot> slots;
   for (const std::uintptr_t site : sites) {
     const auto jump_end = static_cast<std::intptr_t>(site + 2);
     const std::intptr_t lowest = jump_end - kShortJumpBack;
     const std::intptr_t highest = jump_end + kShortJumpForward;
-    // The first gap that may hold a reachable slot: the first ending above `lowest`.
-    auto first = std::lower_bound(gaps.begin(), gaps.end(), lowest,
-                                  [](const PaddingGap& gap, std::intptr_t address) {
-                                    return static_cast<std::intptr_t>(gap.end) <= address;
-                                  });
-    std::size_t best_gap = gaps.size(), best_slot = 0;
+    const Candidate* best = nullptr;
     std::intptr_t best_distance = 0;
-    for (auto gap = first; gap != gaps.end() && static_cast<std::intptr_t>(gap->begin) <= highest;
-         ++gap) {
-      const auto g = static_cast<std::size_t>(gap - gaps.begin());
-      for (std::size_t k = 0; k < taken[g].size(); ++k) {
-        const auto start = static_cast<std::intptr_t>(gap->begin + k * kPaddingSlotSize);
-        if (taken[g][k] || start < lowest || start > highest) continue;
-        const std::intptr_t distance = start > jump_end ? start - jump_end : jump_end - start;
-        if (best_gap == gaps.size() || distance < best_distance) {
-          best_gap = g;
-          best_slot = k;
-          best_distance = distance;
-        }
+    auto first = std::lower_bound(candidates.begin(), candidates.end(), lowest,
+                                  [](const Candidate& c, std::intptr_t address) {
+                                    return static_cast<std::intptr_t>(c.begin) < address;
+                                  });
+    for (auto c = first; c != candidates.end() && static_cast<std::intptr_t>(c->begin) <= highest;
+         ++c) {
+      const auto start = static_cast<std::intptr_t>(c->begin);
+      const std::intptr_t distance = start > jump_end ? start - jump_end : jump_end - start;
+      if ((best == nullptr || distance < best_distance) && !overlaps_given(*c)) {
+        best = &*c;
+        best_distance = distance;
       }
     }
-    if (best_gap == gaps.size()) continue;
-    taken[best_gap][best_slot] = true;
-    slots.push_back({site, gaps[best_gap].begin + best_slot * kPaddingSlotSize});
+    if (best == nullptr) continue;
+    given.push_back(*best);
+    slots.push_back({site, best->begin, best->end});
   }
   return slots;
 }

@@ -25,10 +25,16 @@ inline constexpr std::size_t kPaddingSlotSize = 5;
 inline constexpr std::intptr_t kShortJumpBack = 128;
 inline constexpr std::intptr_t kShortJumpForward = 127;
 
-// Unreachable filler between two functions: [begin, end), run-time addresses.
+// A slot's jump and the int3 after it up to the end of the filler instruction it cuts: at most
+// this long (a filler instruction is at most 15 bytes).
+inline constexpr std::size_t kMaxSlotRegion = kPaddingSlotSize + 15;
+
+// Unreachable filler: [begin, end), run-time addresses, and where each of its instructions starts
+// (empty: at every byte, as in int3 filler).
 struct PaddingGap {
   std::uintptr_t begin;
   std::uintptr_t end;
+  std::vector<std::uintptr_t> starts;
 };
 
 // The gaps of at least kPaddingSlotSize bytes between consecutive functions of `functions`
@@ -39,11 +45,14 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
                                           std::span<const FunctionRange> functions);
 
 // The same, only the gaps a `jmp rel8` from one of `sites` (ascending) could reach: what the
-// rewriter needs, without decoding every gap of a large image.
+// rewriter needs, without decoding every gap of a large image. Both kinds: between functions, and
+// inside a function after an unconditional transfer (shape_of()). Slots written before
+// (`written`, ascending: their `jmp rel32`) count as filler.
 std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> code,
                                                std::uintptr_t runtime_address,
                                                std::span<const FunctionRange> functions,
-                                               std::span<const std::uintptr_t> sites);
+                                               std::span<const std::uintptr_t> sites,
+                                               std::span<const std::uintptr_t> written = {});
 
 // What the near mechanism needs to know of a function: its filler after unconditional transfers
 // (ret, jmp, ud2: candidate padding) and where its direct branches land (sorted). Decoded linearly
@@ -52,13 +61,17 @@ struct FunctionShape {
   bool decoded = false;
   std::vector<PaddingGap> filler;
   std::vector<std::uintptr_t> branch_targets;
+  // It has an indirect jump other than through a RIP-relative pointer (a jump table, usually):
+  // it may land anywhere.
+  bool jumps_through_register = false;
 };
 FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t runtime_address,
-                       const FunctionRange& function);
+                       const FunctionRange& function, std::span<const std::uintptr_t> written = {});
 
 struct PaddingSlot {
   std::uintptr_t site;  // the syscall instruction
   std::uintptr_t slot;  // kPaddingSlotSize bytes of a gap, reachable by a jmp rel8 from site
+  std::uintptr_t end;   // the end of the filler instruction holding the slot's last byte
 };
 
 // Gives each site of `sites` (ascending) that can reach one a slot of its own in `gaps`

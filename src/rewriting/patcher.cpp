@@ -1,5 +1,6 @@
 #include "rewriting/patcher.hpp"
 
+#include <cpuid.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,6 +16,15 @@
 #include "zpoline/zpoline.hpp"
 
 namespace zpoline::detail {
+
+bool can_write_moved_jump(std::uintptr_t address) noexcept {
+  static const bool has_cmpxchg16b = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_CMPXCHG16B) != 0;
+  }();
+  return has_cmpxchg16b && (address & 15) + kSlotBytes <= 16;
+}
+
 namespace {
 
 constexpr std::uintptr_t kPageSize = 4096;
@@ -97,6 +107,40 @@ bool write_site(const Patch& patch) {
   return true;
 }
 
+// Replaces the kSlotBytes at patch.jump_at (which lie in one aligned 16-byte block) with
+// patch.jump_bytes if they still hold patch.jump_expected: one locked 16-byte compare-and-exchange,
+// so that a thread running the instruction there meanwhile sees the old one or the new one, never
+// a mix, whatever signals it blocks. Other bytes of the block that a JIT changes meanwhile are
+// kept (the exchange is retried).
+bool write_moved_jump(const Patch& patch) {
+  if (!can_write_moved_jump(patch.jump_at)) return false;
+  struct alignas(16) Block {
+    std::uint64_t low, high;
+  };
+  auto* block = reinterpret_cast<volatile Block*>(patch.jump_at & ~std::uintptr_t{15});
+  const std::size_t offset = patch.jump_at & 15;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    std::uint8_t current[16];
+    std::memcpy(current, const_cast<const Block*>(block), sizeof current);
+    if (std::memcmp(current + offset, patch.jump_expected.data(), kSlotBytes) != 0) return false;
+    std::uint8_t desired[16];
+    std::memcpy(desired, current, sizeof desired);
+    std::memcpy(desired + offset, patch.jump_bytes.data(), kSlotBytes);
+    std::uint64_t expected_low, expected_high, desired_low, desired_high;
+    std::memcpy(&expected_low, current, 8);
+    std::memcpy(&expected_high, current + 8, 8);
+    std::memcpy(&desired_low, desired, 8);
+    std::memcpy(&desired_high, desired + 8, 8);
+    bool exchanged = false;
+    asm volatile("lock cmpxchg16b %[block]"
+                 : "=@ccz"(exchanged), [block] "+m"(*block), "+a"(expected_low), "+d"(expected_high)
+                 : "b"(desired_low), "c"(desired_high)
+                 : "memory");
+    if (exchanged) return true;
+  }
+  return false;
+}
+
 // The mappings of [begin, end), from `map` (known to be current).
 long spans_from_map(const std::vector<Mapping>& map, std::uintptr_t begin, std::uintptr_t end,
                     MappingSpan* out) {
@@ -153,7 +197,7 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
     };
     const auto high = [](const Patch& patch) {
       std::uintptr_t address = patch.address + 1;
-      if (patch.slot != 0) address = std::max(address, patch.slot + kSlotBytes - 1);
+      if (patch.slot != 0) address = std::max(address, patch.slot + patch.slot_length - 1);
       if (patch.jump_at != 0) address = std::max(address, patch.jump_at + kSlotBytes - 1);
       return address;
     };
@@ -213,40 +257,27 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
           const Patch& patch = patches[i + k];
           ready[k] = true;
           if (patch.slot != 0) {
-            ready[k] = writable(patch.slot) && writable(patch.slot + kSlotBytes - 1) &&
+            ready[k] = patch.slot_length >= kSlotBytes && patch.slot_length <= kMaxSlotBytes &&
+                       writable(patch.slot) && writable(patch.slot + patch.slot_length - 1) &&
                        std::memcmp(reinterpret_cast<const void*>(patch.slot),
-                                   patch.slot_expected.data(), kSlotBytes) == 0;
+                                   patch.slot_expected.data(), patch.slot_length) == 0;
             if (!ready[k]) continue;
-            std::memcpy(reinterpret_cast<void*>(patch.slot), patch.slot_bytes.data(), kSlotBytes);
+            std::memcpy(reinterpret_cast<void*>(patch.slot), patch.slot_bytes.data(),
+                        patch.slot_length);
             any_slot = true;
           }
           if (patch.jump_at != 0) {
-            auto* bytes = reinterpret_cast<volatile std::uint8_t*>(patch.jump_at);
-            ready[k] = writable(patch.jump_at) && writable(patch.jump_at + kSlotBytes - 1) &&
-                       std::memcmp(reinterpret_cast<const void*>(patch.jump_at),
-                                   patch.jump_expected.data(), kSlotBytes) == 0 &&
-                       sync_cores();
-            if (!ready[k]) continue;
-            bytes[0] = kInvalidOpcode;
-            any_jump = true;
+            ready[k] = writable(patch.jump_at) && writable(patch.jump_at + kSlotBytes - 1);
           }
         }
-        if (any_slot || any_jump) sync_cores();
-        if (any_jump) {
-          for (std::size_t k = 0; k < run_length; ++k) {
-            const Patch& patch = patches[i + k];
-            if (patch.jump_at == 0 || !ready[k]) continue;
-            auto* bytes = reinterpret_cast<volatile std::uint8_t*>(patch.jump_at);
-            for (std::size_t b = 1; b < kSlotBytes; ++b) bytes[b] = patch.jump_bytes[b];
-          }
-          sync_cores();
-          for (std::size_t k = 0; k < run_length; ++k) {
-            const Patch& patch = patches[i + k];
-            if (patch.jump_at == 0 || !ready[k]) continue;
-            reinterpret_cast<volatile std::uint8_t*>(patch.jump_at)[0] = patch.jump_bytes[0];
-          }
-          sync_cores();
+        if (any_slot) sync_cores();
+        for (std::size_t k = 0; k < run_length; ++k) {
+          const Patch& patch = patches[i + k];
+          if (patch.jump_at == 0 || !ready[k]) continue;
+          ready[k] = write_moved_jump(patch);
+          any_jump = any_jump || ready[k];
         }
+        if (any_jump) sync_cores();
         for (std::size_t k = 0; k < run_length; ++i, ++k) {
           const Patch& patch = patches[i];
           if (!writable(patch.address) || !writable(patch.address + 1)) {

@@ -29,24 +29,26 @@
 
 namespace zpoline::detail {
 
-inline constexpr std::size_t kSlotBytes = 5;  // padding.hpp: kPaddingSlotSize
+inline constexpr std::size_t kSlotBytes = 5;      // padding.hpp: kPaddingSlotSize
+inline constexpr std::size_t kMaxSlotBytes = 20;  // padding.hpp: kMaxSlotRegion
 
 struct Patch {
   std::uintptr_t address;
   std::uint16_t expected;     // the bytes there now, little-endian (0x050f for 0f 05)
   std::uint16_t replacement;  // the bytes to write
   // The near mechanism: padding that the replacement (a `jmp rel8`) reaches, written first with
-  // `slot_bytes` (a `jmp rel32`) if it still holds `slot_expected`; 0 for none. Nothing runs
-  // padding, so it is written with plain stores; every CPU sees it before the site changes.
+  // `slot_bytes` (a `jmp rel32`, then int3 to the end of the filler instruction it cut) if its
+  // `slot_length` bytes still hold `slot_expected`; 0 for none. Nothing runs padding, so it is
+  // written with plain stores; every CPU sees it before the site changes.
   std::uintptr_t slot = 0;
-  std::array<std::uint8_t, kSlotBytes> slot_expected{};
-  std::array<std::uint8_t, kSlotBytes> slot_bytes{};
+  std::size_t slot_length = 0;
+  std::array<std::uint8_t, kMaxSlotBytes> slot_expected{};
+  std::array<std::uint8_t, kMaxSlotBytes> slot_bytes{};
   // The near mechanism's other way: the instruction before the site (at `jump_at`, at least
   // five bytes, still holding `jump_expected`) becomes `jump_bytes` (a `jmp rel32` to a trampoline
-  // that runs it), or back. Written while threads may run it: its first byte becomes an invalid
-  // opcode, then the other four change, then the first (each step seen by every CPU before the
-  // next; fault_redirect.cpp sends a thread that meets the invalid opcode to the trampoline). 0
-  // for none. With one, the site's own bytes may stay (replacement == expected).
+  // that runs it), or back. Written while threads may run it, with one locked 16-byte exchange of
+  // the aligned block that holds the five bytes (can_write_moved_jump()). 0 for none. With one,
+  // the site's own bytes may stay (replacement == expected).
   std::uintptr_t jump_at = 0;
   std::array<std::uint8_t, kSlotBytes> jump_expected{};
   std::array<std::uint8_t, kSlotBytes> jump_bytes{};
@@ -73,6 +75,10 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
 // instruction (membarrier: a serialising IPI to each CPU running one of its threads). False where
 // the kernel does not offer it.
 bool sync_cores() noexcept;
+
+// Whether five bytes at `address` can be replaced atomically: they lie in one aligned 16-byte
+// block and the CPU has CMPXCHG16B.
+bool can_write_moved_jump(std::uintptr_t address) noexcept;
 
 OwnedLock& code_change_lock();
 std::uint64_t code_change_generation() noexcept;

@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 
 #include "dispatch/frame.hpp"
@@ -102,6 +103,9 @@ struct Bookkeeping {
   std::map<std::uintptr_t, RewrittenSite> rewritten;
   // Statistics of code that became executable after install, one entry per image.
   std::vector<ImageStats> late_images;
+  // Every padding slot written so far (near mechanism), also of sites restored since: their
+  // `jmp rel32` is filler to later searches for padding, and the slot can be given again.
+  std::set<std::uintptr_t> written_slots;
   // Function tables of images whose sites trap one by one (lazy mode): built once per image.
   std::map<std::pair<std::string, std::uintptr_t>, FunctionTable> function_cache;
 };
@@ -262,6 +266,14 @@ Patch restore_patch(std::uintptr_t address, const RewrittenSite& site) {
   return patch;
 }
 
+// The padding slots written so far around [begin, end), ascending.
+std::vector<std::uintptr_t> written_slots_in(std::uintptr_t begin, std::uintptr_t end) {
+  const auto& written = bookkeeping().written_slots;
+  const std::uintptr_t reach = kShortJumpBack + kMaxSlotRegion;
+  return std::vector<std::uintptr_t>(written.lower_bound(begin > reach ? begin - reach : 0),
+                                     written.lower_bound(end + reach));
+}
+
 // The padding slots given out so far in [begin, end), ascending.
 std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t end) {
   std::vector<std::uintptr_t> taken;
@@ -278,14 +290,15 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
 // trampoline instead (the near mechanism's way for sites without padding): five bytes or more
 // (room for a `jmp rel32`), position-independent (no RIP-relative operand, not a branch), and no
 // direct branch of its function lands after its start up to the site (a branch to the site would
-// skip the trampoline: the call would go to the kernel unhooked). Branches from other functions
-// and indirect ones are not seen: compilers do not make them into the middle of such a pair.
+// skip the trampoline: the call would go to the kernel unhooked), and the function has no jump
+// through a register (a jump table could land on the site). Branches from other functions are
+// not seen: compilers do not branch into the middle of another function.
 bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable& functions,
               std::uintptr_t area_begin, std::uintptr_t area_end,
-              std::size_t& displacement_offset) {
+              std::span<const std::uintptr_t> written, std::size_t& displacement_offset) {
   displacement_offset = 0;
   if (previous == 0 || previous < area_begin || site - previous < kSlotBytes ||
-      site - previous > kMaxMovedInstruction) {
+      site - previous > kMaxMovedInstruction || !can_write_moved_jump(previous)) {
     return false;
   }
   const FunctionRange* function = functions.find(site);
@@ -329,8 +342,9 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
   // No direct branch of the function may land after the instruction's start, up to the site.
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
-  const FunctionShape shape = shape_of(area, area_begin, *function);
-  if (!shape.decoded) return false;
+  const FunctionShape shape = shape_of(area, area_begin, *function, written);
+  // A jump table may land on the site itself (a case that enters there): not seen, so refused.
+  if (!shape.decoded || shape.jumps_through_register) return false;
   const auto target =
       std::upper_bound(shape.branch_targets.begin(), shape.branch_targets.end(), previous);
   if (target != shape.branch_targets.end() && *target <= site) return false;
@@ -350,8 +364,9 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
   for (const Patch& patch : patches) sites.push_back(patch.address);
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
+  const std::vector<std::uintptr_t> written = written_slots_in(area_begin, area_end);
   const std::vector<PaddingGap> gaps =
-      find_padding_gaps_near(area, area_begin, functions.functions, sites);
+      find_padding_gaps_near(area, area_begin, functions.functions, sites, written);
   const std::vector<std::uintptr_t> taken = slots_taken_in(area_begin, area_end);
   const std::vector<PaddingSlot> slots = assign_padding_slots(sites, gaps, taken);
   std::vector<Patch> routed;
@@ -361,7 +376,7 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     while (slot != slots.end() && slot->site < patch.address) ++slot;
     if (slot == slots.end() || slot->site != patch.address) {
       std::size_t displacement_offset = 0;
-      if (!can_move(previous[index], patch.address, functions, area_begin, area_end,
+      if (!can_move(previous[index], patch.address, functions, area_begin, area_end, written,
                     displacement_offset)) {
         ++stats.skipped_no_padding;
         continue;
@@ -397,9 +412,12 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     near.replacement = static_cast<std::uint16_t>(
         kShortJumpOpcode | (static_cast<std::uint16_t>(static_cast<std::uint8_t>(to_slot)) << 8));
     near.slot = slot->slot;
-    std::memcpy(near.slot_expected.data(), reinterpret_cast<const void*>(slot->slot), kSlotBytes);
+    near.slot_length = slot->end - slot->slot;
+    std::memcpy(near.slot_expected.data(), reinterpret_cast<const void*>(slot->slot),
+                near.slot_length);
     const auto to_trampoline =
         static_cast<std::int32_t>(trampoline - (slot->slot + kPaddingSlotSize));
+    near.slot_bytes.fill(0xcc);  // int3 after the jump, to the end of the filler it cut
     near.slot_bytes[0] = kNearJumpOpcode;
     std::memcpy(near.slot_bytes.data() + 1, &to_trampoline, sizeof to_trampoline);
     routed.push_back(near);
@@ -485,6 +503,7 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
       site.jump_bytes = patch.jump_bytes;
     }
     rewritten().emplace(patch.address, site);
+    if (patch.slot != 0) bookkeeping().written_slots.insert(patch.slot);
   }
 }
 
@@ -622,6 +641,8 @@ ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
 }
 
 void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
+  auto& written = bookkeeping().written_slots;
+  written.erase(written.lower_bound(begin), written.lower_bound(end));
   auto first = rewritten().lower_bound(begin > 1 ? begin - 1 : 0);
   auto last = rewritten().lower_bound(end);
   for (auto it = first; it != last; ++it) site_registry().remove(it->first);

@@ -10,7 +10,6 @@
 #include "platform/memory.hpp"
 #include "platform/signals.hpp"
 #include "rewriting/site_registry.hpp"
-#include "rewriting/site_trampolines.hpp"
 #include "rewriting/vdso_routing.hpp"
 
 extern "C" {
@@ -93,13 +92,6 @@ void on_fault(int signal, siginfo_t* info, void* context) {
     if (const std::uintptr_t thunk =
             vdso_thunk_for_fault(static_cast<std::uintptr_t>(regs[REG_RIP]))) {
       regs[REG_RIP] = static_cast<greg_t>(thunk);
-      return;
-    }
-    // An instruction before a site being replaced by a jump to the trampoline that runs it
-    // (rewriting/site_trampolines.hpp, the near mechanism): the trampoline does what it does.
-    if (const std::uintptr_t trampoline =
-            trampoline_of_moved_instruction(static_cast<std::uintptr_t>(regs[REG_RIP]))) {
-      regs[REG_RIP] = static_cast<greg_t>(trampoline);
       return;
     }
   }

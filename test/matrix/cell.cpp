@@ -520,16 +520,18 @@ void event_signals_altstack() {
   // that arrived in the hook's own code (the busy hooks' work around the read) would run its
   // handler with the hook bypassed, as documented, and its calls would not be counted.
   std::thread sender([&] {
+    bool sent_all = true;
     for (int i = 0; i < kSignals; ++i) {
       while (handler_runs.load() < i) sched_yield();
       if (!zpoline_test::wait_until_blocked_in(self, SYS_read)) {
         fail("the thread never waited in read");
+        sent_all = false;
         break;
       }
       syscall(SYS_tgkill, getpid(), self, SIGUSR1);
     }
     const char byte = 'x';
-    while (handler_runs.load() < kSignals) sched_yield();
+    while (sent_all && handler_runs.load() < kSignals) sched_yield();
     [[maybe_unused]] const ssize_t n = write(fds[1], &byte, 1);
   });
   // Blocked in a hooked read (SA_RESTART restarts it), then spinning in user code.
