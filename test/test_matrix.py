@@ -22,9 +22,10 @@ import tempfile
 import time
 
 MODES = ["eager", "exhaustive", "lazy"]
-# page_zero forced as root, and the automatic choice in a process without CAP_SYS_RAWIO (the
-# near mechanism, as for an ordinary user or in a container).
-MECHANISMS = ["page_zero", "unprivileged"]
+# page_zero forced as root, and the automatic choice in a process without CAP_SYS_RAWIO and in
+# one switched to the user nobody (the near mechanism, as for an ordinary user or in a
+# container).
+MECHANISMS = ["page_zero", "unprivileged", "nobody"]
 HOOKS = ["plain", "busy", "library", "library_busy", "chain"]
 CELL_TIMEOUT = int(os.environ.get("MATRIX_CELL_TIMEOUT", "60"))  # s; a cell takes < 1
 
