@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <optional>
 
 #include "rewriting/instruction_length.hpp"
@@ -163,7 +164,8 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
                                                std::uintptr_t runtime_address,
                                                std::span<const FunctionRange> functions,
                                                std::span<const std::uintptr_t> sites,
-                                               std::span<const std::uintptr_t> written) {
+                                               std::span<const std::uintptr_t> written,
+                                               bool inside_functions) {
   std::vector<PaddingGap> gaps;
   const std::uintptr_t code_end = runtime_address + code.size();
   std::size_t last_checked = 0;  // gaps are checked once, in order
@@ -177,7 +179,7 @@ std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> cod
                                       return address < function.end;
                                     });
     for (auto f = static_cast<std::size_t>(reached - functions.begin());
-         f < functions.size() && functions[f].begin <= highest; ++f) {
+         inside_functions && f < functions.size() && functions[f].begin <= highest; ++f) {
       if (f + 1 <= last_decoded) continue;
       last_decoded = f + 1;
       // Filler inside a function: runs right after an unconditional jump or return, cut at the
@@ -249,11 +251,13 @@ std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> si
       candidates.push_back({begin, end});
     }
   }
-  std::vector<Candidate> given;
-  for (const std::uintptr_t slot : taken_before) given.push_back({slot, slot + kPaddingSlotSize});
+  // Regions given out, by start; disjoint, so only the neighbours of a candidate can overlap it.
+  std::map<std::uintptr_t, std::uintptr_t> given;
+  for (const std::uintptr_t slot : taken_before) given.emplace(slot, slot + kPaddingSlotSize);
   const auto overlaps_given = [&](const Candidate& c) {
-    return std::any_of(given.begin(), given.end(),
-                       [&](const Candidate& g) { return c.begin < g.end && g.begin < c.end; });
+    auto next = given.lower_bound(c.begin);
+    if (next != given.end() && next->first < c.end) return true;
+    return next != given.begin() && std::prev(next)->second > c.begin;
   };
   std::vector<PaddingSlot> slots;
   for (const std::uintptr_t site : sites) {
@@ -276,7 +280,7 @@ std::vector<PaddingSlot> assign_padding_slots(std::span<const std::uintptr_t> si
       }
     }
     if (best == nullptr) continue;
-    given.push_back(*best);
+    given.emplace(best->begin, best->end);
     slots.push_back({site, best->begin, best->end});
   }
   return slots;

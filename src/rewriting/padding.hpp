@@ -47,12 +47,14 @@ std::vector<PaddingGap> find_padding_gaps(std::span<const std::uint8_t> code,
 // The same, only the gaps a `jmp rel8` from one of `sites` (ascending) could reach: what the
 // rewriter needs, without decoding every gap of a large image. Both kinds: between functions, and
 // inside a function after an unconditional transfer (shape_of()). Slots written before
-// (`written`, ascending: their `jmp rel32`) count as filler.
+// (`written`, ascending: their `jmp rel32`) count as filler. `inside_functions` off: only the
+// gaps between functions (no function is decoded).
 std::vector<PaddingGap> find_padding_gaps_near(std::span<const std::uint8_t> code,
                                                std::uintptr_t runtime_address,
                                                std::span<const FunctionRange> functions,
                                                std::span<const std::uintptr_t> sites,
-                                               std::span<const std::uintptr_t> written = {});
+                                               std::span<const std::uintptr_t> written = {},
+                                               bool inside_functions = true);
 
 // What the near mechanism needs to know of a function: its filler after unconditional transfers
 // (ret, jmp, ud2: candidate padding) and where its direct branches land (sorted). Decoded linearly

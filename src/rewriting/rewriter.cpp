@@ -295,7 +295,8 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
 // not seen: compilers do not branch into the middle of another function.
 bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable& functions,
               std::uintptr_t area_begin, std::uintptr_t area_end,
-              std::span<const std::uintptr_t> written, std::size_t& displacement_offset) {
+              std::span<const std::uintptr_t> written,
+              std::map<std::uintptr_t, FunctionShape>& shapes, std::size_t& displacement_offset) {
   displacement_offset = 0;
   if (previous == 0 || previous < area_begin || site - previous < kSlotBytes ||
       site - previous > kMaxMovedInstruction || !can_write_moved_jump(previous)) {
@@ -342,7 +343,11 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
   // No direct branch of the function may land after the instruction's start, up to the site.
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
-  const FunctionShape shape = shape_of(area, area_begin, *function, written);
+  auto known = shapes.find(function->begin);
+  if (known == shapes.end()) {
+    known = shapes.emplace(function->begin, shape_of(area, area_begin, *function, written)).first;
+  }
+  const FunctionShape& shape = known->second;
   // A jump table may land on the site itself (a case that enters there): not seen, so refused.
   if (!shape.decoded || shape.jumps_through_register) return false;
   const auto target =
@@ -365,11 +370,34 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
   const std::vector<std::uintptr_t> written = written_slots_in(area_begin, area_end);
-  const std::vector<PaddingGap> gaps =
-      find_padding_gaps_near(area, area_begin, functions.functions, sites, written);
-  const std::vector<std::uintptr_t> taken = slots_taken_in(area_begin, area_end);
-  const std::vector<PaddingSlot> slots = assign_padding_slots(sites, gaps, taken);
+  // Between functions first: that needs no decoding of functions. Filler inside functions
+  // (which needs each reached function decoded to its end) only for the sites left without.
+  std::vector<std::uintptr_t> taken = slots_taken_in(area_begin, area_end);
+  std::vector<PaddingSlot> slots = assign_padding_slots(
+      sites,
+      find_padding_gaps_near(area, area_begin, functions.functions, sites, written,
+                             /*inside_functions=*/false),
+      taken);
+  std::vector<std::uintptr_t> unslotted;
+  {
+    auto given = slots.begin();
+    for (const std::uintptr_t site : sites) {
+      while (given != slots.end() && given->site < site) ++given;
+      if (given == slots.end() || given->site != site) unslotted.push_back(site);
+    }
+  }
+  if (!unslotted.empty()) {
+    for (const PaddingSlot& slot : slots) taken.push_back(slot.slot);
+    std::sort(taken.begin(), taken.end());
+    const std::vector<PaddingSlot> more = assign_padding_slots(
+        unslotted,
+        find_padding_gaps_near(area, area_begin, functions.functions, unslotted, written), taken);
+    slots.insert(slots.end(), more.begin(), more.end());
+    std::sort(slots.begin(), slots.end(),
+              [](const PaddingSlot& a, const PaddingSlot& b) { return a.site < b.site; });
+  }
   std::vector<Patch> routed;
+  std::map<std::uintptr_t, FunctionShape> shapes;  // of functions with sites to move, by start
   auto slot = slots.begin();
   for (std::size_t index = 0; index < patches.size(); ++index) {
     const Patch& patch = patches[index];
@@ -377,7 +405,7 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     if (slot == slots.end() || slot->site != patch.address) {
       std::size_t displacement_offset = 0;
       if (!can_move(previous[index], patch.address, functions, area_begin, area_end, written,
-                    displacement_offset)) {
+                    shapes, displacement_offset)) {
         ++stats.skipped_no_padding;
         continue;
       }
