@@ -191,8 +191,8 @@ asm(".pushsection .text\n"
     "  mov 104(%rdi), %r14\n"
     "  mov 112(%rdi), %r15\n"
     // A 32-bit displacement: seven bytes, which the near mechanism can move into the site's
-    // trampoline (this probe has no padding within reach), aligned so that they can be replaced
-    // in one 16-byte exchange.
+    // trampoline (this probe has no padding within reach), aligned so that they lie in one cache
+    // line (replaced in one exchange).
     "  .p2align 4\n"
     "  {disp32} mov 40(%rdi), %rdi\n"
     ZT_LABEL(zt_register_probe_site)
@@ -282,7 +282,7 @@ asm(".pushsection .text\n"
     "  inc %rcx\n"
     "  cmp $16, %rcx\n"
     "  jne 1b\n"
-    "  .p2align 4\n"  // the near mechanism moves the next instruction: in one 16-byte block
+    "  .p2align 4\n"  // the near mechanism moves the next instruction: keep it within a cache line
     "  mov $39, %eax\n" ZT_LABEL(zt_red_zone_probe_site)
     "  syscall\n"
     "  .irp i, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14\n"
@@ -1519,7 +1519,7 @@ extern const unsigned char zt_state_probe_prefixed_site[];
   "  .endr\n"                                                                                      \
   "6:\n"                                                                                           \
   "  mov 2264(%r12), %rbx\n" ZT_SNAPSHOT(10, 11)                                                   \
-  "  .p2align 4\n" /* the near mechanism moves the next instruction: one 16-byte block */          \
+  "  .p2align 4\n" /* the near mechanism moves the next instruction: within a cache line */          \
   "  mov $39, %eax\n" ZT_LABEL(site) instruction                                                   \
   "  mov %rax, 2280(%r12)\n"                                                                       \
   "  mov 2272(%r12), %rbx\n" ZT_SNAPSHOT(12, 13)                                                   \

@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "rewriting/rewriter.hpp"
 #include "support.hpp"
 #include "trampoline/sled.hpp"
 #include "trampoline/trampoline.hpp"
@@ -1005,4 +1006,61 @@ TEST_CASE("mechanism_is_chosen_by_option_and_environment") {
     getpid();
     CHECK(tally[SYS_getpid] == before + 1);
   }
+}
+
+// Which sites the near mechanism takes, image by image, in a process with many real libraries
+// loaded, against what page 0 would take (every rewritable site): the table and every site left
+// alone, with the reason, are printed. libc and ld.so must be nearly complete; every site left
+// alone must still be a `syscall` and be listed.
+TEST_CASE("near_mechanism_coverage_of_real_libraries") {
+  const char* const libraries[] = {"libpython3.11.so.1.0", "libsqlite3.so.0",  "libcrypto.so.3",
+                                   "libssl.so.3",          "libz.so.1",        "libzstd.so.1",
+                                   "liblzma.so.5",         "libbz2.so.1.0",    "libexpat.so.1",
+                                   "libffi.so.8",          "libgnutls.so.30",  "libgmp.so.10",
+                                   "libsystemd.so.0",      "libglib-2.0.so.0", "libxml2.so.2",
+                                   "libpcre2-8.so.0",      "libreadline.so.8", "libtinfo.so.6",
+                                   "libuuid.so.1",         "libblkid.so.1",    "libmount.so.1",
+                                   "libselinux.so.1",      "libcap.so.2",      "libacl.so.1",
+                                   "libkrb5.so.3",         "libunwind.so.8",   "libLLVM-15.so.1"};
+  int loaded = 0;
+  for (const char* library : libraries)
+    loaded += dlopen(library, RTLD_NOW | RTLD_GLOBAL) != nullptr;
+  MESSAGE(loaded << " of " << std::size(libraries) << " libraries loaded besides the test's own");
+  zpoline::Options options;
+  options.mechanism = zpoline::Mechanism::near;
+  options.use_environment = false;
+  Tally tally;
+  auto session = install_or_skip(counting_hook(tally), options);
+  REQUIRE(session.mechanism() == zpoline::Mechanism::near);
+  std::size_t left_alone = 0;
+  std::printf("%-45s %9s %8s %6s %5s\n", "image", "page 0", "padding", "moved", "left");
+  for (const zpoline::ImageStats& image : session.stats().images) {
+    const std::size_t rewritable = image.sites_rewritten + image.skipped_no_padding;
+    if (rewritable == 0) continue;
+    CHECK(image.sites_through_page_zero == 0);
+    CHECK(image.sites_through_padding + image.sites_through_moved_instruction ==
+          image.sites_rewritten);
+    left_alone += image.skipped_no_padding;
+    std::printf("%-45s %9zu %8zu %6zu %5zu\n", image.path.c_str(), rewritable,
+                image.sites_through_padding, image.sites_through_moved_instruction,
+                image.skipped_no_padding);
+    const bool libc = image.path.find("/libc.so.6") != std::string::npos;
+    const bool loader = image.path.find("/ld-linux-x86-64.so.2") != std::string::npos;
+    if (libc) CHECK(image.sites_rewritten * 100 >= rewritable * 93);
+    if (loader) CHECK(image.sites_rewritten * 100 >= rewritable * 90);
+  }
+  const auto unrewritten = zpoline::detail::near_unrewritten_sites();
+  CHECK(unrewritten.size() == left_alone);
+  for (const auto& [site, why] : unrewritten) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(site);
+    CHECK((bytes[0] == 0x0f && (bytes[1] == 0x05 || bytes[1] == 0x34)));
+    CHECK(!why.empty());
+    Dl_info info{};
+    dladdr(bytes, &info);
+    std::printf("  left alone: %s+%#lx: %s\n", info.dli_fname ? info.dli_fname : "?",
+                static_cast<unsigned long>(site - reinterpret_cast<std::uintptr_t>(info.dli_fbase)),
+                why.c_str());
+  }
+  getpid();
+  CHECK(tally[SYS_getpid] == 1);
 }

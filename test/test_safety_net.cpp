@@ -119,7 +119,7 @@ zt_red_zone_getpid:
 zt_red_zone_below_slot_getpid:
   .cfi_startproc
   movq $0x1234, -16(%rsp)
-  .p2align 4  /* the near mechanism can move the next instruction: one 16-byte block */
+  .p2align 4  /* the near mechanism can move the next instruction: within a cache line */
   mov $39, %eax
   .globl zt_red_zone_below_slot_site
 zt_red_zone_below_slot_site:
@@ -340,7 +340,7 @@ asm(R"(
   zt_frame_pointer
   sub $0x60, %rsp
   movq $0x1234, -0x78(%rbp)
-  .p2align 4  /* the near mechanism can move the next instruction: one 16-byte block */
+  .p2align 4  /* the near mechanism can move the next instruction: within a cache line */
   mov $39, %eax
   .globl zt_big_frame_below_slot_site
 zt_big_frame_below_slot_site:
@@ -362,7 +362,7 @@ zt_big_frame_below_slot_site:
   sub $0xd8, %rsp
   movq $0x1234, -0xe0(%rbp)
   lea -0xd0(%rbp), %rsi
-  .p2align 4  /* the near mechanism can move the next instruction: one 16-byte block */
+  .p2align 4  /* the near mechanism can move the next instruction: within a cache line */
   mov $39, %eax
   .globl zt_big_frame_within_site
 zt_big_frame_within_site:

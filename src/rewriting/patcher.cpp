@@ -1,6 +1,5 @@
 #include "rewriting/patcher.hpp"
 
-#include <cpuid.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -18,11 +17,8 @@
 namespace zpoline::detail {
 
 bool can_write_moved_jump(std::uintptr_t address) noexcept {
-  static const bool has_cmpxchg16b = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_CMPXCHG16B) != 0;
-  }();
-  return has_cmpxchg16b && (address & 15) + kSlotBytes <= 16;
+  constexpr std::uintptr_t kLine = 64;
+  return (address & (kLine - 1)) + kSlotBytes <= kLine;
 }
 
 namespace {
@@ -107,36 +103,32 @@ bool write_site(const Patch& patch) {
   return true;
 }
 
-// Replaces the kSlotBytes at patch.jump_at (which lie in one aligned 16-byte block) with
-// patch.jump_bytes if they still hold patch.jump_expected: one locked 16-byte compare-and-exchange,
-// so that a thread running the instruction there meanwhile sees the old one or the new one, never
-// a mix, whatever signals it blocks. Other bytes of the block that a JIT changes meanwhile are
-// kept (the exchange is retried).
+// Replaces the kSlotBytes at patch.jump_at (which lie in one cache line) with patch.jump_bytes if
+// they still hold patch.jump_expected: one locked 8-byte compare-and-exchange of the bytes of that
+// line around them (within a cache line a locked access is atomic, aligned or not, and no split
+// lock), so that a thread running the instruction there meanwhile sees the old one or the new
+// one, never a mix, whatever signals it blocks. Other bytes of the word that a JIT changes
+// meanwhile are kept (the exchange is retried).
 bool write_moved_jump(const Patch& patch) {
   if (!can_write_moved_jump(patch.jump_at)) return false;
-  struct alignas(16) Block {
-    std::uint64_t low, high;
-  };
-  auto* block = reinterpret_cast<volatile Block*>(patch.jump_at & ~std::uintptr_t{15});
-  const std::size_t offset = patch.jump_at & 15;
+  const std::uintptr_t line_end = (patch.jump_at | (kCacheLine - 1)) + 1;
+  const std::uintptr_t word_at = std::min(patch.jump_at, line_end - 8);
+  auto* word = reinterpret_cast<volatile std::uint64_t*>(word_at);
+  const std::size_t offset = patch.jump_at - word_at;
   for (int attempt = 0; attempt < 16; ++attempt) {
-    std::uint8_t current[16];
-    std::memcpy(current, const_cast<const Block*>(block), sizeof current);
-    if (std::memcmp(current + offset, patch.jump_expected.data(), kSlotBytes) != 0) return false;
-    std::uint8_t desired[16];
-    std::memcpy(desired, current, sizeof desired);
-    std::memcpy(desired + offset, patch.jump_bytes.data(), kSlotBytes);
-    std::uint64_t expected_low, expected_high, desired_low, desired_high;
-    std::memcpy(&expected_low, current, 8);
-    std::memcpy(&expected_high, current + 8, 8);
-    std::memcpy(&desired_low, desired, 8);
-    std::memcpy(&desired_high, desired + 8, 8);
-    bool exchanged = false;
-    asm volatile("lock cmpxchg16b %[block]"
-                 : "=@ccz"(exchanged), [block] "+m"(*block), "+a"(expected_low), "+d"(expected_high)
-                 : "b"(desired_low), "c"(desired_high)
-                 : "memory");
-    if (exchanged) return true;
+    std::uint64_t current = *word;
+    std::uint8_t bytes[8];
+    std::memcpy(bytes, &current, sizeof bytes);
+    if (std::memcmp(bytes + offset, patch.jump_expected.data(), kSlotBytes) != 0) return false;
+    std::memcpy(bytes + offset, patch.jump_bytes.data(), kSlotBytes);
+    std::uint64_t desired = 0;
+    std::memcpy(&desired, bytes, sizeof desired);
+    std::uint64_t expected = current;
+    asm volatile("lock cmpxchgq %[desired], %[word]"
+                 : [word] "+m"(*word), "+a"(expected)
+                 : [desired] "r"(desired)
+                 : "memory", "cc");
+    if (expected == current) return true;
   }
   return false;
 }

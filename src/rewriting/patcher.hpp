@@ -46,9 +46,9 @@ struct Patch {
   std::array<std::uint8_t, kMaxSlotBytes> slot_bytes{};
   // The near mechanism's other way: the instruction before the site (at `jump_at`, at least
   // five bytes, still holding `jump_expected`) becomes `jump_bytes` (a `jmp rel32` to a trampoline
-  // that runs it), or back. Written while threads may run it, with one locked 16-byte exchange of
-  // the aligned block that holds the five bytes (can_write_moved_jump()). 0 for none. With one,
-  // the site's own bytes may stay (replacement == expected).
+  // that runs it), or back. Written while threads may run it, with one locked 8-byte exchange in
+  // the cache line that holds the five bytes (can_write_moved_jump()). 0 for none. With one, the
+  // site's own bytes may stay (replacement == expected).
   std::uintptr_t jump_at = 0;
   std::array<std::uint8_t, kSlotBytes> jump_expected{};
   std::array<std::uint8_t, kSlotBytes> jump_bytes{};
@@ -76,8 +76,7 @@ PatchOutcome apply_patches(std::span<const Patch> patches, const std::vector<Map
 // the kernel does not offer it.
 bool sync_cores() noexcept;
 
-// Whether five bytes at `address` can be replaced atomically: they lie in one aligned 16-byte
-// block and the CPU has CMPXCHG16B.
+// Whether five bytes at `address` can be replaced atomically: they lie in one cache line.
 bool can_write_moved_jump(std::uintptr_t address) noexcept;
 
 OwnedLock& code_change_lock();

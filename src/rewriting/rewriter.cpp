@@ -106,6 +106,8 @@ struct Bookkeeping {
   // Every padding slot written so far (near mechanism), also of sites restored since: their
   // `jmp rel32` is filler to later searches for padding, and the slot can be given again.
   std::set<std::uintptr_t> written_slots;
+  // Sites the near mechanism could not rewrite, and why (near_unrewritten_sites()).
+  std::map<std::uintptr_t, const char*> unrewritten;
   // Function tables of images whose sites trap one by one (lazy mode): built once per image.
   std::map<std::pair<std::string, std::uintptr_t>, FunctionTable> function_cache;
 };
@@ -286,24 +288,29 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
   return taken;
 }
 
-// Whether the instruction at `previous`, which ends at the syscall `site`, can run in the site's
-// trampoline instead (the near mechanism's way for sites without padding): five bytes or more
-// (room for a `jmp rel32`), position-independent (no RIP-relative operand, not a branch), and no
-// direct branch of its function lands after its start up to the site (a branch to the site would
-// skip the trampoline: the call would go to the kernel unhooked), and the function has no jump
-// through a register (a jump table could land on the site). Branches from other functions are
-// not seen: compilers do not branch into the middle of another function.
-bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable& functions,
-              std::uintptr_t area_begin, std::uintptr_t area_end,
-              std::span<const std::uintptr_t> written,
-              std::map<std::uintptr_t, FunctionShape>& shapes, std::size_t& displacement_offset) {
+// Why the instruction at `previous`, which ends at the syscall `site`, cannot run in the site's
+// trampoline instead (the near mechanism's way for sites without padding). It can if it is five
+// bytes or more (room for a `jmp rel32`) in one cache line (replaced in one exchange), not a
+// branch, position-independent or RIP-relative with a 32-bit displacement; no direct branch of
+// its function lands after its start up to the site (a branch to the site would skip the
+// trampoline: the call would go to the kernel unhooked), and the function has no jump table
+// (which could land on the site). Branches from other functions are not seen: compilers do not
+// branch into the middle of another function.
+// nullptr if it can, else why not.
+const char* why_not_moved(std::uintptr_t previous, std::uintptr_t site,
+                          const FunctionTable& functions, std::uintptr_t area_begin,
+                          std::uintptr_t area_end, std::span<const std::uintptr_t> written,
+                          std::map<std::uintptr_t, FunctionShape>& shapes,
+                          std::size_t& displacement_offset) {
   displacement_offset = 0;
-  if (previous == 0 || previous < area_begin || site - previous < kSlotBytes ||
-      site - previous > kMaxMovedInstruction || !can_write_moved_jump(previous)) {
-    return false;
+  if (previous == 0 || previous < area_begin) return "no instruction before it in its function";
+  if (site - previous < kSlotBytes) return "the instruction before it is shorter than 5 bytes";
+  if (site - previous > kMaxMovedInstruction) return "no instruction before it in its function";
+  if (!can_write_moved_jump(previous)) {
+    return "the instruction before it crosses a cache line";
   }
   const FunctionRange* function = functions.find(site);
-  if (function == nullptr || function->begin < area_begin) return false;
+  if (function == nullptr || function->begin < area_begin) return "its function is not known";
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction instruction;
@@ -312,7 +319,9 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     return ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(at),
                                                end - at, &instruction, operands));
   };
-  if (!decode_at(previous, site) || instruction.length != site - previous) return false;
+  if (!decode_at(previous, site) || instruction.length != site - previous) {
+    return "no instruction before it in its function";
+  }
   switch (instruction.meta.category) {
     case ZYDIS_CATEGORY_COND_BR:
     case ZYDIS_CATEGORY_UNCOND_BR:
@@ -321,7 +330,7 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     case ZYDIS_CATEGORY_SYSCALL:
     case ZYDIS_CATEGORY_SYSTEM:
     case ZYDIS_CATEGORY_INTERRUPT:
-      return false;
+      return "the instruction before it is a branch or a system instruction";
     default:
       break;
   }
@@ -335,10 +344,12 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
     }
   }
   if (rip_relative) {
-    if (instruction.raw.disp.size != 32 || instruction.raw.disp.offset == 0) return false;
+    if (instruction.raw.disp.size != 32 || instruction.raw.disp.offset == 0) {
+      return "the instruction before it is relative";
+    }
     displacement_offset = instruction.raw.disp.offset;
   } else if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
-    return false;
+    return "the instruction before it is relative";
   }
   // No direct branch of the function may land after the instruction's start, up to the site.
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
@@ -349,11 +360,14 @@ bool can_move(std::uintptr_t previous, std::uintptr_t site, const FunctionTable&
   }
   const FunctionShape& shape = known->second;
   // A jump table may land on the site itself (a case that enters there): not seen, so refused.
-  if (!shape.decoded || shape.jumps_through_register) return false;
+  if (!shape.decoded) return "its function does not decode";
+  if (shape.jumps_through_register) return "its function has a jump table";
   const auto target =
       std::upper_bound(shape.branch_targets.begin(), shape.branch_targets.end(), previous);
-  if (target != shape.branch_targets.end() && *target <= site) return false;
-  return true;
+  if (target != shape.branch_targets.end() && *target <= site) {
+    return "a branch lands on it or between it and the instruction before";
+  }
+  return nullptr;
 }
 
 // The near mechanism: `patches` (sites of [area_begin, area_end), which lies in one image whose
@@ -404,9 +418,10 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     while (slot != slots.end() && slot->site < patch.address) ++slot;
     if (slot == slots.end() || slot->site != patch.address) {
       std::size_t displacement_offset = 0;
-      if (!can_move(previous[index], patch.address, functions, area_begin, area_end, written,
-                    shapes, displacement_offset)) {
+      if (const char* why = why_not_moved(previous[index], patch.address, functions, area_begin,
+                                          area_end, written, shapes, displacement_offset)) {
         ++stats.skipped_no_padding;
+        bookkeeping().unrewritten[patch.address] = why;
         continue;
       }
       const std::uintptr_t at = previous[index];
@@ -416,6 +431,7 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
           patch.address, at + kSlotBytes, MovedInstruction{moved, at, displacement_offset});
       if (trampoline == 0 || !add_moved_instruction(at, trampoline)) {
         ++stats.skipped_no_padding;
+        bookkeeping().unrewritten[patch.address] = "no memory for a trampoline within reach";
         continue;
       }
       Patch near = patch;
@@ -432,6 +448,7 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
         make_site_trampoline(patch.address, slot->slot + kPaddingSlotSize);
     if (trampoline == 0) {
       ++stats.skipped_no_padding;
+      bookkeeping().unrewritten[patch.address] = "no memory for a trampoline within reach";
       continue;
     }
     Patch near = patch;
@@ -671,6 +688,8 @@ ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
 void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
   auto& written = bookkeeping().written_slots;
   written.erase(written.lower_bound(begin), written.lower_bound(end));
+  auto& unrewritten = bookkeeping().unrewritten;
+  unrewritten.erase(unrewritten.lower_bound(begin), unrewritten.lower_bound(end));
   auto first = rewritten().lower_bound(begin > 1 ? begin - 1 : 0);
   auto last = rewritten().lower_bound(end);
   for (auto it = first; it != last; ++it) site_registry().remove(it->first);
@@ -1051,6 +1070,15 @@ ScopedNewCodeExclusion::ScopedNewCodeExclusion() noexcept {
 }
 ScopedNewCodeExclusion::~ScopedNewCodeExclusion() {
   --new_code_exclusions;
+}
+
+std::vector<std::pair<std::uintptr_t, std::string>> near_unrewritten_sites() {
+  RewriteLock lock;
+  std::vector<std::pair<std::uintptr_t, std::string>> sites;
+  for (const auto& [site, why] : bookkeeping().unrewritten) {
+    if (rewritten().count(site) == 0) sites.emplace_back(site, why);
+  }
+  return sites;
 }
 
 std::vector<ImageStats> late_code_stats() {

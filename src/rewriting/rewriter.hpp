@@ -9,6 +9,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "zpoline/zpoline.hpp"
@@ -57,6 +58,11 @@ void reset_rewriting_after_fork() noexcept;
 // 2-byte syscall not preceded by a prefix byte). Called from the SIGSYS handler: returns false
 // at once if rewriting is busy on another frame of this or another thread.
 bool rewrite_trapped_site(std::uintptr_t site);
+
+// Sites the near mechanism left alone (neither padding in reach nor a movable instruction before
+// them; ImageStats::skipped_no_padding), each with the reason the instruction before it could
+// not be moved, ascending. For tests and diagnostics.
+std::vector<std::pair<std::uintptr_t, std::string>> near_unrewritten_sites();
 
 // What rewrite_new_code() and rewrite_trapped_site() have done so far, one entry per image.
 std::vector<ImageStats> late_code_stats();
