@@ -123,7 +123,7 @@ std::size_t encode_site_trampoline(std::uint8_t (&code)[kMaxTrampolineSize],
                                    std::uintptr_t entry_pointer) {
   std::memset(code, kInt3, sizeof code);
   std::size_t at = std::min(moved.bytes.size(), kMaxMovedInstruction);
-  std::memcpy(code, moved.bytes.data(), at);
+  if (at != 0) std::memcpy(code, moved.bytes.data(), at);  // no instruction: data() may be null
   if (moved.displacement_offset != 0) {
     if (moved.displacement_offset + 4 > at) return 0;
     std::int32_t displacement = 0;
