@@ -113,13 +113,18 @@ bool write_moved_jump(const Patch& patch) {
   if (!can_write_moved_jump(patch.jump_at)) return false;
   const std::uintptr_t line_end = (patch.jump_at | (kCacheLine - 1)) + 1;
   const std::uintptr_t word_at = std::min(patch.jump_at, line_end - 8);
-  auto* word = reinterpret_cast<volatile std::uint64_t*>(word_at);
+  // Eight bytes at any alignment: a type of alignment 1, read with memcpy.
+  struct Word {
+    unsigned char bytes[8];
+  };
+  auto* word = reinterpret_cast<volatile Word*>(word_at);
   const std::size_t offset = patch.jump_at - word_at;
   for (int attempt = 0; attempt < 16; ++attempt) {
-    std::uint64_t current = *word;
     std::uint8_t bytes[8];
-    std::memcpy(bytes, &current, sizeof bytes);
+    std::memcpy(bytes, reinterpret_cast<const void*>(word_at), sizeof bytes);
     if (std::memcmp(bytes + offset, patch.jump_expected.data(), kSlotBytes) != 0) return false;
+    std::uint64_t current = 0;
+    std::memcpy(&current, bytes, sizeof current);
     std::memcpy(bytes + offset, patch.jump_bytes.data(), kSlotBytes);
     std::uint64_t desired = 0;
     std::memcpy(&desired, bytes, sizeof desired);
