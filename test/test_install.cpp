@@ -1066,3 +1066,37 @@ TEST_CASE("near_mechanism_coverage_of_real_libraries") {
   getpid();
   CHECK(tally[SYS_getpid] == 1);
 }
+
+// A site the near mechanism rewrote, restored (restore_on_detach), then rewritten by a later
+// install gets the same padding slot back, still jumping to its own trampoline: a thread that
+// had taken the site's jump before the restore reaches the right trampoline, and no slot is
+// given to another site. Each reinstall keeps libc's count.
+TEST_CASE("near_reinstall_gives_each_site_its_own_slot_back") {
+  const unsigned char* site = find_getpid_site();
+  REQUIRE(site != nullptr);
+  zpoline::Options options;
+  options.mechanism = zpoline::Mechanism::near;
+  options.use_environment = false;
+  options.restore_on_detach = true;
+  Tally tally;
+  std::size_t first_count = 0;
+  unsigned char first_jump = 0;
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    {
+      auto session = install_or_skip(counting_hook(tally), options);
+      const zpoline::ImageStats* libc = find_image(session.stats(), "libc.so.6");
+      REQUIRE(libc != nullptr);
+      if (round == 0) first_count = libc->sites_rewritten;
+      CHECK(libc->sites_rewritten >= first_count);
+      REQUIRE(site[0] == 0xeb);  // getpid's site goes through padding
+      if (round == 0) first_jump = site[1];
+      CHECK(site[1] == first_jump);
+      const long before = tally[SYS_getpid];
+      getpid();
+      CHECK(tally[SYS_getpid] == before + 1);
+    }
+    CHECK(site[0] == 0x0f);
+    CHECK(site[1] == 0x05);
+  }
+}

@@ -5,6 +5,7 @@
 #include <link.h>
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <set>
 #include <span>
@@ -14,6 +15,7 @@
 #include "rewriting/function_table.hpp"
 #include "rewriting/padding.hpp"
 #include "rewriting/site_scanner.hpp"
+#include "rewriting/site_trampolines.hpp"
 
 using namespace zpoline::detail;
 
@@ -115,20 +117,30 @@ TEST_CASE("a slot starts where a filler instruction starts and ends where the on
   CHECK(assign_padding_slots(std::vector<std::uintptr_t>{kBase + 60}, gaps,
                              std::vector<std::uintptr_t>{kBase + 100})[0]
             .slot == kBase + 110);
+  // In memory of this process, so that the slot can jump to a real trampoline.
   std::vector<std::uint8_t> code(48, 0xcc);
-  const std::uint8_t jump[] = {0xe9, 0x11, 0x22, 0x33, 0x44};  // a slot written before, at 16
-  std::copy(std::begin(jump), std::end(jump), code.begin() + 16);
+  const auto base = reinterpret_cast<std::uintptr_t>(code.data());
+  const std::uintptr_t trampoline = make_site_trampoline(base, base + 21);
+  seal_site_trampolines();
+  REQUIRE(trampoline != 0);
+  const auto displacement = static_cast<std::int32_t>(trampoline - (base + 21));
+  code[16] = 0xe9;  // a slot written before, at 16
+  std::memcpy(code.data() + 17, &displacement, sizeof displacement);
   code[0] = 0x0f;  // f1: syscall; ret
   code[1] = 0x05;
   code[2] = 0xc3;
-  const std::vector<FunctionRange> functions = {{kBase, kBase + 3}, {kBase + 40, kBase + 48}};
-  const std::vector<std::uintptr_t> site = {kBase};
-  CHECK(find_padding_gaps_near(code, kBase, functions, site).empty());
-  const auto gaps_with_slot =
-      find_padding_gaps_near(code, kBase, functions, site, std::vector<std::uintptr_t>{kBase + 16});
+  const std::vector<FunctionRange> functions = {{base, base + 3}, {base + 40, base + 48}};
+  const std::vector<std::uintptr_t> site = {base};
+  const std::vector<std::uintptr_t> written = {base + 16};
+  CHECK(find_padding_gaps_near(code, base, functions, site).empty());
+  const auto gaps_with_slot = find_padding_gaps_near(code, base, functions, site, written);
   REQUIRE(gaps_with_slot.size() == 1);
-  CHECK(gaps_with_slot[0].begin == kBase + 3);
-  CHECK(gaps_with_slot[0].end == kBase + 40);
+  CHECK(gaps_with_slot[0].begin == base + 3);
+  CHECK(gaps_with_slot[0].end == base + 40);
+  // Code that took the place of a forgotten slot (a jump elsewhere) is not filler.
+  const std::int32_t elsewhere = 0x100;
+  std::memcpy(code.data() + 17, &elsewhere, sizeof elsewhere);
+  CHECK(find_padding_gaps_near(code, base, functions, site, written).empty());
 }
 
 struct Image {

@@ -8,12 +8,17 @@
 #include <optional>
 
 #include "rewriting/instruction_length.hpp"
+#include "rewriting/site_trampolines.hpp"
 
 namespace zpoline::detail {
 namespace {
 
-bool is_written_slot(std::span<const std::uintptr_t> written, std::uintptr_t address) {
-  return std::binary_search(written.begin(), written.end(), address);
+// A slot written before, whose `jmp rel32` to a trampoline is still there (code that took the
+// place of a forgotten one is not: a library loaded where another was, unseen).
+bool is_written_slot(std::span<const std::uintptr_t> written, const std::uint8_t* bytes,
+                     std::uintptr_t address, std::size_t available) {
+  return available >= kPaddingSlotSize &&
+         std::binary_search(written.begin(), written.end(), address) && is_slot_jump(bytes);
 }
 
 // The gap [begin, end) of `code` (which starts at run-time address `base`) if it is nothing but
@@ -28,7 +33,7 @@ std::optional<PaddingGap> filler_gap(std::span<const std::uint8_t> code, std::ui
   std::uintptr_t at = begin;
   while (at < end) {
     gap.starts.push_back(at);
-    if (is_written_slot(written, at)) {
+    if (is_written_slot(written, code.data() + (at - base), at, end - at)) {
       at += kPaddingSlotSize;
       continue;
     }
@@ -61,7 +66,7 @@ FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
   for (std::uintptr_t at = function.begin; at < end;) {
     const std::uint8_t* bytes = code.data() + (at - base);
     const std::size_t available = end - at;
-    if (is_written_slot(written, at) && available >= kPaddingSlotSize) {
+    if (is_written_slot(written, bytes, at, available)) {
       // A slot written before (its `jmp rel32` to a trampoline): filler still.
       if (after_transfer) {
         if (!shape.filler.empty() && shape.filler.back().end == at) {

@@ -105,7 +105,10 @@ struct Bookkeeping {
   std::vector<ImageStats> late_images;
   // Every padding slot written so far (near mechanism), also of sites restored since: their
   // `jmp rel32` is filler to later searches for padding, and the slot can be given again.
-  std::set<std::uintptr_t> written_slots;
+  // Slot -> the site it was written for. A slot stays that site's for good (a thread may be
+  // between the site's jump and the slot when the site is restored): it is never given to
+  // another site, and the same site gets it (and its trampoline) back when rewritten again.
+  std::map<std::uintptr_t, std::uintptr_t> written_slots;
   // Sites the near mechanism could not rewrite, and why (near_unrewritten_sites()).
   std::map<std::uintptr_t, const char*> unrewritten;
   // Function tables of images whose sites trap one by one (lazy mode): built once per image.
@@ -272,8 +275,26 @@ Patch restore_patch(std::uintptr_t address, const RewrittenSite& site) {
 std::vector<std::uintptr_t> written_slots_in(std::uintptr_t begin, std::uintptr_t end) {
   const auto& written = bookkeeping().written_slots;
   const std::uintptr_t reach = kShortJumpBack + kMaxSlotRegion;
-  return std::vector<std::uintptr_t>(written.lower_bound(begin > reach ? begin - reach : 0),
-                                     written.lower_bound(end + reach));
+  std::vector<std::uintptr_t> slots;
+  for (auto it = written.lower_bound(begin > reach ? begin - reach : 0);
+       it != written.end() && it->first < end + reach; ++it) {
+    slots.push_back(it->first);
+  }
+  return slots;
+}
+
+// The slot written for `site` before (it was restored since), if it still jumps to one of the
+// trampolines: then the site gets it back as it is. 0 otherwise.
+std::uintptr_t earlier_slot_of(std::uintptr_t site) {
+  const std::uintptr_t reach = kShortJumpBack + kMaxSlotRegion;
+  const auto& written = bookkeeping().written_slots;
+  for (auto it = written.lower_bound(site > reach ? site - reach : 0);
+       it != written.end() && it->first < site + reach; ++it) {
+    if (it->second != site) continue;
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(it->first);
+    return is_slot_jump(bytes) ? it->first : 0;
+  }
+  return 0;
 }
 
 // The padding slots given out so far in [begin, end), ascending.
@@ -384,14 +405,32 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
   const std::vector<std::uintptr_t> written = written_slots_in(area_begin, area_end);
+  // A site rewritten before gets its own slot back; no other site ever gets a written one.
+  std::vector<PaddingSlot> slots;
+  std::vector<std::uintptr_t> fresh;
+  for (const std::uintptr_t site : sites) {
+    if (const std::uintptr_t slot = earlier_slot_of(site)) {
+      slots.push_back({site, slot, slot + kPaddingSlotSize});
+    } else {
+      fresh.push_back(site);
+    }
+  }
   // Between functions first: that needs no decoding of functions. Filler inside functions
   // (which needs each reached function decoded to its end) only for the sites left without.
-  std::vector<std::uintptr_t> taken = slots_taken_in(area_begin, area_end);
-  std::vector<PaddingSlot> slots = assign_padding_slots(
-      sites,
-      find_padding_gaps_near(area, area_begin, functions.functions, sites, written,
-                             /*inside_functions=*/false),
-      taken);
+  std::vector<std::uintptr_t> taken = written;
+  for (const std::uintptr_t slot : slots_taken_in(area_begin, area_end)) taken.push_back(slot);
+  std::sort(taken.begin(), taken.end());
+  taken.erase(std::unique(taken.begin(), taken.end()), taken.end());
+  {
+    const std::vector<PaddingSlot> first = assign_padding_slots(
+        fresh,
+        find_padding_gaps_near(area, area_begin, functions.functions, fresh, written,
+                               /*inside_functions=*/false),
+        taken);
+    slots.insert(slots.end(), first.begin(), first.end());
+    std::sort(slots.begin(), slots.end(),
+              [](const PaddingSlot& a, const PaddingSlot& b) { return a.site < b.site; });
+  }
   std::vector<std::uintptr_t> unslotted;
   {
     auto given = slots.begin();
@@ -444,6 +483,21 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
       routed.push_back(near);
       continue;
     }
+    Patch near = patch;
+    const auto to_slot = static_cast<std::int8_t>(static_cast<std::intptr_t>(slot->slot) -
+                                                  static_cast<std::intptr_t>(patch.address + 2));
+    near.replacement = static_cast<std::uint16_t>(
+        kShortJumpOpcode | (static_cast<std::uint16_t>(static_cast<std::uint8_t>(to_slot)) << 8));
+    if (bookkeeping().written_slots.count(slot->slot) != 0) {
+      // The site's own slot from before, jumping to its trampoline still: left as it is.
+      near.slot = slot->slot;
+      near.slot_length = kPaddingSlotSize;
+      std::memcpy(near.slot_expected.data(), reinterpret_cast<const void*>(slot->slot),
+                  kPaddingSlotSize);
+      near.slot_bytes = near.slot_expected;
+      routed.push_back(near);
+      continue;
+    }
     const std::uintptr_t trampoline =
         make_site_trampoline(patch.address, slot->slot + kPaddingSlotSize);
     if (trampoline == 0) {
@@ -451,11 +505,6 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
       bookkeeping().unrewritten[patch.address] = "no memory for a trampoline within reach";
       continue;
     }
-    Patch near = patch;
-    const auto to_slot = static_cast<std::int8_t>(static_cast<std::intptr_t>(slot->slot) -
-                                                  static_cast<std::intptr_t>(patch.address + 2));
-    near.replacement = static_cast<std::uint16_t>(
-        kShortJumpOpcode | (static_cast<std::uint16_t>(static_cast<std::uint8_t>(to_slot)) << 8));
     near.slot = slot->slot;
     near.slot_length = slot->end - slot->slot;
     std::memcpy(near.slot_expected.data(), reinterpret_cast<const void*>(slot->slot),
@@ -548,7 +597,7 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
       site.jump_bytes = patch.jump_bytes;
     }
     rewritten().emplace(patch.address, site);
-    if (patch.slot != 0) bookkeeping().written_slots.insert(patch.slot);
+    if (patch.slot != 0) bookkeeping().written_slots.emplace(patch.slot, patch.address);
   }
 }
 
@@ -686,8 +735,16 @@ ImageStats& late_stats_for(const std::string& path, std::uintptr_t base) {
 }
 
 void forget_sites(std::uintptr_t begin, std::uintptr_t end) {
+  // Slots in the range, and slots of the sites in it (the range may be one site, when too many
+  // unmaps were made to keep them: forget_unmapped_code()).
   auto& written = bookkeeping().written_slots;
   written.erase(written.lower_bound(begin), written.lower_bound(end));
+  std::erase_if(written,
+                [&](const auto& entry) { return entry.second >= begin && entry.second < end; });
+  // Function tables of images loaded in the range: another file may be loaded there next.
+  std::erase_if(bookkeeping().function_cache, [&](const auto& entry) {
+    return entry.first.second >= begin && entry.first.second < end;
+  });
   auto& unrewritten = bookkeeping().unrewritten;
   unrewritten.erase(unrewritten.lower_bound(begin), unrewritten.lower_bound(end));
   auto first = rewritten().lower_bound(begin > 1 ? begin - 1 : 0);

@@ -261,6 +261,15 @@ bool in_site_trampolines(std::uintptr_t address) noexcept {
   return false;
 }
 
+bool is_slot_jump(const std::uint8_t* bytes) noexcept {
+  if (bytes[0] != 0xe9) return false;
+  std::int32_t displacement = 0;
+  std::memcpy(&displacement, bytes + 1, sizeof displacement);
+  const auto target = reinterpret_cast<std::uintptr_t>(bytes) + 5 +
+                      static_cast<std::uintptr_t>(static_cast<std::intptr_t>(displacement));
+  return in_site_trampolines(target);
+}
+
 SiteTrampolineCounts site_trampoline_counts() noexcept {
   return {trampolines_made, arena_count};
 }

@@ -70,6 +70,10 @@ void seal_site_trampolines() noexcept;
 // Whether `address` lies in a trampoline arena (for tests and diagnostics).
 bool in_site_trampolines(std::uintptr_t address) noexcept;
 
+// Whether the five bytes at `bytes` are a padding slot's `jmp rel32` to a trampoline here (and
+// not code that took a forgotten slot's place since).
+bool is_slot_jump(const std::uint8_t* bytes) noexcept;
+
 // How many trampolines have been made, and arenas mapped, in this process.
 struct SiteTrampolineCounts {
   std::size_t trampolines = 0;
