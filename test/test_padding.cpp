@@ -3,6 +3,7 @@
 // libc, libstdc++ and ld.so, whose numbers are printed.
 #include <doctest/doctest.h>
 #include <link.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstring>
@@ -117,8 +118,12 @@ TEST_CASE("a slot starts where a filler instruction starts and ends where the on
   CHECK(assign_padding_slots(std::vector<std::uintptr_t>{kBase + 60}, gaps,
                              std::vector<std::uintptr_t>{kBase + 100})[0]
             .slot == kBase + 110);
-  // In memory of this process, so that the slot can jump to a real trampoline.
-  std::vector<std::uint8_t> code(48, 0xcc);
+  // In memory of this process (mapped where libraries are, not in a sanitizer's heap, which may
+  // have no free address within 2 GiB), so that the slot can jump to a real trampoline.
+  void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(page != MAP_FAILED);
+  std::span<std::uint8_t> code(static_cast<std::uint8_t*>(page), 48);
+  std::fill(code.begin(), code.end(), 0xcc);
   const auto base = reinterpret_cast<std::uintptr_t>(code.data());
   const std::uintptr_t trampoline = make_site_trampoline(base, base + 21);
   seal_site_trampolines();
@@ -141,6 +146,7 @@ TEST_CASE("a slot starts where a filler instruction starts and ends where the on
   const std::int32_t elsewhere = 0x100;
   std::memcpy(code.data() + 17, &elsewhere, sizeof elsewhere);
   CHECK(find_padding_gaps_near(code, base, functions, site, written).empty());
+  munmap(page, 4096);
 }
 
 struct Image {
