@@ -161,6 +161,8 @@ void configure_vector_state_saving() {
   zpoline_detail_xsave_mode = static_cast<unsigned char>(layout.mode);
   zpoline_detail_xsave_mask = layout.mask;
   zpoline_detail_xsave_size = layout.size;
+  zpoline_detail_save_pkru = layout.save_pkru ? 1 : 0;
+  detail::active_vector_save_layout = layout;
 }
 
 bool restore_on_detach = false;

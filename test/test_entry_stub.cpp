@@ -1327,11 +1327,9 @@ std::vector<SaveMode> save_modes() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   const bool xsave = __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_OSXSAVE) != 0;
   const bool xsavec = xsave && __get_cpuid_count(0xd, 1, &a, &b, &c, &d) != 0 && (a & 2u) != 0;
-  return {{0, "fxsave", true},
-          {1, "xsave", xsave},
-          {2, "xsavec", xsavec},
-          {3, "ymm registers", have_avx()},
-          {4, "xmm registers", true}};
+  return {{0, "fxsave", true},        {1, "xsave", xsave},
+          {2, "xsavec", xsavec},      {3, "ymm registers", have_avx()},
+          {4, "xmm registers", true}, {5, "zmm registers", have_avx512() && have_avx512bw()}};
 }
 
 }  // namespace
@@ -1837,8 +1835,9 @@ void check_state_preserved(std::uint32_t flags, const std::vector<std::string>& 
     auto session = install_or_skip(clobbering_hook);
     REQUIRE(zpoline_test::is_rewritten_site(zt_state_probe_site));
     // The vector save mode install() chose from CPUID and XCR0 (platform/cpu.cpp).
-    const char* const modes[] = {"fxsave", "xsave", "xsavec", "ymm registers", "xmm registers"};
-    const char* save_mode = zpoline_detail_xsave_mode < 5 ? modes[zpoline_detail_xsave_mode] : "?";
+    const char* const modes[] = {"fxsave",        "xsave",         "xsavec",
+                                 "ymm registers", "xmm registers", "zmm registers"};
+    const char* save_mode = zpoline_detail_xsave_mode < 6 ? modes[zpoline_detail_xsave_mode] : "?";
     CAPTURE(save_mode);
     // The most x87 values the mode keeps: the register modes do not tell a full stack from an
     // empty one (README, "Limits"; x87_state_in_the_register_modes).

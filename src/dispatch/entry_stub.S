@@ -234,6 +234,96 @@
         movdqu 96(\hi), %xmm15
         .endm
 
+/* PKRU in the register modes where the kernel has turned protection keys on
+ * (zpoline_detail_save_pkru): a hook may change it (pkey_set), as it may change MXCSR. Saved with
+ * RDPKRU at \where; put back with WRPKRU (which waits for earlier stores) only if it changed.
+ * Clobber eax, ecx and edx, so \where must not use them. */
+        .macro SAVE_PKRU where
+        cmpb $0, zpoline_detail_save_pkru(%rip)
+        je .Lpkru_saved_\@
+        xor %ecx, %ecx
+        rdpkru
+        mov %eax, \where
+.Lpkru_saved_\@:
+        .endm
+        .macro RESTORE_PKRU where
+        cmpb $0, zpoline_detail_save_pkru(%rip)
+        je .Lpkru_restored_\@
+        xor %ecx, %ecx
+        rdpkru
+        cmp \where, %eax
+        je .Lpkru_restored_\@
+        mov \where, %eax
+        xor %edx, %edx
+        wrpkru
+.Lpkru_restored_\@:
+        .endm
+
+/* The zmm mode (AVX-512; platform/cpu.hpp): zmm0-31 at 64 * i from (%rsp), k0-k7 at 2048, and
+ * the MXCSR/x87/PKRU block of the other register modes from 1600 (= kZmmControlBase: its fields
+ * at their usual offsets 512.. from there). EVEX moves with a scaled 8-bit displacement: one
+ * base register reaches all of it. */
+#define ZMM_CONTROL 1600
+        .macro SAVE_ZMM
+        stmxcsr ZMM_CONTROL+512(%rsp)           /* first: after the stores it waits for them */
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 %zmm\r, \r*64(%rsp)
+        .endr
+        .irp r, 0,1,2,3,4,5,6,7
+        kmovq %k\r, 2048+\r*8(%rsp)
+        .endr
+        lea ZMM_CONTROL(%rsp), %rdx
+        SAVE_X87 %rdx
+        SAVE_PKRU ZMM_CONTROL+528(%rsp)
+        /* r13: which bits of zmm0-15 above the xmm part were nonzero, as vptestmq's mask of their
+         * qwords (bits 2-3: 128-255, bits 4-7: 256-511; 0: none), so that the way back can leave
+         * the upper state as clean as it found it. Then vzeroupper for the SSE C++ code. */
+        vpternlogq $0xfe, %zmm2, %zmm1, %zmm0   /* zmm0 |= zmm1 | zmm2 */
+        vpternlogq $0xfe, %zmm5, %zmm4, %zmm3
+        vpternlogq $0xfe, %zmm8, %zmm7, %zmm6
+        vpternlogq $0xfe, %zmm11, %zmm10, %zmm9
+        vpternlogq $0xfe, %zmm14, %zmm13, %zmm12
+        vpternlogq $0xfe, %zmm6, %zmm3, %zmm0
+        vpternlogq $0xfe, %zmm15, %zmm12, %zmm9
+        vporq %zmm9, %zmm0, %zmm0
+        vptestmq %zmm0, %zmm0, %k1
+        kmovw %k1, %r13d
+        and $0xfc, %r13d
+        vzeroupper
+        .endm
+        /* Clobbers rax, rcx and rdx. */
+        .macro RESTORE_ZMM
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 \r*64(%rsp), %zmm\r
+        .endr
+        .irp r, 0,1,2,3,4,5,6,7
+        kmovq 2048+\r*8(%rsp), %k\r
+        .endr
+        test %r13d, %r13d
+        jnz .Lzmm_upper_\@
+        vzeroupper                              /* every upper bit was zero: clean, as found */
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 \r*64(%rsp), %xmm\r
+        .endr
+        jmp .Lzmm_loaded_\@
+.Lzmm_upper_\@:
+        test $0xf0, %r13d
+        jnz .Lzmm_full_\@
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 \r*64(%rsp), %ymm\r         /* zeroes bits 256-511, as they were */
+        .endr
+        jmp .Lzmm_loaded_\@
+.Lzmm_full_\@:
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 \r*64(%rsp), %zmm\r
+        .endr
+.Lzmm_loaded_\@:
+        lea ZMM_CONTROL(%rsp), %rdx
+        RESTORE_MXCSR %rdx
+        RESTORE_X87 %rdx
+        RESTORE_PKRU ZMM_CONTROL+528(%rsp)
+        .endm
+
 /* Saves the vector state in the mode platform/cpu.cpp chose at (%rsp): 64-byte aligned,
  * zpoline_detail_xsave_size bytes. The ymm mode inline; the others at \other (one
  * SAVE_OTHER_VECTOR_STATE \other, \done per use, out of the hot path), which continues at \done.
@@ -248,6 +338,7 @@
         lea 384(%rsp), %rdx
         YMM_STORES %rax, %rdx
         SAVE_X87 %rsp
+        SAVE_PKRU 528(%rsp)
         vorps %ymm1, %ymm0, %ymm0
         vorps %ymm3, %ymm2, %ymm2
         vorps %ymm5, %ymm4, %ymm4
@@ -272,10 +363,16 @@
         .endm
         .macro SAVE_OTHER_VECTOR_STATE other, done
 \other:
+        cmpb $5, zpoline_detail_xsave_mode(%rip)
+        jne .Lnot_zmm_\@
+        SAVE_ZMM
+        jmp \done
+.Lnot_zmm_\@:
         cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 2f
         SAVE_XMM %rsp
         SAVE_X87 %rsp
+        SAVE_PKRU 528(%rsp)
         jmp \done
 2:      xor %ecx, %ecx                          /* the XSAVE header: XSAVE leaves the bits of */
         mov %rcx, 512(%rsp)                     /* XSTATE_BV outside the mask as they were, and */
@@ -318,15 +415,22 @@
 1:      YMM_LOADS %rax, %rdx
 2:      RESTORE_MXCSR %rsp
         RESTORE_X87 %rsp
+        RESTORE_PKRU 528(%rsp)
 \done:
         .endm
         .macro RESTORE_OTHER_VECTOR_STATE other, done
 \other:
+        cmpb $5, zpoline_detail_xsave_mode(%rip)
+        jne .Lnot_zmm_\@
+        RESTORE_ZMM
+        jmp \done
+.Lnot_zmm_\@:
         cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 5f
         RESTORE_XMM %rsp
         RESTORE_MXCSR %rsp
         RESTORE_X87 %rsp
+        RESTORE_PKRU 528(%rsp)
         jmp \done
 5:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
@@ -1125,9 +1229,9 @@ zpoline_detail_clone_to_site:
         push %r15
         .cfi_adjust_cfa_offset 8
         .cfi_rel_offset %r15, 0
-        sub $8, %rsp                            /* the caller's x87 control word and MXCSR, */
-        .cfi_adjust_cfa_offset 8                /* which it gets back with an empty x87 stack */
-        fnstcw (%rsp)
+        sub $16, %rsp                           /* the caller's x87 control word, MXCSR and */
+        .cfi_adjust_cfa_offset 16               /* PKRU, which it gets back (with an empty */
+        fnstcw (%rsp)                           /* x87 stack) */
         stmxcsr 4(%rsp)
         push %rdi
         .cfi_adjust_cfa_offset 8
@@ -1138,12 +1242,36 @@ zpoline_detail_clone_to_site:
         RESTORE_YMM %rcx
         ldmxcsr 512(%rcx)
         RESTORE_X87 %rcx
-        jmp 2f
+        lea 528(%rcx), %rdx
+        jmp 3f
 6:      cmp $4, %eax
-        jne 7f
+        jne 8f
         RESTORE_XMM %rcx
         ldmxcsr 512(%rcx)
         RESTORE_X87 %rcx
+        lea 528(%rcx), %rdx
+        jmp 3f
+8:      cmp $5, %eax
+        jne 7f
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 \r*64(%rcx), %zmm\r
+        .endr
+        .irp r, 0,1,2,3,4,5,6,7
+        kmovq 2048+\r*8(%rcx), %k\r
+        .endr
+        ldmxcsr ZMM_CONTROL+512(%rcx)
+        lea ZMM_CONTROL(%rcx), %rdx
+        RESTORE_X87 %rdx
+        lea ZMM_CONTROL+528(%rcx), %rdx
+3:      cmpb $0, zpoline_detail_save_pkru(%rip) /* the register modes: PKRU, the caller's kept */
+        je 2f
+        mov (%rdx), %esi
+        xor %ecx, %ecx
+        rdpkru
+        mov %eax, 16(%rsp)
+        mov %esi, %eax
+        xor %edx, %edx
+        wrpkru
         jmp 2f
 7:      mov zpoline_detail_xsave_mask(%rip), %eax
         mov zpoline_detail_xsave_mask+4(%rip), %edx
@@ -1178,8 +1306,19 @@ zpoline_detail_clone_to_site:
         fninit
         fldcw (%rsp)
         ldmxcsr 4(%rsp)
-        lea 8(%rsp), %rsp
-        .cfi_adjust_cfa_offset -8
+        movzbl zpoline_detail_xsave_mode(%rip), %ecx
+        cmp $3, %ecx                            /* the XSAVE modes restored no PKRU */
+        jb 3f
+        cmpb $0, zpoline_detail_save_pkru(%rip)
+        je 3f
+        mov %rax, %rsi
+        mov 8(%rsp), %eax
+        xor %ecx, %ecx
+        xor %edx, %edx
+        wrpkru
+        mov %rsi, %rax
+3:      lea 16(%rsp), %rsp
+        .cfi_adjust_cfa_offset -16
         pop %r15
         .cfi_adjust_cfa_offset -8
         .cfi_restore %r15
@@ -1262,6 +1401,8 @@ zpoline_detail_sigsys_set:                      /* sigset_t with SIGSYS (31) alo
         GLOBAL zpoline_detail_general_registers_only, 1
         .byte 0
         GLOBAL zpoline_detail_membarrier_registered, 1
+        .byte 0
+        GLOBAL zpoline_detail_save_pkru, 1      /* the register modes keep PKRU (platform/cpu) */
         .byte 0
 
         .section .note.GNU-stack,"",@progbits

@@ -142,6 +142,8 @@ extern unsigned char zpoline_detail_membarrier_registered __attribute__((visibil
 extern std::uint64_t zpoline_detail_xsave_size __attribute__((visibility("hidden")));
 extern std::uint64_t zpoline_detail_xsave_mask __attribute__((visibility("hidden")));
 extern unsigned char zpoline_detail_xsave_mode __attribute__((visibility("hidden")));
+// Whether the register save modes keep PKRU (platform/cpu.hpp, VectorSaveLayout::save_pkru).
+extern unsigned char zpoline_detail_save_pkru __attribute__((visibility("hidden")));
 // Options::general_registers_only: the stub's fast path saves no vector state.
 extern unsigned char zpoline_detail_general_registers_only __attribute__((visibility("hidden")));
 // Set once the library has taken a signal (platform/signals.cpp): signal mask and disposition

@@ -23,6 +23,7 @@
 #include <linux/futex.h>
 
 #include "dispatch/thread_records.hpp"
+#include "platform/cpu.hpp"
 #include "platform/memory.hpp"
 #include "platform/sanitizers.hpp"
 #include "platform/signals.hpp"
@@ -198,7 +199,7 @@ void rewrite_queued_sites() {
 // it in the kernel's XSAVE layout; in the "registers" modes it is converted.
 // `area` is the caller's (on its stack: a trap nested in the hook gets its own).
 struct alignas(64) RegisterModeArea {
-  unsigned char bytes[576 + 128];
+  unsigned char bytes[kZmmControlBase + 576 + 128];  // the largest: the zmm mode's
 };
 // The x87 part of an FXSAVE image (the signal frame's) as FNSAVE writes it: the full tag word
 // from the abridged one (a tag per physical register: valid, zero, special or empty), the
@@ -240,26 +241,46 @@ void write_fnsave_image(const unsigned char* fxsave, unsigned top, unsigned char
 
 void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
   auto* fpstate = reinterpret_cast<unsigned char*>(context.uc_mcontext.fpregs);
-  const unsigned char mode = zpoline_detail_xsave_mode;
-  if (mode != 3 && mode != 4) return fpstate;
+  const auto mode = static_cast<VectorSaveMode>(zpoline_detail_xsave_mode);
+  if (mode != VectorSaveMode::ymm_registers && mode != VectorSaveMode::xmm_registers &&
+      mode != VectorSaveMode::zmm_registers) {
+    return fpstate;
+  }
+  const VectorSaveLayout& layout = active_vector_save_layout;
   unsigned char* area = converted.bytes;
   std::memset(area, 0, sizeof converted.bytes);
+  // XSTATE_BV of the XSAVE header: a component whose bit is clear is in its initial state (all
+  // zero), and its bytes in the frame are not to be read. Without XSAVE there is no header.
   std::uint64_t present = 0;
-  std::memcpy(&present, fpstate + 512, sizeof present);  // XSTATE_BV of the XSAVE header
-  for (int i = 0; i < 16; ++i) {
-    std::memcpy(area + 32 * i, fpstate + 160 + 16 * i, 16);  // xmm in the legacy area
-    if (mode == 3 && (present & 4)) std::memcpy(area + 32 * i + 16, fpstate + 576 + 16 * i, 16);
+  if (layout.mask != 0) std::memcpy(&present, fpstate + 512, sizeof present);
+  const bool zmm = mode == VectorSaveMode::zmm_registers;
+  const std::size_t stride = zmm ? 64 : 32;
+  const auto copy_component = [&](unsigned component, std::uint32_t offset, std::size_t size,
+                                  unsigned char* to) {
+    if ((present & (1ull << component)) != 0 && offset != 0)
+      std::memcpy(to, fpstate + offset, size);
+  };
+  for (std::size_t i = 0; i < 16; ++i) {
+    std::memcpy(area + stride * i, fpstate + 160 + 16 * i, 16);  // xmm in the legacy area
+    if (mode == VectorSaveMode::xmm_registers) continue;
+    copy_component(2, layout.offsets.avx + 16 * i, 16, area + stride * i + 16);
+    if (zmm) copy_component(6, layout.offsets.zmm_hi256 + 32 * i, 32, area + stride * i + 32);
   }
-  std::memcpy(area + 512, fpstate + 24, 4);  // MXCSR
-  // The x87 status and control words at 520 and 522, as the stub's SAVE_X87 keeps them, and,
-  // where TOP says the stack holds values, the x87 state as an FNSAVE image at 576 (a clone
-  // child gets it from there).
-  std::memcpy(area + 520, fpstate + 2, 2);
-  std::memcpy(area + 522, fpstate, 2);
+  if (zmm) {
+    copy_component(7, layout.offsets.hi16_zmm, 16 * 64, area + 16 * 64);
+    copy_component(5, layout.offsets.opmask, 8 * 8, area + 2048);
+  }
+  unsigned char* control = zmm ? area + kZmmControlBase : area;
+  std::memcpy(control + kControlMxcsr, fpstate + 24, 4);
+  // The x87 status and control words, as the stub's SAVE_X87 keeps them, and, where TOP says the
+  // stack holds values, the x87 state as an FNSAVE image (a clone child gets it from there).
+  std::memcpy(control + kControlX87Status, fpstate + 2, 2);
+  std::memcpy(control + kControlX87Control, fpstate, 2);
   std::uint16_t status = 0;
   std::memcpy(&status, fpstate + 2, sizeof status);
   const unsigned top = (status >> 11) & 7;
-  if (top != 0) write_fnsave_image(fpstate, top, area + 576);
+  if (top != 0) write_fnsave_image(fpstate, top, control + kControlFnsave);
+  if (layout.save_pkru) copy_component(9, layout.offsets.pkru, 4, control + kControlPkru);
   return area;
 }
 
