@@ -2165,3 +2165,265 @@ TEST_CASE("x87_pending_exceptions_and_clones_in_the_register_modes") {
   CHECK(wrong_hook_results == 0);
   use_save_mode(chosen);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The vector registers of a clone child, in each register save mode
+// ---------------------------------------------------------------------------------------------
+
+// A raw clone of a thread on its own stack (no TLS) with every vector register the mode keeps
+// holding a known value, through a rewritten site and through a trapped one (where the safety
+// net converts the signal frame into the stub's layout: for the zmm mode, XSAVE's AVX, ZMM_Hi256,
+// Hi16_ZMM and opmask components). The hook clobbers all of the state before and after
+// forward(): the child must start with the application's registers, and the parent must get
+// them back.
+namespace {
+struct alignas(64) VectorImage {
+  std::uint8_t zmm[32][64];  // zmm0-31 (ymm or xmm: the low bytes of the first 16)
+  std::uint64_t k[8];
+};
+static_assert(offsetof(VectorImage, k) == 2048);
+constexpr long kRawThreadFlags =
+    CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS;
+static_assert(kRawThreadFlags == 0xd0f00);
+}  // namespace
+
+extern "C" {
+VectorImage zt_vector_child_image;
+volatile int zt_vector_child_done;
+int zt_vector_child_width;  // 2: zmm0-31 and k0-k7; 1: ymm0-15; 0: xmm0-15
+void zt_vector_clone_child();
+// Loads `pattern` at `width`, clones (rdi = pattern, rsi = the child's stack top, edx = width,
+// ecx = through the prefixed, trapped syscall, r8 = where the parent's registers go after it).
+long zt_vector_clone(const VectorImage* pattern, void* stack_top, int width, int trapped,
+                     VectorImage* parent_after);
+extern const unsigned char zt_vector_clone_site[];
+}
+
+#define ZT_VECTOR_STORES(base)                                                                \
+  "  cmp $2, %ebx\n"                                                                          \
+  "  jne 21f\n"                                                                               \
+  "  .irp "                                                                                   \
+  "r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31\n" \
+  "  vmovdqu64 %zmm\\r, \\r*64(" base                                                         \
+  ")\n"                                                                                       \
+  "  .endr\n"                                                                                 \
+  "  .irp r,0,1,2,3,4,5,6,7\n"                                                                \
+  "  kmovq %k\\r, 2048+\\r*8(" base                                                           \
+  ")\n"                                                                                       \
+  "  .endr\n"                                                                                 \
+  "  jmp 23f\n"                                                                               \
+  "21:\n"                                                                                     \
+  "  cmp $1, %ebx\n"                                                                          \
+  "  jne 22f\n"                                                                               \
+  "  .irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"                                          \
+  "  vmovdqu %ymm\\r, \\r*64(" base                                                           \
+  ")\n"                                                                                       \
+  "  .endr\n"                                                                                 \
+  "  jmp 23f\n"                                                                               \
+  "22:\n"                                                                                     \
+  "  .irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"                                          \
+  "  movdqu %xmm\\r, \\r*64(" base                                                            \
+  ")\n"                                                                                       \
+  "  .endr\n"                                                                                 \
+  "23:\n"
+
+asm(R"(
+  .text
+  .globl zt_vector_clone_child
+  .type zt_vector_clone_child, @function
+zt_vector_clone_child:
+  .cfi_startproc
+  .cfi_undefined %rip
+  lea zt_vector_child_image(%rip), %rax
+  mov zt_vector_child_width(%rip), %ebx
+)" ZT_VECTOR_STORES("%rax") R"(
+  movl $1, zt_vector_child_done(%rip)
+  mov $60, %eax
+  xor %edi, %edi
+  .byte 0x66
+  syscall
+  ud2
+  .cfi_endproc
+  .size zt_vector_clone_child, .-zt_vector_clone_child
+
+  .globl zt_vector_clone
+  .type zt_vector_clone, @function
+zt_vector_clone:
+  .cfi_startproc
+  push %rbx
+  .cfi_adjust_cfa_offset 8
+  .cfi_offset %rbx, -16
+  push %r12
+  .cfi_adjust_cfa_offset 8
+  .cfi_offset %r12, -24
+  mov %edx, %ebx
+  mov %r8, %r12
+  mov %ecx, %r9d
+  cmp $2, %ebx
+  jne 1f
+  .irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+  vmovdqu64 \r*64(%rdi), %zmm\r
+  .endr
+  .irp r,0,1,2,3,4,5,6,7
+  kmovq 2048+\r*8(%rdi), %k\r
+  .endr
+  jmp 3f
+1:
+  cmp $1, %ebx
+  jne 2f
+  .irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+  vmovdqu \r*64(%rdi), %ymm\r
+  .endr
+  jmp 3f
+2:
+  .irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+  movdqu \r*64(%rdi), %xmm\r
+  .endr
+3:
+  mov $0xd0f00, %edi
+  xor %edx, %edx
+  xor %r10d, %r10d
+  xor %r8d, %r8d
+  test %r9d, %r9d
+  jnz 5f
+  mov $56, %eax
+  .globl zt_vector_clone_site
+zt_vector_clone_site:
+  syscall
+  jmp 6f
+5:
+  mov $56, %eax
+  .byte 0x66
+  syscall
+6:
+  test %rax, %rax
+  jnz 7f
+  ret
+7:
+)" ZT_VECTOR_STORES("%r12") R"(
+  pop %r12
+  .cfi_adjust_cfa_offset -8
+  pop %rbx
+  .cfi_adjust_cfa_offset -8
+  ret
+  .cfi_endproc
+  .size zt_vector_clone, .-zt_vector_clone
+)");
+
+namespace {
+// What differs between two images in the registers a mode keeps.
+std::string vector_differences(const VectorImage& expected, const VectorImage& seen, int width) {
+  std::string differences;
+  const int count = width == 2 ? 32 : 16;
+  const std::size_t bytes = width == 2 ? 64 : width == 1 ? 32 : 16;
+  for (int r = 0; r < count; ++r) {
+    if (std::memcmp(expected.zmm[r], seen.zmm[r], bytes) != 0) {
+      differences += (width == 2 ? "zmm" : width == 1 ? "ymm" : "xmm") + std::to_string(r) + " ";
+    }
+  }
+  for (int k = 0; width == 2 && k < 8; ++k) {
+    if (expected.k[k] != seen.k[k]) differences += "k" + std::to_string(k) + " ";
+  }
+  return differences;
+}
+}  // namespace
+
+TEST_CASE("vector_registers_of_clones_in_the_register_modes") {
+  std::atomic<long> clones{0};
+  auto session = install_exhaustive_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.number() != SYS_clone || call.arg(0) != kRawThreadFlags) return call.forward();
+    clobber_all_state();
+    const long result = call.forward();
+    if (result > 0) ++clones;
+    clobber_all_state();
+    return result;
+  });
+  REQUIRE(zpoline_test::is_rewritten_site(zt_vector_clone_site));
+  getppid();  // this thread's first call, through the dispatcher, before the mode changes
+  const unsigned char chosen = zpoline_detail_xsave_mode;
+  int tried = 0;
+  for (const SaveMode& mode : save_modes()) {
+    if (mode.mode < 3 || !mode.available) continue;
+    CAPTURE(mode.name);
+    use_save_mode(mode.mode);
+    const int width = mode.mode == 5 ? 2 : mode.mode == 3 ? 1 : 0;
+    for (const bool trapped : {false, true}) {
+      CAPTURE(trapped);
+      VectorImage pattern{};
+      for (int r = 0; r < 32; ++r) {
+        for (int b = 0; b < 64; ++b) {
+          pattern.zmm[r][b] = static_cast<std::uint8_t>(r * 64 + b * 5 + (trapped ? 3 : 1));
+        }
+      }
+      for (int k = 0; k < 8; ++k) pattern.k[k] = 0x8877665544332211ull * (k + 1) + trapped;
+      const std::size_t size = 64 * 1024;
+      auto* stack = static_cast<char*>(
+          mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+      REQUIRE(stack != MAP_FAILED);
+      auto* top = reinterpret_cast<unsigned long*>(stack + size);
+      *--top = reinterpret_cast<unsigned long>(&zt_vector_clone_child);
+      zt_vector_child_width = width;
+      zt_vector_child_done = 0;
+      std::memset(&zt_vector_child_image, 0, sizeof zt_vector_child_image);
+      VectorImage parent_after{};
+      const long before_clones = clones;
+      const long child = zt_vector_clone(&pattern, top, width, trapped ? 1 : 0, &parent_after);
+      CHECK(child > 0);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!zt_vector_child_done && std::chrono::steady_clock::now() < deadline) sched_yield();
+      REQUIRE(zt_vector_child_done == 1);
+      CHECK(clones == before_clones + 1);
+      CHECK(vector_differences(pattern, zt_vector_child_image, width) == "");
+      CHECK(vector_differences(pattern, parent_after, width) == "");
+      ++tried;
+    }
+  }
+  use_save_mode(chosen);
+  CHECK(tried >= 2);
+}
+
+// PKRU (protection keys) in whatever mode install() chose: a hook that changes it (as pkey_set
+// does) must not change it for the application. Only where the kernel has turned protection keys
+// on; the register modes then keep it with RDPKRU/WRPKRU, the XSAVE modes with the rest.
+TEST_CASE("pkru_preserved") {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0 || (c & bit_OSPKE) == 0 ||
+      (enabled_xstate() & (1ull << 9)) == 0) {
+    std::fprintf(stderr,
+                 "SKIP: no protection keys here (CPUID.7:ECX.OSPKE clear or XCR0 = %#llx "
+                 "without bit 9)\n",
+                 static_cast<unsigned long long>(enabled_xstate()));
+    std::_Exit(77);
+  }
+  const auto read_pkru = [] {
+    std::uint32_t value = 0, high = 0;
+    asm volatile("rdpkru" : "=a"(value), "=d"(high) : "c"(0));
+    return value;
+  };
+  const auto write_pkru = [](std::uint32_t value) {
+    asm volatile("wrpkru" : : "a"(value), "c"(0), "d"(0) : "memory");
+  };
+  const std::uint32_t original = read_pkru();
+  std::atomic<long> calls{0};
+  std::atomic<std::uint32_t> seen{0};
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (call.number() != SYS_getppid) return call.forward();
+    ++calls;
+    seen = read_pkru();
+    write_pkru(0x55555550u);  // write-disable every key but 0 and 1
+    return call.forward();
+  });
+  // Key 15 access-disabled, key 14 write-disabled: not keys the process uses, so harmless.
+  const std::uint32_t application = original | (1u << 30) | (1u << 29);
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    write_pkru(application);
+    const long parent = syscall(SYS_getppid);
+    const std::uint32_t after = read_pkru();
+    write_pkru(original);
+    CHECK(parent == getppid());
+    CHECK(after == application);
+    CHECK(seen == application);
+  }
+  CHECK(calls >= 3);
+}
