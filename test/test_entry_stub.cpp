@@ -1758,6 +1758,7 @@ struct StateRun {
   std::string load_problems;  // the state before the call is not the one loaded
   std::string differences;    // what the call changed
   long result = 0;
+  std::uint64_t in_use_before = 0, in_use_after = 0;  // XSTATE_BV of the snapshots (with XSAVE)
 };
 
 StateRun run_state_probe(void (*probe)(StateProbe*), const StateProbe& input) {
@@ -1773,6 +1774,10 @@ StateRun run_state_probe(void (*probe)(StateProbe*), const StateProbe& input) {
   run.load_problems = load_problems(layout, in, before.bytes);
   run.differences = state_differences(layout, before.bytes, after.bytes);
   run.result = static_cast<long>(in.result);
+  if (layout.xsave) {
+    run.in_use_before = field<std::uint64_t>(before.bytes, 512);
+    run.in_use_after = field<std::uint64_t>(after.bytes, 512);
+  }
   return run;
 }
 
@@ -2347,12 +2352,21 @@ TEST_CASE("vector_registers_of_clones_in_the_register_modes") {
     CAPTURE(mode.name);
     use_save_mode(mode.mode);
     const int width = mode.mode == 5 ? 2 : mode.mode == 3 ? 1 : 0;
-    for (const bool trapped : {false, true}) {
+    // In the zmm mode also with bits 256-511 zero in zmm16-31 (saved at 256 bits) and in all
+    // (the same for zmm0-15).
+    const int upper_kinds = width == 2 ? 3 : 1;
+    for (int trial = 0; trial < 2 * upper_kinds; ++trial) {
+      const bool trapped = trial % 2 != 0;
+      const int upper_kind = trial / 2;
       CAPTURE(trapped);
+      CAPTURE(upper_kind);
       VectorImage pattern{};
       for (int r = 0; r < 32; ++r) {
+        const bool upper_zero = (upper_kind == 1 && r >= 16) || upper_kind == 2;
         for (int b = 0; b < 64; ++b) {
-          pattern.zmm[r][b] = static_cast<std::uint8_t>(r * 64 + b * 5 + (trapped ? 3 : 1));
+          pattern.zmm[r][b] = upper_zero && b >= 32
+                                  ? 0
+                                  : static_cast<std::uint8_t>(r * 64 + b * 5 + (trapped ? 3 : 1));
         }
       }
       for (int k = 0; k < 8; ++k) pattern.k[k] = 0x8877665544332211ull * (k + 1) + trapped;
@@ -2426,4 +2440,80 @@ TEST_CASE("pkru_preserved") {
     CHECK(seen == application);
   }
   CHECK(calls >= 3);
+}
+
+// The zmm mode saves each group of registers (zmm0-15, zmm16-31) at 256 bits where its bits
+// 256-511 are all zero, whole otherwise, and leaves zmm0-15 clean where all their bits above 128
+// were zero (entry_stub.S, SAVE_ZMM). Every combination, on the fast path and a new thread's
+// first call, through a hook that clobbers all of the state, compared bit for bit.
+TEST_CASE("zmm_mode_at_each_width") {
+  if (!have_avx512() || !have_avx512bw()) {
+    std::fprintf(stderr,
+                 "SKIP: the zmm save mode needs AVX-512F and AVX512BW, enabled in XCR0 "
+                 "(here %#llx)\n",
+                 static_cast<unsigned long long>(enabled_xstate()));
+    std::_Exit(77);
+  }
+  const long pid = real_getpid();
+  state_site_return = address_of(zt_state_probe_site) + 2;
+  state_prefixed_site_return = address_of(zt_state_probe_prefixed_site) + 3;
+  std::atomic<long> site_calls{0};
+  auto session = install_or_skip([&](zpoline::Syscall& call) -> long {
+    if (!from_state_probe(call)) return call.forward();
+    ++site_calls;
+    clobber_all_state();
+    return call.forward();
+  });
+  REQUIRE(zpoline_test::is_rewritten_site(zt_state_probe_site));
+  getppid();
+  const unsigned char chosen = zpoline_detail_xsave_mode;
+  use_save_mode(5);
+  struct Kind {
+    const char* name;
+    unsigned low_bytes;   // bytes of zmm0-15 that hold the pattern (the rest zero)
+    unsigned high_bytes;  // the same for zmm16-31
+  };
+  const Kind kinds[] = {
+      {"all whole", 64, 64},
+      {"zmm0-15 at 256 bits, zmm16-31 whole", 32, 64},
+      {"zmm0-15 whole, zmm16-31 at 256 bits", 64, 32},
+      {"all at 256 bits", 32, 32},
+      {"zmm0-15 at 128 bits, zmm16-31 at 256", 16, 32},
+      {"zmm0-15 at 128 bits, zmm16-31 whole", 16, 64},
+  };
+  long expected_calls = 0;
+  unsigned seed = 80;
+  for (const Kind& kind : kinds) {
+    CAPTURE(std::string(kind.name));
+    for (const bool new_thread : {false, true}) {
+      CAPTURE(new_thread);
+      StateProbe in = make_state_input(++seed, 3, kLoadZmm | kOpmask64);
+      for (unsigned r = 0; r < 32; ++r) {
+        const unsigned keep = r < 16 ? kind.low_bytes : kind.high_bytes;
+        std::memset(in.zmm[r] + keep, 0, 64 - keep);
+      }
+      StateRun run;
+      if (new_thread) {
+        std::thread([&] { run = run_state_probe(zt_state_probe, in); }).join();
+      } else {
+        run = run_state_probe(zt_state_probe, in);
+      }
+      CHECK(site_calls == ++expected_calls);
+      CHECK(run.load_problems == "");
+      // The probe loads zmm0-15 whole, which marks their upper state in use even where the bits
+      // are zero; the stub gives them back with 256-bit loads or vzeroupper, which leaves it in
+      // its initial state: the same values (XSAVE's initial state is all zero), one state
+      // cleaner. Never the other way.
+      std::string differences = run.differences;
+      const std::string in_use = "XSTATE_BV (components in use); ";
+      if ((run.in_use_after & ~run.in_use_before) == 0) {
+        if (const auto at = differences.find(in_use); at != std::string::npos) {
+          differences.erase(at, in_use.size());
+        }
+      }
+      CHECK(differences == "");
+      CHECK(run.result == pid);
+    }
+  }
+  use_save_mode(chosen);
 }

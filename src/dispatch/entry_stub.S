@@ -262,44 +262,95 @@
 /* The zmm mode (AVX-512; platform/cpu.hpp): zmm0-31 at 64 * i from (%rsp), k0-k7 at 2048, and
  * the MXCSR/x87/PKRU block of the other register modes from 1600 (= kZmmControlBase: its fields
  * at their usual offsets 512.. from there). EVEX moves with a scaled 8-bit displacement: one
- * base register reaches all of it. */
+ * base register reaches all of it.
+ *
+ * The cost is in the stores (docs/PERFORMANCE.md, "AVX-512"): on Zen 4 a 512-bit store takes two
+ * store-queue entries, and 32 of them fill the queue (27 ns; 256-bit ones: 15 ns). Compiled code
+ * writes zmm16-31 through their low 256 bits (glibc's EVEX string functions), which zeroes the
+ * rest, and leaves bits 256-511 of zmm0-15 zero unless it computes with zmm itself. So: zmm30
+ * and zmm31 are saved whole first, which frees them to collect the OR of zmm0-15 and of zmm16-31
+ * without touching any register not yet saved; each group is then stored with 256-bit moves
+ * where its bits 256-511 are all zero, whole otherwise. r13 (also kept at ZMM_WIDTHS for the
+ * clone path) = vptestmq's masks of those ORs: bits 2-3 = bits 128-255 of some zmm0-15, bits
+ * 4-7 = bits 256-511 of some zmm0-15, bits 12-15 = bits 256-511 of some zmm16-31. The way back
+ * loads at the width saved, and with every upper bit of zmm0-15 zero it leaves them clean with
+ * vzeroupper and 128-bit loads, as the ymm mode does. Clobbers rax, rcx, rdx, k1, k2 and the
+ * vector registers. */
 #define ZMM_CONTROL 1600
+#define ZMM_WIDTHS (ZMM_CONTROL+532)
         .macro SAVE_ZMM
         stmxcsr ZMM_CONTROL+512(%rsp)           /* first: after the stores it waits for them */
-        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-        vmovdqu64 %zmm\r, \r*64(%rsp)
-        .endr
         .irp r, 0,1,2,3,4,5,6,7
         kmovq %k\r, 2048+\r*8(%rsp)
         .endr
+        vmovdqu64 %zmm30, 30*64(%rsp)
+        vmovdqu64 %zmm31, 31*64(%rsp)
+        vpternlogq $0xfe, %zmm17, %zmm16, %zmm31  /* zmm31 |= zmm16 | zmm17 */
+        vpternlogq $0xfe, %zmm19, %zmm18, %zmm31
+        vpternlogq $0xfe, %zmm21, %zmm20, %zmm31
+        vpternlogq $0xfe, %zmm23, %zmm22, %zmm31
+        vpternlogq $0xfe, %zmm25, %zmm24, %zmm31
+        vpternlogq $0xfe, %zmm27, %zmm26, %zmm31
+        vpternlogq $0xfe, %zmm29, %zmm28, %zmm31
+        vporq %zmm30, %zmm31, %zmm31
+        vporq %zmm1, %zmm0, %zmm30
+        vpternlogq $0xfe, %zmm3, %zmm2, %zmm30
+        vpternlogq $0xfe, %zmm5, %zmm4, %zmm30
+        vpternlogq $0xfe, %zmm7, %zmm6, %zmm30
+        vpternlogq $0xfe, %zmm9, %zmm8, %zmm30
+        vpternlogq $0xfe, %zmm11, %zmm10, %zmm30
+        vpternlogq $0xfe, %zmm13, %zmm12, %zmm30
+        vpternlogq $0xfe, %zmm15, %zmm14, %zmm30
+        vptestmq %zmm30, %zmm30, %k1
+        vptestmq %zmm31, %zmm31, %k2
+        kunpckbw %k1, %k2, %k1                  /* k1 = k2 << 8 | k1 */
+        kmovw %k1, %r13d
+        and $0xf0fc, %r13d
+        mov %r13d, ZMM_WIDTHS(%rsp)
+        test $0xf0, %r13d
+        jnz .Lzmm_low_whole_\@
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 %ymm\r, \r*64(%rsp)
+        .endr
+        jmp .Lzmm_low_saved_\@
+.Lzmm_low_whole_\@:
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 %zmm\r, \r*64(%rsp)
+        .endr
+.Lzmm_low_saved_\@:
+        test $0xf000, %r13d
+        jnz .Lzmm_high_whole_\@
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29
+        vmovdqu64 %ymm\r, \r*64(%rsp)
+        .endr
+        jmp .Lzmm_high_saved_\@
+.Lzmm_high_whole_\@:
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29
+        vmovdqu64 %zmm\r, \r*64(%rsp)
+        .endr
+.Lzmm_high_saved_\@:
         lea ZMM_CONTROL(%rsp), %rdx
         SAVE_X87 %rdx
         SAVE_PKRU ZMM_CONTROL+528(%rsp)
-        /* r13: which bits of zmm0-15 above the xmm part were nonzero, as vptestmq's mask of their
-         * qwords (bits 2-3: 128-255, bits 4-7: 256-511; 0: none), so that the way back can leave
-         * the upper state as clean as it found it. Then vzeroupper for the SSE C++ code. */
-        vpternlogq $0xfe, %zmm2, %zmm1, %zmm0   /* zmm0 |= zmm1 | zmm2 */
-        vpternlogq $0xfe, %zmm5, %zmm4, %zmm3
-        vpternlogq $0xfe, %zmm8, %zmm7, %zmm6
-        vpternlogq $0xfe, %zmm11, %zmm10, %zmm9
-        vpternlogq $0xfe, %zmm14, %zmm13, %zmm12
-        vpternlogq $0xfe, %zmm6, %zmm3, %zmm0
-        vpternlogq $0xfe, %zmm15, %zmm12, %zmm9
-        vporq %zmm9, %zmm0, %zmm0
-        vptestmq %zmm0, %zmm0, %k1
-        kmovw %k1, %r13d
-        and $0xfc, %r13d
-        vzeroupper
+        vzeroupper                              /* for the SSE C++ code */
         .endm
         /* Clobbers rax, rcx and rdx. */
         .macro RESTORE_ZMM
+        test $0xf000, %r13d
+        jnz .Lzmm_high_whole_\@
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 \r*64(%rsp), %ymm\r
+        .endr
+        jmp .Lzmm_high_loaded_\@
+.Lzmm_high_whole_\@:
         .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
         vmovdqu64 \r*64(%rsp), %zmm\r
         .endr
+.Lzmm_high_loaded_\@:
         .irp r, 0,1,2,3,4,5,6,7
         kmovq 2048+\r*8(%rsp), %k\r
         .endr
-        test %r13d, %r13d
+        test $0xfc, %r13d
         jnz .Lzmm_upper_\@
         vzeroupper                              /* every upper bit was zero: clean, as found */
         .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
@@ -308,12 +359,12 @@
         jmp .Lzmm_loaded_\@
 .Lzmm_upper_\@:
         test $0xf0, %r13d
-        jnz .Lzmm_full_\@
+        jnz .Lzmm_low_whole_\@
         .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        vmovdqu64 \r*64(%rsp), %ymm\r         /* zeroes bits 256-511, as they were */
+        vmovdqu64 \r*64(%rsp), %ymm\r
         .endr
         jmp .Lzmm_loaded_\@
-.Lzmm_full_\@:
+.Lzmm_low_whole_\@:
         .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
         vmovdqu64 \r*64(%rsp), %zmm\r
         .endr
@@ -1253,9 +1304,28 @@ zpoline_detail_clone_to_site:
         jmp 3f
 8:      cmp $5, %eax
         jne 7f
-        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        testl $0xf0, ZMM_WIDTHS(%rcx)           /* each group at the width it was saved */
+        jnz .Lclone_low_whole
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 \r*64(%rcx), %ymm\r
+        .endr
+        jmp .Lclone_low_loaded
+.Lclone_low_whole:
+        .irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
         vmovdqu64 \r*64(%rcx), %zmm\r
         .endr
+.Lclone_low_loaded:
+        testl $0xf000, ZMM_WIDTHS(%rcx)
+        jnz .Lclone_high_whole
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 \r*64(%rcx), %ymm\r
+        .endr
+        jmp .Lclone_high_loaded
+.Lclone_high_whole:
+        .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 \r*64(%rcx), %zmm\r
+        .endr
+.Lclone_high_loaded:
         .irp r, 0,1,2,3,4,5,6,7
         kmovq 2048+\r*8(%rcx), %k\r
         .endr

@@ -267,6 +267,10 @@ void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
     if (zmm) copy_component(6, layout.offsets.zmm_hi256 + 32 * i, 32, area + stride * i + 32);
   }
   if (zmm) {
+    // Every register converted whole (zero where the frame had the component in its initial
+    // state), so the clone path loads them whole.
+    std::memcpy(area + kZmmControlBase + kControlZmmWidths, &kZmmWidthsWhole,
+                sizeof kZmmWidthsWhole);
     copy_component(7, layout.offsets.hi16_zmm, 16 * 64, area + 16 * 64);
     copy_component(5, layout.offsets.opmask, 8 * 8, area + 2048);
   }

@@ -33,6 +33,10 @@ constexpr std::uint64_t kControlMxcsr = 512;
 constexpr std::uint64_t kControlX87Status = 520;
 constexpr std::uint64_t kControlX87Control = 522;
 constexpr std::uint64_t kControlPkru = 528;
+// The zmm mode only: the width each group of registers was saved at (entry_stub.S, SAVE_ZMM):
+// bit 4-7 set: zmm0-15 whole, else their low 256 bits; bits 12-15: the same for zmm16-31.
+constexpr std::uint64_t kControlZmmWidths = 532;
+constexpr std::uint32_t kZmmWidthsWhole = 0xf0f0;
 constexpr std::uint64_t kControlFnsave = 576;
 
 // Where each state component the register modes convert from a signal frame lies in the
