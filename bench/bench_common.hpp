@@ -102,9 +102,9 @@ inline std::string cpuinfo_value(const std::string& key) {
 }
 
 // What numbers from one CPU do not carry over to another depend on: the CPU's family, model and
-// stepping, AVX-512 (the stub's XSAVEC path and its 2.4 KiB save area), and page-table isolation
-// with or without PCID (every page the path touches after a system call is a TLB miss under PTI
-// without PCID).
+// stepping, AVX-512 (the stub's zmm save mode), protection keys (PKRU kept with RDPKRU), and
+// page-table isolation with or without PCID (every page the path touches after a system call is
+// a TLB miss under PTI without PCID).
 inline std::string cpu_traits() {
   const std::string flags = " " + cpuinfo_value("flags") + " ";
   const auto has = [&flags](const char* flag) {
@@ -116,7 +116,23 @@ inline std::string cpu_traits() {
   return "family " + cpuinfo_value("cpu family") + " model " + cpuinfo_value("model") +
          " stepping " + cpuinfo_value("stepping") +
          "; AVX-512: " + (has("avx512f") ? "yes" : "no") +
-         "; PCID: " + (has("pcid") ? "yes" : "no") + "; meltdown: " + meltdown;
+         "; PKU: " + (has("ospke") ? "yes" : "no") + "; PCID: " + (has("pcid") ? "yes" : "no") +
+         "; meltdown: " + meltdown;
+}
+
+// The kernel's mitigations that run on every system call's entry or exit (page-table switch,
+// return-stack filling, buffer clearing, branch-history clearing), as the kernel reports them.
+inline std::string syscall_path_mitigations() {
+  std::string out;
+  for (const char* name : {"meltdown", "spectre_v2", "spec_rstack_overflow", "retbleed", "mds",
+                           "tsx_async_abort", "mmio_stale_data", "reg_file_data_sampling",
+                           "gather_data_sampling", "srbds", "indirect_target_selection"}) {
+    std::ifstream in(std::string("/sys/devices/system/cpu/vulnerabilities/") + name);
+    std::string line;
+    if (!std::getline(in, line) || line == "Not affected") continue;
+    out += std::string(out.empty() ? "" : "; ") + name + ": " + line;
+  }
+  return out.empty() ? "none reported" : out;
 }
 
 inline void print_machine() {
@@ -124,6 +140,7 @@ inline void print_machine() {
   uname(&uts);
   std::printf("cpu     %s (%ld online)\n", cpu_model().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("cpuid   %s\n", cpu_traits().c_str());
+  std::printf("mitig.  %s\n", syscall_path_mitigations().c_str());
   std::printf("kernel  %s %s %s\n", uts.sysname, uts.release, uts.machine);
 }
 
