@@ -995,7 +995,11 @@ void rewrite_new_code_locked(std::uintptr_t begin, std::size_t length,
           rewrite_candidates(code.begin, code.end, candidates, *functions, map, current.generation,
                              stats);
         }
-        stats.time += std::chrono::steady_clock::now() - start;
+        // Time since the previous image's share was counted: a range spanning several
+        // mappings would otherwise count its start more than once.
+        const auto now = std::chrono::steady_clock::now();
+        stats.time += now - start;
+        start = now;
       }
     } else if (executable) {
       // Anonymous code (a JIT): no function boundaries to decode from. Its candidates are
