@@ -3,6 +3,7 @@
 //
 //   ./build/bench/bench_python_startup            full run (about 20 s)
 //   ./build/bench/bench_python_startup --quick    smoke run
+//   ./build/bench/bench_python_startup --shim PATH   another build of libzpoline-preload.so
 //
 // Two programs: `python3 -c pass`, and one that imports modules with C extensions (each import
 // dlopen()s a shared object, which the shim rewrites before it runs). Each is started natively and
@@ -119,6 +120,7 @@ struct ShimReport {
   double rewriting_ms = 0;
   double late_ms = 0;
   double late_images = 0;
+  double late_cpu_ms = 0;
 };
 
 ShimReport parse_report(const std::string& text) {
@@ -126,7 +128,7 @@ ShimReport parse_report(const std::string& text) {
   static const std::regex costs(
       R"(zpoline: pid \d+: install ([0-9.]+) ms \(cpu ([0-9.]+) ms; rewriting ([0-9.]+) ms\); code )"
       R"(rewritten after )"
-      R"(install: ([0-9.]+) ms in (\d+) images)");
+      R"(install: ([0-9.]+) ms in (\d+) images \(cpu of the calls that mapped code: ([0-9.]+) ms)");
   std::smatch match;
   ShimReport report;
   if (!std::regex_search(text, match, counts)) bench::die("no call count in: %s", text.c_str());
@@ -137,6 +139,7 @@ ShimReport parse_report(const std::string& text) {
   report.rewriting_ms = std::stod(match[3]);
   report.late_ms = std::stod(match[4]);
   report.late_images = std::stod(match[5]);
+  report.late_cpu_ms = std::stod(match[6]);
   return report;
 }
 
@@ -208,16 +211,20 @@ std::string range(const std::vector<double>& values, const char* format) {
 
 int main(int argc, char** argv) {
   int rounds = 21;
+  // Another build of the shim can be compared with --shim (its report must have the same form).
+  std::string shim_path = ZPOLINE_PRELOAD_PATH;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       rounds = 3;
+    } else if (std::strcmp(argv[i], "--shim") == 0 && i + 1 < argc) {
+      shim_path = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--shim PATH]\n", argv[0]);
       return 2;
     }
   }
   if (access(kPython, X_OK) != 0) bench::die("%s is missing", kPython);
-  if (access(ZPOLINE_PRELOAD_PATH, R_OK) != 0) bench::die("%s is missing", ZPOLINE_PRELOAD_PATH);
+  if (access(shim_path.c_str(), R_OK) != 0) bench::die("%s is missing", shim_path.c_str());
   const auto run_start = std::chrono::steady_clock::now();
   bench::pin_to_cpu(1);  // the children inherit it
 
@@ -228,11 +235,11 @@ int main(int argc, char** argv) {
                 rounds);
   bench::print_header("bench_python_startup: python3 start-up under the preload shim", method);
   std::printf("shim    LD_PRELOAD=%s (no ZPOLINE_HOOK: the built-in counting hook)\n",
-              ZPOLINE_PRELOAD_PATH);
+              shim_path.c_str());
 
   const std::vector<std::string> native_env = base_environment();
   std::vector<std::string> shim_env = native_env;
-  shim_env.push_back(std::string("LD_PRELOAD=") + ZPOLINE_PRELOAD_PATH);
+  shim_env.push_back("LD_PRELOAD=" + shim_path);
 
   struct Samples {
     std::vector<double> native_wall, shim_wall, native_cpu, shim_cpu, wall_ratio, cpu_ratio;
@@ -285,13 +292,16 @@ int main(int argc, char** argv) {
   const double added_ns = median(per_call);
 
   std::printf("\nWhere the shim's time goes (medians over rounds; ms)\n");
-  std::printf("  %-58s %8s %8s %8s %8s %10s %8s %7s %7s %9s\n", "", "added", "added", "install",
-              "install", "rewriting", "dlopen", "images", "calls", "calls x");
-  std::printf("  %-58s %8s %8s %8s %8s %10s %8s %7s %7s %9s\n", "", "(cpu)", "(wall)", "(cpu)",
-              "(wall)", "(wall)", "rescans", "", "hooked", "per-call");
+  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "added", "added", "install",
+              "install", "rewriting", "dlopen", "dlopen", "images", "calls", "calls x");
+  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "(cpu)", "(wall)", "(cpu)",
+              "(wall)", "(wall)", "rescans", "rescans", "", "hooked", "per-call");
+  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "", "", "", "", "", "(cpu)",
+              "(wall)", "", "", "(cpu)");
   for (int p = 0; p < kProgramCount; ++p) {
     const Samples& s = samples[p];
-    std::vector<double> added, added_wall, install_cpu, install, rewriting, late, images, calls;
+    std::vector<double> added, added_wall, install_cpu, install, rewriting, late, late_cpu, images,
+        calls;
     for (std::size_t r = 0; r < s.reports.size(); ++r) {
       added.push_back(s.shim_cpu[r] - s.native_cpu[r]);
       added_wall.push_back(s.shim_wall[r] - s.native_wall[r]);
@@ -299,23 +309,25 @@ int main(int argc, char** argv) {
       install.push_back(s.reports[r].install_ms);
       rewriting.push_back(s.reports[r].rewriting_ms);
       late.push_back(s.reports[r].late_ms);
+      late_cpu.push_back(s.reports[r].late_cpu_ms);
       images.push_back(s.reports[r].late_images);
       calls.push_back(s.reports[r].calls);
     }
     const double per_call_ms = median(calls) * added_ns / 1e6;
-    std::printf("  %-58s %8.2f %8.2f %8.2f %8.2f %10.2f %8.2f %7.0f %7.0f %9.2f\n",
+    std::printf("  %-58s %7.2f %7.2f %8.2f %8.2f %9.2f %8.2f %8.2f %6.0f %6.0f %8.2f\n",
                 kPrograms[p].label, median(added), median(added_wall), median(install_cpu),
-                median(install), median(rewriting), median(late), median(images), median(calls),
-                per_call_ms);
-    std::printf("  %-58s rest = added (cpu) - install (cpu) - rescans - per-call: %.2f ms\n", "",
-                median(added) - median(install_cpu) - median(late) - per_call_ms);
+                median(install), median(rewriting), median(late_cpu), median(late), median(images),
+                median(calls), per_call_ms);
+    std::printf("  %-58s rest = added - install - dlopen rescans - per-call (cpu): %.2f ms\n", "",
+                median(added) - median(install_cpu) - median(late_cpu) - per_call_ms);
   }
   std::printf(
       "  added: shim minus native in the same round (cpu: the child's user + system time)\n"
       "  install: the shim's constructor (install_configured_hooks); rewriting: of which "
       "InstallStats::total_time\n"
-      "  dlopen rescans: the ImageStats::time of code mapped after install (late_coverage(); wall "
-      "time)\n"
+      "  dlopen rescans: cpu, of the calls that mapped code (mmap/mprotect with PROT_EXEC, which "
+      "rewrite it);\n  wall, ImageStats::time of the images rewritten after install "
+      "(late_coverage())\n"
       "  per-call: %.0f ns added to a getpid through libc by a counting pass-through hook (median "
       "of %zu\n  children, CPU time), times the calls that reached the shim's hook\n"
       "  rest: loading the shim and its libraries, its exit report, calls dearer than getpid\n",
