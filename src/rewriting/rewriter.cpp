@@ -244,11 +244,19 @@ void clip_to_readable_memory(std::vector<ElfW(Phdr)>& headers, std::uintptr_t bi
   }
 }
 
-// The candidate byte pairs of [begin, end), ascending (see find_candidates()).
+// The candidate byte pairs of [begin, end), ascending (see find_candidates()), but the library's
+// own system calls: rewrite_candidates() would leave them alone anyway, and an image whose only
+// candidates they are (the executable or shared object the library is linked into) then needs
+// no function table and no decoding. They lie in functions of their own (entry_stub.S), so the
+// decisions on the other candidates do not change.
 std::vector<std::uintptr_t> candidates_in(std::uintptr_t begin, std::uintptr_t end) {
   std::vector<std::uintptr_t> candidates;
   find_candidates(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
                   candidates);
+  const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
+  const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
+  candidates.erase(std::lower_bound(candidates.begin(), candidates.end(), own_begin),
+                   std::lower_bound(candidates.begin(), candidates.end(), own_end));
   return candidates;
 }
 
