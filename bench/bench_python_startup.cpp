@@ -3,7 +3,8 @@
 //
 //   ./build/bench/bench_python_startup            full run (about 20 s)
 //   ./build/bench/bench_python_startup --quick    smoke run
-//   ./build/bench/bench_python_startup --shim PATH   another build of libzpoline-preload.so
+//   ./build/bench/bench_python_startup --shim A.so --shim B.so   builds of libzpoline-preload.so,
+//                                                 each in every round (B over A in the same round)
 //
 // Two programs: `python3 -c pass`, and one that imports modules with C extensions (each import
 // dlopen()s a shared object, which the shim rewrites before it runs). Each is started natively and
@@ -23,6 +24,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include <array>
 #include <atomic>
 #include <cinttypes>
 #include <random>
@@ -211,20 +213,27 @@ std::string range(const std::vector<double>& values, const char* format) {
 
 int main(int argc, char** argv) {
   int rounds = 21;
-  // Another build of the shim can be compared with --shim (its report must have the same form).
-  std::string shim_path = ZPOLINE_PRELOAD_PATH;
+  // Builds of the shim to measure, each in every round (their reports must have the same form):
+  // the one built with this program, or those given with --shim (repeated to compare builds).
+  std::vector<std::string> shims;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       rounds = 3;
+    } else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+      rounds = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--shim") == 0 && i + 1 < argc) {
-      shim_path = argv[++i];
+      shims.emplace_back(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--shim PATH]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--shim PATH]...\n", argv[0]);
       return 2;
     }
   }
+  if (shims.empty()) shims.emplace_back(ZPOLINE_PRELOAD_PATH);
+  const int shim_count = static_cast<int>(shims.size());
   if (access(kPython, X_OK) != 0) bench::die("%s is missing", kPython);
-  if (access(shim_path.c_str(), R_OK) != 0) bench::die("%s is missing", shim_path.c_str());
+  for (const std::string& shim : shims) {
+    if (access(shim.c_str(), R_OK) != 0) bench::die("%s is missing", shim.c_str());
+  }
   const auto run_start = std::chrono::steady_clock::now();
   bench::pin_to_cpu(1);  // the children inherit it
 
@@ -234,57 +243,86 @@ int main(int argc, char** argv) {
                 "to one CPU; median [p25..p75]; ratio = shim / native in the same round",
                 rounds);
   bench::print_header("bench_python_startup: python3 start-up under the preload shim", method);
-  std::printf("shim    LD_PRELOAD=%s (no ZPOLINE_HOOK: the built-in counting hook)\n",
-              shim_path.c_str());
-
   const std::vector<std::string> native_env = base_environment();
-  std::vector<std::string> shim_env = native_env;
-  shim_env.push_back("LD_PRELOAD=" + shim_path);
+  std::vector<std::vector<std::string>> shim_envs;
+  for (int k = 0; k < shim_count; ++k) {
+    std::printf("shim %c  LD_PRELOAD=%s (no ZPOLINE_HOOK: the built-in counting hook)\n", 'A' + k,
+                shims[static_cast<std::size_t>(k)].c_str());
+    shim_envs.push_back(native_env);
+    shim_envs.back().push_back("LD_PRELOAD=" + shims[static_cast<std::size_t>(k)]);
+  }
 
   struct Samples {
     std::vector<double> native_wall, shim_wall, native_cpu, shim_cpu, wall_ratio, cpu_ratio;
     std::vector<ShimReport> reports;
   };
-  Samples samples[kProgramCount];
+  // [shim][program]
+  std::vector<std::array<Samples, kProgramCount>> samples(shims.size());
   std::mt19937 random(12345);
   // One warm-up of each (page cache, .pyc files), not counted.
   for (const Program& program : kPrograms) {
     run_once(program, native_env);
-    run_once(program, shim_env);
+    for (const auto& env : shim_envs) run_once(program, env);
   }
+  const int variants = shim_count + 1;  // 0: native
   for (int round = 0; round < rounds; ++round) {
     std::vector<int> order;
-    for (int i = 0; i < 2 * kProgramCount; ++i) order.push_back(i);
+    for (int i = 0; i < variants * kProgramCount; ++i) order.push_back(i);
     std::shuffle(order.begin(), order.end(), random);
-    Run results[kProgramCount][2];
+    std::vector<std::array<Run, kProgramCount>> results(static_cast<std::size_t>(variants));
     for (int job : order) {
-      const int program = job / 2;
-      const bool shim = job % 2 == 1;
-      results[program][shim] = run_once(kPrograms[program], shim ? shim_env : native_env);
+      const int program = job / variants;
+      const int variant = job % variants;
+      results[static_cast<std::size_t>(variant)][program] =
+          run_once(kPrograms[program],
+                   variant == 0 ? native_env : shim_envs[static_cast<std::size_t>(variant - 1)]);
     }
-    for (int p = 0; p < kProgramCount; ++p) {
-      Samples& s = samples[p];
-      const Run& native = results[p][0];
-      const Run& shim = results[p][1];
-      s.native_wall.push_back(native.wall_ms);
-      s.shim_wall.push_back(shim.wall_ms);
-      s.native_cpu.push_back(native.cpu_ms);
-      s.shim_cpu.push_back(shim.cpu_ms);
-      s.wall_ratio.push_back(shim.wall_ms / native.wall_ms);
-      s.cpu_ratio.push_back(shim.cpu_ms / native.cpu_ms);
-      s.reports.push_back(parse_report(shim.stderr_text));
+    for (int k = 0; k < shim_count; ++k) {
+      for (int p = 0; p < kProgramCount; ++p) {
+        Samples& s = samples[static_cast<std::size_t>(k)][p];
+        const Run& native = results[0][p];
+        const Run& shim = results[static_cast<std::size_t>(k + 1)][p];
+        s.native_wall.push_back(native.wall_ms);
+        s.shim_wall.push_back(shim.wall_ms);
+        s.native_cpu.push_back(native.cpu_ms);
+        s.shim_cpu.push_back(shim.cpu_ms);
+        s.wall_ratio.push_back(shim.wall_ms / native.wall_ms);
+        s.cpu_ratio.push_back(shim.cpu_ms / native.cpu_ms);
+        s.reports.push_back(parse_report(shim.stderr_text));
+      }
     }
   }
 
   std::printf("\nStart-up time (wall: spawn to exit; cpu: the child's user + system time)\n");
-  std::printf("  %-58s %8s %8s  %-20s %8s %8s  %s\n", "", "native", "shim", "ratio wall", "native",
+  std::printf("  %-60s %8s %8s  %-20s %8s %8s  %s\n", "", "native", "shim", "ratio wall", "native",
               "shim", "ratio cpu");
-  std::printf("  %-58s %8s %8s  %-20s %8s %8s\n", "", "wall ms", "wall ms", "", "cpu ms", "cpu ms");
+  std::printf("  %-60s %8s %8s  %-20s %8s %8s\n", "", "wall ms", "wall ms", "", "cpu ms", "cpu ms");
+  const auto label = [&](int k, int p) {
+    return shim_count == 1 ? std::string(kPrograms[p].label)
+                           : std::string(1, static_cast<char>('A' + k)) + " " + kPrograms[p].label;
+  };
   for (int p = 0; p < kProgramCount; ++p) {
-    const Samples& s = samples[p];
-    std::printf("  %-58s %8.2f %8.2f  %-20s %8.2f %8.2f  %s\n", kPrograms[p].label,
-                median(s.native_wall), median(s.shim_wall), range(s.wall_ratio, "%.3f").c_str(),
-                median(s.native_cpu), median(s.shim_cpu), range(s.cpu_ratio, "%.3f").c_str());
+    for (int k = 0; k < shim_count; ++k) {
+      const Samples& s = samples[static_cast<std::size_t>(k)][p];
+      std::printf("  %-60s %8.2f %8.2f  %-20s %8.2f %8.2f  %s\n", label(k, p).c_str(),
+                  median(s.native_wall), median(s.shim_wall), range(s.wall_ratio, "%.3f").c_str(),
+                  median(s.native_cpu), median(s.shim_cpu), range(s.cpu_ratio, "%.3f").c_str());
+    }
+  }
+  if (shim_count > 1) {
+    std::printf("  cpu time of each shim over A's in the same round:");
+    for (int k = 1; k < shim_count; ++k) {
+      for (int p = 0; p < kProgramCount; ++p) {
+        std::vector<double> ratio;
+        const Samples& a = samples[0][p];
+        const Samples& b = samples[static_cast<std::size_t>(k)][p];
+        for (std::size_t r = 0; r < a.shim_cpu.size(); ++r) {
+          ratio.push_back(b.shim_cpu[r] / a.shim_cpu[r]);
+        }
+        std::printf(" %c/%d %s", 'A' + k, p + 1, range(ratio, "%.3f").c_str());
+      }
+    }
+    std::printf("\n");
   }
 
   std::vector<double> per_call;
@@ -292,34 +330,36 @@ int main(int argc, char** argv) {
   const double added_ns = median(per_call);
 
   std::printf("\nWhere the shim's time goes (medians over rounds; ms)\n");
-  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "added", "added", "install",
+  std::printf("  %-60s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "added", "added", "install",
               "install", "rewriting", "dlopen", "dlopen", "images", "calls", "calls x");
-  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "(cpu)", "(wall)", "(cpu)",
+  std::printf("  %-60s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "(cpu)", "(wall)", "(cpu)",
               "(wall)", "(wall)", "rescans", "rescans", "", "hooked", "per-call");
-  std::printf("  %-58s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "", "", "", "", "", "(cpu)",
+  std::printf("  %-60s %7s %7s %8s %8s %9s %8s %8s %6s %6s %8s\n", "", "", "", "", "", "", "(cpu)",
               "(wall)", "", "", "(cpu)");
   for (int p = 0; p < kProgramCount; ++p) {
-    const Samples& s = samples[p];
-    std::vector<double> added, added_wall, install_cpu, install, rewriting, late, late_cpu, images,
-        calls;
-    for (std::size_t r = 0; r < s.reports.size(); ++r) {
-      added.push_back(s.shim_cpu[r] - s.native_cpu[r]);
-      added_wall.push_back(s.shim_wall[r] - s.native_wall[r]);
-      install_cpu.push_back(s.reports[r].install_cpu_ms);
-      install.push_back(s.reports[r].install_ms);
-      rewriting.push_back(s.reports[r].rewriting_ms);
-      late.push_back(s.reports[r].late_ms);
-      late_cpu.push_back(s.reports[r].late_cpu_ms);
-      images.push_back(s.reports[r].late_images);
-      calls.push_back(s.reports[r].calls);
+    for (int k = 0; k < shim_count; ++k) {
+      const Samples& s = samples[static_cast<std::size_t>(k)][p];
+      std::vector<double> added, added_wall, install_cpu, install, rewriting, late, late_cpu,
+          images, calls;
+      for (std::size_t r = 0; r < s.reports.size(); ++r) {
+        added.push_back(s.shim_cpu[r] - s.native_cpu[r]);
+        added_wall.push_back(s.shim_wall[r] - s.native_wall[r]);
+        install_cpu.push_back(s.reports[r].install_cpu_ms);
+        install.push_back(s.reports[r].install_ms);
+        rewriting.push_back(s.reports[r].rewriting_ms);
+        late.push_back(s.reports[r].late_ms);
+        late_cpu.push_back(s.reports[r].late_cpu_ms);
+        images.push_back(s.reports[r].late_images);
+        calls.push_back(s.reports[r].calls);
+      }
+      const double per_call_ms = median(calls) * added_ns / 1e6;
+      std::printf("  %-60s %7.2f %7.2f %8.2f %8.2f %9.2f %8.2f %8.2f %6.0f %6.0f %8.2f\n",
+                  label(k, p).c_str(), median(added), median(added_wall), median(install_cpu),
+                  median(install), median(rewriting), median(late_cpu), median(late),
+                  median(images), median(calls), per_call_ms);
+      std::printf("  %-60s rest = added - install - dlopen rescans - per-call (cpu): %.2f ms\n", "",
+                  median(added) - median(install_cpu) - median(late_cpu) - per_call_ms);
     }
-    const double per_call_ms = median(calls) * added_ns / 1e6;
-    std::printf("  %-58s %7.2f %7.2f %8.2f %8.2f %9.2f %8.2f %8.2f %6.0f %6.0f %8.2f\n",
-                kPrograms[p].label, median(added), median(added_wall), median(install_cpu),
-                median(install), median(rewriting), median(late_cpu), median(late), median(images),
-                median(calls), per_call_ms);
-    std::printf("  %-58s rest = added - install - dlopen rescans - per-call (cpu): %.2f ms\n", "",
-                median(added) - median(install_cpu) - median(late_cpu) - per_call_ms);
   }
   std::printf(
       "  added: shim minus native in the same round (cpu: the child's user + system time)\n"
@@ -334,10 +374,14 @@ int main(int argc, char** argv) {
       added_ns, per_call.size());
 
   std::printf("\nTarget (issue 16): python3 start-up under the shim <= 1.15x native; measured");
-  for (int p = 0; p < kProgramCount; ++p) {
-    std::printf(" %.3f (cpu %.3f)%s", median(samples[p].wall_ratio), median(samples[p].cpu_ratio),
-                p + 1 < kProgramCount ? "," : "\n");
+  for (int k = 0; k < shim_count; ++k) {
+    if (shim_count > 1) std::printf(" %c:", 'A' + k);
+    for (int p = 0; p < kProgramCount; ++p) {
+      const Samples& s = samples[static_cast<std::size_t>(k)][p];
+      std::printf(" %.3f (cpu %.3f)%s", median(s.wall_ratio), median(s.cpu_ratio),
+                  p + 1 < kProgramCount ? "," : "");
+    }
   }
-  std::printf("\ntotal run time %.1f s\n", bench::seconds_since(run_start));
+  std::printf("\n\ntotal run time %.1f s\n", bench::seconds_since(run_start));
   return 0;
 }
