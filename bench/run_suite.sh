@@ -6,7 +6,10 @@
 set -e
 build=${1:-build}
 shift 2>/dev/null || true
-for program in bench_syscall bench_mechanisms bench_modes bench_install bench_workload; do
+for program in bench_syscall bench_mechanisms bench_modes bench_install bench_python_startup \
+    bench_workload; do
+  # bench_python_startup is built only with the examples (it runs the preload shim).
+  [ -x "$build/bench/$program" ] || [ "$program" != bench_python_startup ] || continue
   echo "==== $program $*"
   "$build/bench/$program" "$@"
   echo

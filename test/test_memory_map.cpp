@@ -152,3 +152,73 @@ TEST_CASE("the page holding a file's last byte can be read to its end") {
   munmap(memory, 4 * 4096);
   unlink(path);
 }
+
+namespace {
+
+bool same_mapping(const Mapping& a, const Mapping& b) {
+  return a.begin == b.begin && a.end == b.end && a.protection == b.protection &&
+         a.offset == b.offset && a.device == b.device && a.inode == b.inode && a.path == b.path;
+}
+
+bool same_map(const std::vector<Mapping>& a, const std::vector<Mapping>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!same_mapping(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+// The mappings of `map` that overlap [begin, end), but [vsyscall], which the kernel's answer to
+// a query leaves out.
+std::vector<Mapping> overlapping(const std::vector<Mapping>& map, std::uintptr_t begin,
+                                 std::uintptr_t end) {
+  std::vector<Mapping> part;
+  for (const Mapping& mapping : map) {
+    if (mapping.path == "[vsyscall]") continue;
+    if (mapping.begin < end && begin < mapping.end) part.push_back(mapping);
+  }
+  return part;
+}
+
+}  // namespace
+
+TEST_CASE("a range of the map, asked of the kernel, is what /proc/self/maps lists for it") {
+  char directory_template[] = "/tmp/zpoline-maps-range-XXXXXX";
+  const char* directory = mkdtemp(directory_template);
+  REQUIRE(directory != nullptr);
+  const std::string spaced = std::string(directory) + "/a file with  spaces";
+  const std::string deleted = std::string(directory) + "/deleted";
+  void* first = map_file(spaced, PROT_READ, false);
+  void* second = map_file(deleted, PROT_READ | PROT_EXEC, true);
+  const auto at = [](void* address) { return reinterpret_cast<std::uintptr_t>(address); };
+  // [the whole address space, one file page, the deleted file's page and beyond, a range that
+  // starts inside a mapping, a range inside page 0's neighbourhood with nothing mapped]
+  const std::pair<std::uintptr_t, std::uintptr_t> ranges[] = {
+      {0, ~std::uintptr_t{0}},
+      {at(first), at(first) + 4096},
+      {at(second), at(second) + (1ul << 30)},
+      {at(first) + 100, at(first) + 200},
+      {0x1000, 0x2000},
+  };
+  for (const auto& [begin, end] : ranges) {
+    // The map may change between two reads (the allocator maps memory): retry until a read from
+    // the kernel lies between two equal reads of the file.
+    bool compared = false;
+    for (int attempt = 0; attempt < 20 && !compared; ++attempt) {
+      const std::vector<Mapping> before = read_memory_map();
+      bool all = false;
+      const std::vector<Mapping> part = read_memory_map_in(begin, end, all);
+      const std::vector<Mapping> after = read_memory_map();
+      if (!same_map(before, after)) continue;
+      compared = true;
+      CAPTURE(begin);
+      CAPTURE(end);
+      CHECK(same_map(part, all ? before : overlapping(before, begin, end)));
+    }
+    CHECK(compared);
+  }
+  munmap(first, 4096);
+  munmap(second, 4096);
+  unlink(spaced.c_str());
+  rmdir(directory);
+}

@@ -7,16 +7,22 @@
 // counting hook, which prints how many system calls the process made, by name, to standard error
 // when it exits (through a copy of the descriptor made at start, numbered 100 or above, so that
 // programs which close standard error at exit, like coreutils, still get the report).
-// ZPOLINE_MODE and ZPOLINE_EXCLUDE apply as to any install(). Threads are hooked as they start,
+// A second line gives what hooking cost besides the calls: the constructor's install and the
+// rewriting of code mapped later (each dlopen). ZPOLINE_MODE and ZPOLINE_EXCLUDE apply as to any
+// install(). Threads are hooked as they start,
 // fork children stay hooked, and programs started by exec load the library again through the
 // inherited LD_PRELOAD. If the hook cannot be installed, the program does not run: the error is
 // printed and the process exits with status 127 (a sandbox must not fail open).
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -30,13 +36,38 @@ namespace {
 constexpr std::size_t kNumbers = 1024;
 std::array<std::atomic<unsigned long>, kNumbers> counts{};
 int report_fd = -1;
+zpoline::Session* session = nullptr;
+// The constructor's whole install_configured_hooks() call, in ms: wall time, and the thread's CPU
+// time (which leaves out time the machine gave to other processes meanwhile).
+double install_ms = 0;
+double install_cpu_ms = 0;
+
+double thread_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1e3 + static_cast<double>(now.tv_nsec) / 1e6;
+}
+
+// CPU time of the calls that made memory executable (mmap, mprotect, pkey_mprotect with
+// PROT_EXEC), in ns: forwarding such a call rewrites the code it maps (each dlopen), so this is
+// mostly that rewriting. Thread CPU time leaves out time the machine gave to other processes,
+// which the wall time in ImageStats::time includes.
+std::atomic<long> executable_mapping_cpu_ns{0};
 
 long count(zpoline::Syscall& call) {
   const long number = call.number();
   if (number >= 0 && static_cast<std::size_t>(number) < kNumbers) {
     counts[static_cast<std::size_t>(number)].fetch_add(1, std::memory_order_relaxed);
   }
-  return call.forward();
+  const bool maps_code =
+      (number == SYS_mmap || number == SYS_mprotect || number == SYS_pkey_mprotect) &&
+      (call.arg(2) & PROT_EXEC) != 0;
+  if (!maps_code) return call.forward();
+  const double start = thread_cpu_ms();
+  const long result = call.forward();
+  executable_mapping_cpu_ns.fetch_add(static_cast<long>((thread_cpu_ms() - start) * 1e6),
+                                      std::memory_order_relaxed);
+  return result;
 }
 
 void print_counts() {
@@ -55,15 +86,35 @@ void print_counts() {
     report += " " + std::string(zpoline::syscall_name(number)) + "=" + std::to_string(n);
   }
   report += "\n";
+  // Read by bench/bench_python_startup.cpp, which splits the shim's cost into these parts.
+  const zpoline::Session::LateCoverage late = session->late_coverage();
+  double late_ms = 0;
+  for (const zpoline::ImageStats& image : late.images) {
+    late_ms += std::chrono::duration<double, std::milli>(image.time).count();
+  }
+  char costs[256];
+  std::snprintf(
+      costs, sizeof costs,
+      "zpoline: pid %d: install %.3f ms (cpu %.3f ms; rewriting %.3f ms); code rewritten after "
+      "install: %.3f ms in %zu images (cpu of the calls that mapped code: %.3f ms)\n",
+      static_cast<int>(getpid()), install_ms, install_cpu_ms,
+      std::chrono::duration<double, std::milli>(session->stats().total_time).count(), late_ms,
+      late.images.size(),
+      static_cast<double>(executable_mapping_cpu_ns.load(std::memory_order_relaxed)) / 1e6);
+  report += costs;
   static_cast<void>(write(report_fd, report.data(), report.size()));
 }
 
 __attribute__((constructor)) void start() {
   try {
+    const auto start = std::chrono::steady_clock::now();
+    const double cpu_start = thread_cpu_ms();
     const bool counting = zpoline::configured_hook_libraries({}).empty();
     // Alive until the process ends: the hook must outlive every static destructor.
-    static auto* session = new zpoline::Session(zpoline::install_configured_hooks({}, count));
-    static_cast<void>(session);
+    session = new zpoline::Session(zpoline::install_configured_hooks({}, count));
+    install_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    install_cpu_ms = thread_cpu_ms() - cpu_start;
     if (counting) {
       report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
       std::atexit(print_counts);

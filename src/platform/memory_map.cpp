@@ -1,12 +1,16 @@
 #include "platform/memory_map.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstring>
 
 #include "platform/raw_syscall.hpp"
@@ -96,7 +100,83 @@ bool parse_line(const char* p, const char* end, Mapping& mapping) {
   return true;
 }
 
+// struct procmap_query of <linux/fs.h> (Linux 6.11), which Debian 12's headers predate. `size`
+// tells the kernel which version of the struct this is.
+struct ProcmapQuery {
+  std::uint64_t size;
+  std::uint64_t query_flags;
+  std::uint64_t query_addr;
+  std::uint64_t vma_start;
+  std::uint64_t vma_end;
+  std::uint64_t vma_flags;
+  std::uint64_t vma_page_size;
+  std::uint64_t vma_offset;
+  std::uint64_t inode;
+  std::uint32_t dev_major;
+  std::uint32_t dev_minor;
+  std::uint32_t vma_name_size;
+  std::uint32_t build_id_size;
+  std::uint64_t vma_name_addr;
+  std::uint64_t build_id_addr;
+};
+constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
+constexpr std::uint64_t kCoveringOrNextMapping = 0x10;
+constexpr std::uint64_t kMappingReadable = 0x1, kMappingWritable = 0x2, kMappingExecutable = 0x4;
+
+// Set once the kernel has refused the ioctl as unknown: no need to ask again.
+std::atomic<bool> procmap_query_missing{false};
+
+// The mappings overlapping [begin, end) through PROCMAP_QUERY; false if the kernel cannot answer
+// (then `map` is to be ignored).
+bool query_mappings(std::uintptr_t begin, std::uintptr_t end, std::vector<Mapping>& map) {
+  const int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char name[PATH_MAX + 32];  // a path, and " (deleted)" after it
+  bool answered = true;
+  for (std::uintptr_t at = begin; at < end;) {
+    ProcmapQuery query{};
+    query.size = sizeof query;
+    query.query_flags = kCoveringOrNextMapping;
+    query.query_addr = at;
+    query.vma_name_addr = reinterpret_cast<std::uintptr_t>(name);
+    query.vma_name_size = sizeof name;
+    if (ioctl(fd, kProcmapQuery, &query) != 0) {
+      if (errno == ENOENT) break;  // no mapping at or above `at`
+      if (errno == ENOTTY || errno == EINVAL) procmap_query_missing.store(true);
+      answered = false;
+      break;
+    }
+    if (query.vma_start >= end) break;
+    Mapping& mapping = map.emplace_back();
+    mapping.begin = query.vma_start;
+    mapping.end = query.vma_end;
+    mapping.protection = ((query.vma_flags & kMappingReadable) ? PROT_READ : 0) |
+                         ((query.vma_flags & kMappingWritable) ? PROT_WRITE : 0) |
+                         ((query.vma_flags & kMappingExecutable) ? PROT_EXEC : 0);
+    mapping.offset = query.vma_offset;
+    mapping.device = makedev(query.dev_major, query.dev_minor);
+    mapping.inode = query.inode;
+    // The size counts the terminating NUL; 0 for a mapping without a name.
+    if (query.vma_name_size > 0) mapping.path.assign(name, query.vma_name_size - 1);
+    at = query.vma_end;
+  }
+  close(fd);
+  return answered;
+}
+
 }  // namespace
+
+std::vector<Mapping> read_memory_map_in(std::uintptr_t begin, std::uintptr_t end, bool& all) {
+  if (!procmap_query_missing.load(std::memory_order_relaxed)) {
+    std::vector<Mapping> map;
+    if (query_mappings(begin, end, map)) {
+      all = false;
+      return map;
+    }
+  }
+  all = true;
+  return read_memory_map();
+}
 
 std::vector<Mapping> read_memory_map() {
   std::vector<Mapping> map;

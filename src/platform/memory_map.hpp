@@ -20,6 +20,16 @@ struct Mapping {
 // Reads /proc/self/maps. Sorted by address, as the kernel lists them.
 std::vector<Mapping> read_memory_map();
 
+// The mappings that overlap [begin, end), sorted by address, each as read_memory_map() gives it;
+// `all` says whether every mapping of the process was returned instead. The kernel is asked for
+// one mapping at a time (the PROCMAP_QUERY ioctl of /proc/self/maps, Linux 6.11): reading the
+// whole file costs ~1.5 us per mapping, which a process with a few hundred mappings pays at every
+// dlopen for the few mappings of one library. Where the kernel has no such ioctl (or a name does
+// not fit), this is read_memory_map() and `all` is set. The kernel does not answer for
+// [vsyscall] (at the top of the address space, not one of the process's own mappings, and never
+// readable): it is left out.
+std::vector<Mapping> read_memory_map_in(std::uintptr_t begin, std::uintptr_t end, bool& all);
+
 // The part of a mapping that lies in a range, with the mapping's protection.
 struct MappingSpan {
   std::uintptr_t begin = 0;

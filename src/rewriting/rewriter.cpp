@@ -244,11 +244,19 @@ void clip_to_readable_memory(std::vector<ElfW(Phdr)>& headers, std::uintptr_t bi
   }
 }
 
-// The candidate byte pairs of [begin, end), ascending (see find_candidates()).
+// The candidate byte pairs of [begin, end), ascending (see find_candidates()), but the library's
+// own system calls: rewrite_candidates() would leave them alone anyway, and an image whose only
+// candidates they are (the executable or shared object the library is linked into) then needs
+// no function table and no decoding. They lie in functions of their own (entry_stub.S), so the
+// decisions on the other candidates do not change.
 std::vector<std::uintptr_t> candidates_in(std::uintptr_t begin, std::uintptr_t end) {
   std::vector<std::uintptr_t> candidates;
   find_candidates(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
                   candidates);
+  const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
+  const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
+  candidates.erase(std::lower_bound(candidates.begin(), candidates.end(), own_begin),
+                   std::lower_bound(candidates.begin(), candidates.end(), own_end));
   return candidates;
 }
 
@@ -648,8 +656,9 @@ struct FileImage {
   dl_phdr_info info{};
 };
 
-bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map, FileSizes& sizes,
-                         FileImage& image) {
+// The first half of describe_file_image(), from the file alone: the program headers (not yet
+// clipped), the path, and the load bias in image.info.dlpi_addr.
+bool read_file_image(const Mapping& mapping, FileSizes& sizes, FileImage& image) {
   const int fd = open(mapping.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return false;
   ElfW(Ehdr) header{};
@@ -687,16 +696,50 @@ bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map
     break;
   }
   if (!found) return false;
+  image.path = mapping.path;
+  image.info.dlpi_addr = bias;
+  return true;
+}
+
+// The addresses the loadable segments of `image` (read by read_file_image()) claim, from the
+// first one's page to the last one's end. Segments that do not fit in the address space are left
+// out: clip_to_readable_memory() gives them no bytes anyway.
+AddressRange image_span(const FileImage& image) {
+  AddressRange span{~std::uintptr_t{0}, 0};
+  for (const ElfW(Phdr) & segment : image.headers) {
+    if (segment.p_type != PT_LOAD) continue;
+    std::uintptr_t begin = 0;
+    std::uintptr_t start = 0;
+    std::uintptr_t end = 0;
+    if (__builtin_add_overflow(image.info.dlpi_addr, segment.p_vaddr, &start) ||
+        __builtin_add_overflow(start, std::max(segment.p_memsz, segment.p_filesz), &end) ||
+        __builtin_add_overflow(image.info.dlpi_addr, segment.p_vaddr & ~(kPageSize - 1), &begin)) {
+      continue;
+    }
+    span.begin = std::min(span.begin, begin);
+    span.end = std::max(span.end, end);
+  }
+  return span.begin < span.end ? span : AddressRange{};
+}
+
+// The second half of describe_file_image(): `map` must list every mapping that overlaps
+// image_span(image).
+void clip_file_image(FileImage& image, const Mapping& mapping, const std::vector<Mapping>& map,
+                     FileSizes& sizes) {
   // Code, .eh_frame_hdr and .eh_frame are read from memory (the symbol tables from the file).
   // While the dynamic linker maps a library, its first mapping spans all the segments with the
   // bytes of the first one's file offsets, up to the file's end and past it; only the parts of
   // segments mapped from the right file offsets, within the file, may be read.
-  clip_to_readable_memory(image.headers, bias, map, sizes, &mapping);
-  image.path = mapping.path;
-  image.info.dlpi_addr = bias;
+  clip_to_readable_memory(image.headers, image.info.dlpi_addr, map, sizes, &mapping);
   image.info.dlpi_name = image.path.c_str();
   image.info.dlpi_phdr = image.headers.data();
   image.info.dlpi_phnum = static_cast<ElfW(Half)>(image.headers.size());
+}
+
+bool describe_file_image(const Mapping& mapping, const std::vector<Mapping>& map, FileSizes& sizes,
+                         FileImage& image) {
+  if (!read_file_image(mapping, sizes, image)) return false;
+  clip_file_image(image, mapping, map, sizes);
   return true;
 }
 
@@ -844,6 +887,38 @@ struct CurrentMap {
   std::vector<Mapping> map = read_memory_map();
 };
 
+// The part of the memory map that rewriting code mapped after install needs: the mappings
+// around that code, widened to the whole image once its headers are known (or the whole map,
+// where the kernel cannot be asked for a range). A dlopen in a process with a few hundred
+// mappings would otherwise read and parse them all for the few of one library. The generation is
+// the one read before the first read of the map: older than any of its reads, so the patcher
+// checks the protections again if anything changed since (patcher.hpp).
+class LocalMap {
+ public:
+  LocalMap(std::uintptr_t begin, std::uintptr_t end)
+      : generation_(code_change_generation()),
+        begin_(begin),
+        end_(end),
+        map_(read_memory_map_in(begin, end, all_)) {}
+  // Makes the map list every mapping that overlaps [begin, end) too. Invalidates pointers into
+  // map().
+  void cover(AddressRange range) {
+    if (all_ || range.begin >= range.end || (range.begin >= begin_ && range.end <= end_)) return;
+    begin_ = std::min(begin_, range.begin);
+    end_ = std::max(end_, range.end);
+    map_ = read_memory_map_in(begin_, end_, all_);
+  }
+  const std::vector<Mapping>& map() const { return map_; }
+  std::uint64_t generation() const { return generation_; }
+
+ private:
+  std::uint64_t generation_;
+  std::uintptr_t begin_;
+  std::uintptr_t end_;
+  bool all_ = false;
+  std::vector<Mapping> map_;
+};
+
 // A site an earlier install rewrote that this install's options exclude (by path or range): it
 // gets its instruction back, so that it goes to the kernel and not to the hook.
 void restore_newly_excluded_sites(const std::vector<Image>& images, const std::vector<Mapping>& map,
@@ -961,18 +1036,20 @@ namespace {
 // rewrite_new_code() with the rewrite lock held, in a fault recovery scope.
 void rewrite_new_code_locked(std::uintptr_t begin, std::size_t length,
                              std::chrono::steady_clock::time_point start) {
-  const CurrentMap current;
-  const std::vector<Mapping>& map = current.map;
-  FileSizes sizes;
   const std::uintptr_t end = begin + length;
+  LocalMap local(begin & ~(kPageSize - 1), end);
+  FileSizes sizes;
   for (std::uintptr_t at = begin & ~(kPageSize - 1); at < end;) {
-    const Mapping* mapping = find_mapping(map, at);
-    if (mapping == nullptr) break;
-    const std::uintptr_t range_end = std::min(end, mapping->end);
-    const bool executable = (mapping->protection & PROT_EXEC) && (mapping->protection & PROT_READ);
-    if (executable && is_file_mapping(*mapping)) {
+    const Mapping* found = find_mapping(local.map(), at);
+    if (found == nullptr) break;
+    const Mapping mapping = *found;  // a copy: local.cover() reads the map again
+    const std::uintptr_t range_end = std::min(end, mapping.end);
+    const bool executable = (mapping.protection & PROT_EXEC) && (mapping.protection & PROT_READ);
+    if (executable && is_file_mapping(mapping)) {
       FileImage image;
-      if (describe_file_image(*mapping, map, sizes, image)) {
+      if (read_file_image(mapping, sizes, image)) {
+        local.cover(image_span(image));
+        clip_file_image(image, mapping, local.map(), sizes);
         ImageStats& stats = late_stats_for(image.path, image.info.dlpi_addr);
         stats.excluded = is_excluded(image.path);
         // Not the whole mapping: only the executable segments' file bytes are code, and only
@@ -992,15 +1069,19 @@ void rewrite_new_code_locked(std::uintptr_t begin, std::size_t length,
           if (!functions) functions = functions_of(image.info, image.path);
           // Decoded within all of the segment's readable code, so that a function starting
           // before `first` (mprotect of a few pages) is decoded from its start.
-          rewrite_candidates(code.begin, code.end, candidates, *functions, map, current.generation,
-                             stats);
+          rewrite_candidates(code.begin, code.end, candidates, *functions, local.map(),
+                             local.generation(), stats);
         }
-        stats.time += std::chrono::steady_clock::now() - start;
+        // Time since the previous image's share was counted: a range spanning several
+        // mappings would otherwise count its start more than once.
+        const auto now = std::chrono::steady_clock::now();
+        stats.time += now - start;
+        start = now;
       }
     } else if (executable) {
       // Anonymous code (a JIT): no function boundaries to decode from. Its candidates are
       // counted; only the SUD safety net can reach them.
-      ImageStats& stats = late_stats_for(mapping->path.empty() ? "[anonymous]" : mapping->path, 0);
+      ImageStats& stats = late_stats_for(mapping.path.empty() ? "[anonymous]" : mapping.path, 0);
       stats.code_bytes += range_end - at;
       stats.skipped_undecodable += candidates_in(at, range_end).size();
     }
