@@ -288,6 +288,14 @@ void* vector_area(ucontext_t& context, RegisterModeArea& converted) {
   return area;
 }
 
+// zpoline_detail_dispatch with the application's vector state in the stub's layout, in a frame
+// of its own: only the clone path needs it.
+__attribute__((noinline)) long dispatch_with_converted_vectors(RegisterFrame& frame,
+                                                               ucontext_t& context) {
+  RegisterModeArea converted;
+  return zpoline_detail_dispatch(&frame, vector_area(context, converted));
+}
+
 // Runs the trapped call as the entry stub would, from the signal context: the registers come
 // from (and go back to) the signal frame, whose saved vector state serves as the XSAVE area.
 void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
@@ -318,8 +326,12 @@ void emulate(ucontext_t& context, std::uintptr_t return_address, long number) {
         raw(SYS_gettid) != self.tls_owner;
     std::optional<NetDispatchScope> net;
     if (!foreign_tls) net.emplace();
-    RegisterModeArea converted;
-    result = zpoline_detail_dispatch(&frame, vector_area(context, converted));
+    // Only a clone reads the area (its child starts with those registers): every other call
+    // gets the signal frame's own, unread, and keeps the converted copy (2.3 KiB in the zmm
+    // mode) off the signal stack, which may be a small alternate one.
+    result = number == SYS_clone || number == SYS_clone3
+                 ? dispatch_with_converted_vectors(frame, context)
+                 : zpoline_detail_dispatch(&frame, context.uc_mcontext.fpregs);
   }
   g[REG_RDI] = frame.rdi;
   g[REG_RSI] = frame.rsi;
