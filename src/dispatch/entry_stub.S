@@ -162,11 +162,14 @@
         frstor 576(\base)                      /* pending and unmasked would fire here */
         jmp .Lx87_restored_\@
 .Lx87_words_\@:
-        fnstsw 524(\base)
-        fnstcw 526(\base)
-        mov 524(\base), %eax
-        cmp 520(\base), %eax
+        fnstsw %ax                              /* the register form: nothing to reload. A */
+        cmp 520(\base), %ax                    /* load spanning two 2-byte stores (as the */
+        jne .Lx87_changed_\@                   /* words were compared before) is not */
+        fnstcw 526(\base)                      /* forwarded: it waits for both to retire */
+        movzwl 526(\base), %eax
+        cmp 522(\base), %ax
         je .Lx87_restored_\@
+.Lx87_changed_\@:
         fnstenv 576(\base)                     /* the hook's pointers stay */
         mov 520(\base), %eax
         mov %ax, 580(\base)                    /* the status word */
