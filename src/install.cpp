@@ -26,8 +26,8 @@ std::mutex install_lock;
 bool session_alive = false;
 
 constexpr std::string_view kEnvironmentPrefix = "ZPOLINE_";
-constexpr std::string_view kKnownVariables[] = {"ZPOLINE_EXCLUDE", "ZPOLINE_MODE",
-                                                "ZPOLINE_MECHANISM", "ZPOLINE_HOOK"};
+constexpr std::string_view kKnownVariables[] = {
+    "ZPOLINE_EXCLUDE", "ZPOLINE_MODE", "ZPOLINE_MECHANISM", "ZPOLINE_HOOK", "ZPOLINE_SCAN_CACHE"};
 // Reserved for the configuration of hook libraries, which check their own variables.
 constexpr std::string_view kHookLibraryPrefix = "ZPOLINE_HOOK_";
 
@@ -47,7 +47,8 @@ void check_environment_names() {
     for (std::string_view k : kKnownVariables) known |= (name == k);
     if (!known) {
       invalid("unknown environment variable " + std::string(name) +
-              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE, ZPOLINE_MECHANISM, ZPOLINE_HOOK, and "
+              " (known: ZPOLINE_EXCLUDE, ZPOLINE_MODE, ZPOLINE_MECHANISM, ZPOLINE_HOOK, "
+              "ZPOLINE_SCAN_CACHE, and "
               "ZPOLINE_HOOK_* for hook "
               "libraries). Unset it or fix its name.");
     }
@@ -145,8 +146,21 @@ detail::RewriteOptions validate(const Options& options) {
     }
     rewrite.exclude_ranges.push_back(range);
   }
+  rewrite.scan_cache_directory = options.scan_cache_directory;
+  if (!rewrite.scan_cache_directory.empty() && rewrite.scan_cache_directory.front() != '/') {
+    invalid("Options::scan_cache_directory \"" + rewrite.scan_cache_directory +
+            "\" is not an absolute path.");
+  }
   if (options.use_environment) {
     check_environment_names();
+    if (const char* cache = detail::environment_variable("ZPOLINE_SCAN_CACHE")) {
+      const std::string directory = cache;
+      if (directory != "off" && (directory.empty() || directory.front() != '/')) {
+        invalid("ZPOLINE_SCAN_CACHE=\"" + directory +
+                "\" is neither an absolute directory path nor \"off\".");
+      }
+      rewrite.scan_cache_directory = directory == "off" ? "" : directory;
+    }
     if (const char* list = detail::environment_variable("ZPOLINE_EXCLUDE")) {
       for (std::string& entry : split_exclude_list(list)) {
         rewrite.exclude_paths.push_back(std::move(entry));

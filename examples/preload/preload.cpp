@@ -14,6 +14,7 @@
 // inherited LD_PRELOAD. If the hook cannot be installed, the program does not run: the error is
 // printed and the process exits with status 127 (a sandbox must not fail open).
 #include <fcntl.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -105,13 +106,29 @@ void print_counts() {
   static_cast<void>(write(report_fd, report.data(), report.size()));
 }
 
+// The scan cache (Options::scan_cache_directory): what the rewriter decided about libc, ld.so and
+// the program is what it will decide next time, and deciding it is most of a short program's
+// added start-up. $XDG_CACHE_HOME/libzpoline, else ~/.cache/libzpoline; none for a set-user-ID
+// or set-group-ID program, whose environment names another user's directories.
+// ZPOLINE_SCAN_CACHE (a directory, or off) overrides it.
+std::string default_scan_cache_directory() {
+  if (getauxval(AT_SECURE) != 0) return "";
+  const char* cache_home = std::getenv("XDG_CACHE_HOME");
+  if (cache_home != nullptr && cache_home[0] == '/') return std::string(cache_home) + "/libzpoline";
+  const char* home = std::getenv("HOME");
+  if (home != nullptr && home[0] == '/') return std::string(home) + "/.cache/libzpoline";
+  return "";
+}
+
 __attribute__((constructor)) void start() {
   try {
     const auto start = std::chrono::steady_clock::now();
     const double cpu_start = thread_cpu_ms();
     const bool counting = zpoline::configured_hook_libraries({}).empty();
+    zpoline::Options options;
+    options.scan_cache_directory = default_scan_cache_directory();
     // Alive until the process ends: the hook must outlive every static destructor.
-    session = new zpoline::Session(zpoline::install_configured_hooks({}, count));
+    session = new zpoline::Session(zpoline::install_configured_hooks(options, count));
     install_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     install_cpu_ms = thread_cpu_ms() - cpu_start;

@@ -123,6 +123,15 @@ struct Options {
   // for a hook given to install(), not for hook libraries or a HookChain (their code uses vector
   // registers). Off by default.
   bool general_registers_only = false;
+  // A directory (absolute path) where the rewriter keeps what it decided about each file's code,
+  // so that the next process mapping the same file, with the same build of this library, skips
+  // the search and the decoding (page-0 mechanism; ImageStats::scan_from_cache). Created (mode
+  // 0700) if missing; not used if another user could write to it. An entry is keyed by the
+  // file's device, inode, size, times and build ID and by this library's build ID, and every
+  // remembered site must still be a `syscall` when it is used. ZPOLINE_SCAN_CACHE (a directory,
+  // or "off") overrides it when use_environment is on. Empty (the default): no cache. The preload
+  // shim uses $XDG_CACHE_HOME/libzpoline (~/.cache/libzpoline) unless told otherwise.
+  std::string scan_cache_directory;
 };
 
 // What the rewriter did with one image (executable or shared object).
@@ -143,6 +152,8 @@ struct ImageStats {
   std::size_t skipped_no_padding = 0;   // Mechanism::near: no free padding within a rel8 jump,
                                         // and no instruction before the site that can be moved
   bool excluded = false;                // the whole image was excluded by path
+  bool scan_from_cache = false;         // decided by Options::scan_cache_directory's entry for
+                                        // this file, not scanned
   std::chrono::nanoseconds time{0};
 };
 

@@ -28,6 +28,7 @@
 #include "rewriting/function_table.hpp"
 #include "rewriting/padding.hpp"
 #include "rewriting/patcher.hpp"
+#include "rewriting/scan_cache.hpp"
 #include "rewriting/site_registry.hpp"
 #include "rewriting/site_scanner.hpp"
 #include "rewriting/site_trampolines.hpp"
@@ -528,24 +529,38 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
   patches = std::move(routed);
 }
 
+void rewrite_decided(const ScanResult& scan, std::uintptr_t area_begin, std::uintptr_t area_end,
+                     const FunctionTable* functions, const std::vector<Mapping>& map,
+                     std::uint64_t generation, ImageStats& stats);
+
 // Decides and rewrites `candidates`, the candidates of [begin, end), which lies in one image whose
 // functions are `functions`, adding to `stats`. [area_begin, area_end) is the readable code
-// around it where padding may be used (the near mechanism): the whole segment.
-void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
-                        std::span<const std::uintptr_t> candidates, const FunctionTable& functions,
-                        const std::vector<Mapping>& map, std::uint64_t generation,
-                        ImageStats& stats, std::uintptr_t area_begin = 0,
-                        std::uintptr_t area_end = 0) {
+// around it where padding may be used (the near mechanism): the whole segment. Returns the
+// scanner's decisions.
+ScanResult rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
+                              std::span<const std::uintptr_t> candidates,
+                              const FunctionTable& functions, const std::vector<Mapping>& map,
+                              std::uint64_t generation, ImageStats& stats,
+                              std::uintptr_t area_begin = 0, std::uintptr_t area_end = 0) {
   if (area_end == 0) {
     area_begin = begin;
     area_end = end;
   }
-  const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
-  const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
-  const ScanResult scan =
+  ScanResult scan =
       scan_candidates(std::span(reinterpret_cast<const std::uint8_t*>(begin), end - begin), begin,
                       functions.functions, candidates);
   stats.bytes_decoded += scan.bytes_decoded;
+  rewrite_decided(scan, area_begin, area_end, &functions, map, generation, stats);
+  return scan;
+}
+
+// Rewrites what the scanner decided (or the scan cache remembered) about the sites of one image
+// (`functions`: its function table, needed by the near mechanism only).
+void rewrite_decided(const ScanResult& scan, std::uintptr_t area_begin, std::uintptr_t area_end,
+                     const FunctionTable* functions, const std::vector<Mapping>& map,
+                     std::uint64_t generation, ImageStats& stats) {
+  const auto own_begin = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_begin);
+  const auto own_end = reinterpret_cast<std::uintptr_t>(zpoline_detail_code_end);
   std::vector<Patch> patches;
   std::vector<std::uintptr_t> previous;
   for (const SiteDecision& site : scan.sites) {
@@ -584,7 +599,7 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
   }
   const bool near = current_options().near_mechanism;
   if (near && !patches.empty()) {
-    route_through_padding(patches, previous, area_begin, area_end, functions, stats);
+    route_through_padding(patches, previous, area_begin, area_end, *functions, stats);
   }
   for (const Patch& patch : patches) {
     if (!site_registry().add(patch.address)) throw std::bad_alloc();
@@ -609,10 +624,82 @@ void rewrite_candidates(std::uintptr_t begin, std::uintptr_t end,
   }
 }
 
+// The scan cache's key for `image`, from the mapping of its first loadable segment.
+std::optional<ScanCacheKey> scan_cache_key_of(const Image& image, const std::vector<Mapping>& map,
+                                              const std::string& directory) {
+  for (const ElfW(Phdr) & segment : image.headers) {
+    if (segment.p_type != PT_LOAD) continue;
+    const Mapping* mapping = find_mapping(map, image.info.dlpi_addr + segment.p_vaddr);
+    if (mapping == nullptr) return std::nullopt;
+    return scan_cache_key(directory, *mapping, image.info.dlpi_addr, image.headers.data(),
+                          static_cast<unsigned>(image.headers.size()));
+  }
+  return std::nullopt;
+}
+
+// Rewrites `image` from the scan cache's decisions, if they fit it: the same executable segments,
+// scanned to the same length, and every site still a `syscall` or `sysenter` (or one of ours
+// already). False, with nothing done, if not.
+bool rewrite_from_scan_cache(const Image& image, const CachedImage& cached,
+                             const std::vector<Mapping>& map, std::uint64_t generation,
+                             FileSizes& sizes, ImageStats& stats) {
+  struct Segment {
+    std::uintptr_t begin, end;
+    std::uint64_t memory_size;
+    const CachedSegment* cached;
+  };
+  std::vector<Segment> segments;
+  for (const ElfW(Phdr) & segment : image.headers) {
+    if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
+    if (segments.size() == cached.segments.size()) return false;
+    const CachedSegment& entry = cached.segments[segments.size()];
+    const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
+    const std::uintptr_t end = readable_end(map, begin, begin + segment.p_memsz, sizes);
+    if (entry.vaddr != segment.p_vaddr || entry.length != end - begin) return false;
+    for (const SiteDecision& site : entry.sites) {
+      // Inside [begin, end), which readable_end() found mapped readable (as the byte search
+      // reads it), so read directly: a safe_read() per site was most of the time saved.
+      const std::uintptr_t address = begin + site.address;
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(address);
+      const bool instruction = bytes[0] == 0x0f && (bytes[1] == 0x05 || bytes[1] == 0x34);
+      if (!instruction && rewritten().count(address) == 0) return false;
+    }
+    segments.push_back({begin, end, segment.p_memsz, &entry});
+  }
+  if (segments.size() != cached.segments.size()) return false;
+  for (const Segment& segment : segments) {
+    stats.code_bytes += segment.memory_size;
+    ScanResult scan;
+    for (const SiteDecision& site : segment.cached->sites) {
+      scan.sites.push_back({segment.begin + site.address, site.kind,
+                            site.previous == 0 ? 0 : segment.begin + site.previous - 1});
+    }
+    if (!scan.sites.empty()) {
+      rewrite_decided(scan, segment.begin, segment.end, nullptr, map, generation, stats);
+    }
+  }
+  return true;
+}
+
 // The byte search comes first: most images hold no candidate at all, and then need neither a
-// function table nor a decoder.
+// function table nor a decoder. With the scan cache (page-0 mechanism only: the near one needs
+// the function table anyway) the decisions of an earlier process replace all three.
 void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uint64_t generation,
                    FileSizes& sizes, ImageStats& stats) {
+  const std::string& directory = current_options().scan_cache_directory;
+  std::optional<ScanCacheKey> key;
+  if (!directory.empty() && !current_options().near_mechanism) {
+    key = scan_cache_key_of(image, map, directory);
+    if (key) {
+      if (const std::optional<CachedImage> cached = load_scan_cache(directory, *key)) {
+        if (rewrite_from_scan_cache(image, *cached, map, generation, sizes, stats)) {
+          stats.scan_from_cache = true;
+          return;
+        }
+      }
+    }
+  }
+  CachedImage decided;
   std::optional<FunctionTable> functions;
   for (const ElfW(Phdr) & segment : image.headers) {
     if (segment.p_type != PT_LOAD || !(segment.p_flags & PF_X)) continue;
@@ -623,11 +710,21 @@ void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uin
     // file shorter than its headers say.
     const std::uintptr_t begin = image.info.dlpi_addr + segment.p_vaddr;
     const std::uintptr_t end = readable_end(map, begin, begin + segment.p_memsz, sizes);
+    CachedSegment& remembered = decided.segments.emplace_back();
+    remembered.vaddr = segment.p_vaddr;
+    remembered.length = end - begin;
     const std::vector<std::uintptr_t> candidates = candidates_in(begin, end);
     if (candidates.empty()) continue;
     if (!functions) functions = functions_of(image.info, image.path);
-    rewrite_candidates(begin, end, candidates, *functions, map, generation, stats);
+    const ScanResult scan =
+        rewrite_candidates(begin, end, candidates, *functions, map, generation, stats);
+    for (const SiteDecision& site : scan.sites) {
+      // Offsets in the segment; `previous` one more, so that 0 still says "none".
+      remembered.sites.push_back(
+          {site.address - begin, site.kind, site.previous == 0 ? 0 : site.previous - begin + 1});
+    }
   }
+  if (key) store_scan_cache(directory, *key, decided);
 }
 
 bool is_special_image(const Image& image, const std::vector<Mapping>& map) {

@@ -22,6 +22,8 @@ struct RewriteOptions {
   // Rewrite sites into `jmp rel8` to padding and a per-site trampoline (site_trampolines.hpp)
   // instead of `call *%rax` into page 0.
   bool near_mechanism = false;
+  // Where the scan cache lives (scan_cache.hpp); empty: no cache.
+  std::string scan_cache_directory;
 };
 
 // With scan off (lazy mode) only the options are recorded and the images listed.
