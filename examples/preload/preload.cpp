@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -111,11 +112,22 @@ void print_counts() {
 // added start-up. $XDG_CACHE_HOME/libzpoline, else ~/.cache/libzpoline; none for a set-user-ID
 // or set-group-ID program, whose environment names another user's directories.
 // ZPOLINE_SCAN_CACHE (a directory, or off) overrides it.
+// From `environ` itself: bash's own getenv() finds nothing before its main (docs/GUIDE.md).
+const char* environment(const char* name) {
+  const std::size_t length = std::strlen(name);
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    if (std::strncmp(*entry, name, length) == 0 && (*entry)[length] == '=') {
+      return *entry + length + 1;
+    }
+  }
+  return nullptr;
+}
+
 std::string default_scan_cache_directory() {
   if (getauxval(AT_SECURE) != 0) return "";
-  const char* cache_home = std::getenv("XDG_CACHE_HOME");
+  const char* cache_home = environment("XDG_CACHE_HOME");
   if (cache_home != nullptr && cache_home[0] == '/') return std::string(cache_home) + "/libzpoline";
-  const char* home = std::getenv("HOME");
+  const char* home = environment("HOME");
   if (home != nullptr && home[0] == '/') return std::string(home) + "/.cache/libzpoline";
   return "";
 }
