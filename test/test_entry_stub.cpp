@@ -2291,6 +2291,7 @@ zt_vector_clone:
   xor %r8d, %r8d
   test %r9d, %r9d
   jnz 5f
+  .p2align 4  # the near mechanism moves this mov: inside one cache line
   mov $56, %eax
   .globl zt_vector_clone_site
 zt_vector_clone_site:

@@ -127,9 +127,18 @@
         movdqu 448(\base), %xmm14
         movdqu 480(\base), %xmm15
         .endm
-        /* LDMXCSR is slow (serialising): only when the hook changed MXCSR. Clobbers ecx. */
-        .macro RESTORE_MXCSR base
+        /* LDMXCSR is slow (serialising): only when the hook changed MXCSR. Clobbers ecx. The
+         * stub's paths read MXCSR and the x87 control word (READ_CONTROL_WORDS) before their
+         * vector loads and compare after them (read=0): a load right behind STMXCSR or FNSTCW
+         * waits for the store (microcoded stores are not forwarded at once). */
+        .macro READ_CONTROL_WORDS base
         stmxcsr 516(\base)
+        fnstcw 526(\base)
+        .endm
+        .macro RESTORE_MXCSR base, read=1
+        .if \read
+        stmxcsr 516(\base)
+        .endif
         mov 516(\base), %ecx
         cmp 512(\base), %ecx
         je 9f
@@ -146,16 +155,17 @@
  * the initial x87 state); on the way back FRSTOR for those, and otherwise, only if the hook
  * changed either word, the two words and an empty stack through FNSTENV/FLDENV. A full stack of eight values (TOP wraps
  * to 0) or MMX state at the syscall is not told from an empty stack: README, "Limits". */
-        .macro SAVE_X87 base
-        fnstsw 520(\base)
+        .macro SAVE_X87 base                    /* clobbers eax */
+        fnstsw %ax                              /* the register form: tested at once */
         fnstcw 522(\base)
-        testw $0x3800, 520(\base)              /* TOP */
+        mov %ax, 520(\base)
+        test $0x3800, %ax                       /* TOP */
         jz .Lx87_saved_\@
         fnsave 576(\base)
 .Lx87_saved_\@:
         .endm
         /* Clobbers eax. */
-        .macro RESTORE_X87 base
+        .macro RESTORE_X87 base, read=1
         testw $0x3800, 520(\base)
         jz .Lx87_words_\@
         fnclex                                  /* FRSTOR waits: an exception the hook left */
@@ -165,7 +175,9 @@
         fnstsw %ax                              /* the register form: nothing to reload. A */
         cmp 520(\base), %ax                    /* load spanning two 2-byte stores (as the */
         jne .Lx87_changed_\@                   /* words were compared before) is not */
-        fnstcw 526(\base)                      /* forwarded: it waits for both to retire */
+        .if \read                              /* forwarded: it waits for both to retire */
+        fnstcw 526(\base)
+        .endif
         movzwl 526(\base), %eax
         cmp 522(\base), %ax
         je .Lx87_restored_\@
@@ -339,6 +351,8 @@
         .endm
         /* Clobbers rax, rcx and rdx. */
         .macro RESTORE_ZMM
+        lea ZMM_CONTROL(%rsp), %rdx
+        READ_CONTROL_WORDS %rdx
         test $0xf000, %r13d
         jnz .Lzmm_high_whole_\@
         .irp r, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
@@ -373,8 +387,8 @@
         .endr
 .Lzmm_loaded_\@:
         lea ZMM_CONTROL(%rsp), %rdx
-        RESTORE_MXCSR %rdx
-        RESTORE_X87 %rdx
+        RESTORE_MXCSR %rdx, 0
+        RESTORE_X87 %rdx, 0
         RESTORE_PKRU ZMM_CONTROL+528(%rsp)
         .endm
 
@@ -459,6 +473,7 @@
         .macro RESTORE_VECTOR_STATE other, done
         cmpb $3, zpoline_detail_xsave_mode(%rip)
         jne \other
+        READ_CONTROL_WORDS %rsp
         lea 128(%rsp), %rax
         lea 384(%rsp), %rdx
         test %r13d, %r13d
@@ -467,8 +482,8 @@
         XMM_LOADS %rax, %rdx
         jmp 2f
 1:      YMM_LOADS %rax, %rdx
-2:      RESTORE_MXCSR %rsp
-        RESTORE_X87 %rsp
+2:      RESTORE_MXCSR %rsp, 0
+        RESTORE_X87 %rsp, 0
         RESTORE_PKRU 528(%rsp)
 \done:
         .endm
@@ -481,9 +496,10 @@
 .Lnot_zmm_\@:
         cmpb $4, zpoline_detail_xsave_mode(%rip)
         jne 5f
+        READ_CONTROL_WORDS %rsp
         RESTORE_XMM %rsp
-        RESTORE_MXCSR %rsp
-        RESTORE_X87 %rsp
+        RESTORE_MXCSR %rsp, 0
+        RESTORE_X87 %rsp, 0
         RESTORE_PKRU 528(%rsp)
         jmp \done
 5:      mov zpoline_detail_xsave_mask(%rip), %eax
