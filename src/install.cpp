@@ -1,5 +1,7 @@
 // zpoline::install and zpoline::Session: the public entry points, tying together options, the
 // trampoline, the rewriter and the dispatcher.
+#include <sys/auxv.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -153,7 +155,11 @@ detail::RewriteOptions validate(const Options& options) {
   }
   if (options.use_environment) {
     check_environment_names();
-    if (const char* cache = detail::environment_variable("ZPOLINE_SCAN_CACHE")) {
+    // Not for a set-user-ID or set-group-ID program: its environment is its invoker's, who must
+    // not make it create or read files where the invoker chooses.
+    const char* cache =
+        getauxval(AT_SECURE) != 0 ? nullptr : detail::environment_variable("ZPOLINE_SCAN_CACHE");
+    if (cache != nullptr) {
       const std::string directory = cache;
       if (directory != "off" && (directory.empty() || directory.front() != '/')) {
         invalid("ZPOLINE_SCAN_CACHE=\"" + directory +

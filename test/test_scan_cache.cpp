@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -204,6 +205,18 @@ TEST_CASE("entries_that_no_longer_fit_are_not_used") {
     std::ofstream out(libc_entry, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   };
+  // An entry ends with the FNV-1a hash of what comes before it: `body` with a correct one.
+  const auto with_checksum = [](std::string body) {
+    std::uint64_t hash = 0xcbf29ce484222325ull;
+    for (const unsigned char c : body) {
+      hash ^= c;
+      hash *= 0x100000001b3ull;
+    }
+    body.append(reinterpret_cast<const char*>(&hash), sizeof hash);
+    return body;
+  };
+  const std::string body = original.substr(0, original.size() - 8);
+  REQUIRE(with_checksum(body) == original);
   const auto libc_line = [](const std::string& report) {
     const std::size_t at = report.find("/libc.so.6 ");
     return report.substr(at, report.find('\n', at) - at);
@@ -211,21 +224,25 @@ TEST_CASE("entries_that_no_longer_fit_are_not_used") {
 
   // The last site's offset moved by one byte: not a `syscall` there. The whole entry is dropped
   // and libc scanned: the same sites, and the entry written anew.
-  std::string moved = original;
+  std::string moved = body;
   const std::size_t last_site = moved.size() - (8 + 8 + 1);
   std::uint64_t offset = 0;
   std::memcpy(&offset, moved.data() + last_site, sizeof offset);
   ++offset;
   std::memcpy(moved.data() + last_site, &offset, sizeof offset);
-  write_entry(moved);
+  write_entry(with_checksum(moved));
   Outcome outcome = install_in_child([&] { return with_cache(directory); });
   REQUIRE(outcome.exit_code == 0);
   CHECK(libc_line(outcome.report).find("cached=0") != std::string::npos);
   CHECK(without_cached(outcome.report) == without_cached(scanned.report));
 
-  // Truncated, then garbage after a valid entry, then another file's key: each ignored.
-  for (const std::string& damaged : {original.substr(0, original.size() / 2), original + "x",
-                                     std::string(original).replace(40, 3, "zzz")}) {
+  // Truncated, a byte more, one byte changed (each caught by the checksum), then another file's
+  // key with a correct checksum: each ignored.
+  std::string flipped = original;
+  flipped[flipped.size() / 2] ^= 1;
+  for (const std::string& damaged :
+       {original.substr(0, original.size() / 2), original + "x", flipped,
+        with_checksum(std::string(body).replace(40, 3, "zzz"))}) {
     write_entry(damaged);
     outcome = install_in_child([&] { return with_cache(directory); });
     REQUIRE(outcome.exit_code == 0);
@@ -282,4 +299,77 @@ TEST_CASE("cache_directory_must_be_absolute") {
   CHECK(outcome.exit_code == 0);
   CHECK(!fs::exists(temporary.path + "/cache"));
   unsetenv("ZPOLINE_SCAN_CACHE");
+}
+
+// An install after another in the same process finds libc rewritten already: it must not write
+// what it sees (no sites) for later processes, which would then leave libc's calls unhooked.
+TEST_CASE("patched_code_writes_no_entry") {
+  if (zpoline_test::near_mechanism_wanted()) {
+    std::fprintf(stderr, "SKIP: the scan cache serves the page-0 mechanism only\n");
+    std::_Exit(77);
+  }
+  TemporaryDirectory temporary;
+  const std::string directory = temporary.path + "/cache";
+  const Outcome reinstalled = install_in_child([&] {
+    zpoline::Options first;
+    first.use_environment = false;
+    // The first Session's sites stay rewritten after it ends (restore_on_detach is off).
+    {
+      auto session = zpoline::install([](zpoline::Syscall& call) { return call.forward(); }, first);
+    }
+    return with_cache(directory);
+  });
+  REQUIRE(reinstalled.exit_code == 0);
+  const Outcome fresh = install_in_child([&] { return with_cache(directory); });
+  REQUIRE(fresh.exit_code == 0);
+  const std::size_t at = fresh.report.find("/libc.so.6 ");
+  REQUIRE(at != std::string::npos);
+  const std::string libc = fresh.report.substr(at, fresh.report.find('\n', at) - at);
+  CHECK(libc.find("cached=0") != std::string::npos);  // no entry was written for it
+  CHECK(libc.find("rewritten=0") == std::string::npos);
+  CHECK(std::count(fresh.report.begin(), fresh.report.end(), ' ') > 400);
+}
+
+// A symbolic link anywhere in the path (the last component with a trailing slash, or a parent)
+// makes the directory unusable: nothing is created, read or written through it.
+TEST_CASE("symbolic_links_in_the_path_are_refused") {
+  TemporaryDirectory temporary;
+  const std::string target = temporary.path + "/target";
+  REQUIRE(mkdir(target.c_str(), 0700) == 0);
+  const std::string link = temporary.path + "/link";
+  REQUIRE(symlink(target.c_str(), link.c_str()) == 0);
+  for (const std::string& path : {link, link + "/", link + "/cache", link + "//cache/",
+                                  temporary.path + "/./target", temporary.path + "/x/../target"}) {
+    CAPTURE(path);
+    const Outcome outcome = install_in_child([&] { return with_cache(path); });
+    REQUIRE(outcome.exit_code == 0);
+    CHECK(count_of(outcome.report, " cached=1") == 0);
+    CHECK(entries_in(target).empty());
+  }
+  CHECK(!fs::exists(temporary.path + "/x"));
+}
+
+// A FIFO at an entry's name (put there by this user, or left by a crash of something else) must
+// not block the program's start: the entry is opened without blocking and is not a regular file.
+TEST_CASE("a_fifo_at_an_entry_does_not_block") {
+  if (zpoline_test::near_mechanism_wanted()) {
+    std::fprintf(stderr, "SKIP: the scan cache serves the page-0 mechanism only\n");
+    std::_Exit(77);
+  }
+  TemporaryDirectory temporary;
+  const std::string directory = temporary.path + "/cache";
+  REQUIRE(install_in_child([&] { return with_cache(directory); }).exit_code == 0);
+  std::size_t fifos = 0;
+  for (const fs::path& entry : entries_in(directory)) {
+    fs::remove(entry);
+    REQUIRE(mkfifo(entry.c_str(), 0600) == 0);
+    ++fifos;
+  }
+  REQUIRE(fifos >= 4);
+  const Outcome outcome = install_in_child([&] {
+    alarm(20);  // a blocked open would end the child with SIGALRM
+    return with_cache(directory);
+  });
+  CHECK(outcome.exit_code == 0);
+  CHECK(count_of(outcome.report, " cached=1") == 0);
 }

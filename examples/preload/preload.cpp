@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -123,13 +124,26 @@ const char* environment(const char* name) {
   return nullptr;
 }
 
+// Only in a directory of this user's own: root with another user's HOME (su without -, sudo -E)
+// must not create root-owned directories in that user's home.
+bool owned_directory(const char* path) {
+  struct stat status {};
+  return path != nullptr && path[0] == '/' && stat(path, &status) == 0 && S_ISDIR(status.st_mode) &&
+         status.st_uid == geteuid();
+}
+
 std::string default_scan_cache_directory() {
   if (getauxval(AT_SECURE) != 0) return "";
   const char* cache_home = environment("XDG_CACHE_HOME");
-  if (cache_home != nullptr && cache_home[0] == '/') return std::string(cache_home) + "/libzpoline";
+  if (cache_home != nullptr && cache_home[0] == '/') {
+    return owned_directory(cache_home) ? std::string(cache_home) + "/libzpoline" : "";
+  }
   const char* home = environment("HOME");
-  if (home != nullptr && home[0] == '/') return std::string(home) + "/.cache/libzpoline";
-  return "";
+  if (!owned_directory(home)) return "";
+  const std::string cache = std::string(home) + "/.cache";
+  struct stat status {};
+  if (stat(cache.c_str(), &status) == 0 && !owned_directory(cache.c_str())) return "";
+  return cache + "/libzpoline";
 }
 
 __attribute__((constructor)) void start() {

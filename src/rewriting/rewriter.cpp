@@ -624,14 +624,16 @@ void rewrite_decided(const ScanResult& scan, std::uintptr_t area_begin, std::uin
   }
 }
 
-// The scan cache's key for `image`, from the mapping of its first loadable segment.
+// The scan cache's key for `image`, from the mapping of its first loadable segment, and that
+// mapping's path.
 std::optional<ScanCacheKey> scan_cache_key_of(const Image& image, const std::vector<Mapping>& map,
-                                              const std::string& directory) {
+                                              std::string& file) {
   for (const ElfW(Phdr) & segment : image.headers) {
     if (segment.p_type != PT_LOAD) continue;
     const Mapping* mapping = find_mapping(map, image.info.dlpi_addr + segment.p_vaddr);
     if (mapping == nullptr) return std::nullopt;
-    return scan_cache_key(directory, *mapping, image.info.dlpi_addr, image.headers.data(),
+    file = mapping->path;
+    return scan_cache_key(*mapping, image.path, image.info.dlpi_addr, image.headers.data(),
                           static_cast<unsigned>(image.headers.size()));
   }
   return std::nullopt;
@@ -682,16 +684,16 @@ bool rewrite_from_scan_cache(const Image& image, const CachedImage& cached,
 }
 
 // The byte search comes first: most images hold no candidate at all, and then need neither a
-// function table nor a decoder. With the scan cache (page-0 mechanism only: the near one needs
-// the function table anyway) the decisions of an earlier process replace all three.
+// function table nor a decoder. With the scan cache (`cache`; page-0 mechanism only: the near one
+// needs the function table anyway) the decisions of an earlier process replace all three.
 void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uint64_t generation,
-                   FileSizes& sizes, ImageStats& stats) {
-  const std::string& directory = current_options().scan_cache_directory;
+                   FileSizes& sizes, ImageStats& stats, const ScanCacheDirectory* cache) {
   std::optional<ScanCacheKey> key;
-  if (!directory.empty() && !current_options().near_mechanism) {
-    key = scan_cache_key_of(image, map, directory);
+  std::string file;
+  if (cache != nullptr && cache->usable() && !current_options().near_mechanism) {
+    key = scan_cache_key_of(image, map, file);
     if (key) {
-      if (const std::optional<CachedImage> cached = load_scan_cache(directory, *key)) {
+      if (const std::optional<CachedImage> cached = load_scan_cache(*cache, *key)) {
         if (rewrite_from_scan_cache(image, *cached, map, generation, sizes, stats)) {
           stats.scan_from_cache = true;
           return;
@@ -713,6 +715,12 @@ void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uin
     CachedSegment& remembered = decided.segments.emplace_back();
     remembered.vaddr = segment.p_vaddr;
     remembered.length = end - begin;
+    // An entry only from the file's own bytes: code patched already (by an earlier install of
+    // this process, or anyone else) would teach later processes to leave sites alone.
+    if (key && !code_matches_file(file, segment.p_offset, segment.p_filesz,
+                                  reinterpret_cast<const void*>(begin), end - begin)) {
+      key.reset();
+    }
     const std::vector<std::uintptr_t> candidates = candidates_in(begin, end);
     if (candidates.empty()) continue;
     if (!functions) functions = functions_of(image.info, image.path);
@@ -724,7 +732,7 @@ void rewrite_image(const Image& image, const std::vector<Mapping>& map, std::uin
           {site.address - begin, site.kind, site.previous == 0 ? 0 : site.previous - begin + 1});
     }
   }
-  if (key) store_scan_cache(directory, *key, decided);
+  if (key) store_scan_cache(*cache, *key, decided);
 }
 
 bool is_special_image(const Image& image, const std::vector<Mapping>& map) {
@@ -1108,6 +1116,10 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
     if (image.path.empty()) image.path = executable_path();
   }
   restore_newly_excluded_sites(images, map, current.generation);
+  std::optional<ScanCacheDirectory> cache;
+  if (scan && !options.scan_cache_directory.empty() && !options.near_mechanism) {
+    cache.emplace(options.scan_cache_directory);
+  }
 
   for (Image& image : images) {
     const auto image_start = std::chrono::steady_clock::now();
@@ -1119,7 +1131,7 @@ InstallStats rewrite_loaded_code(const RewriteOptions& options, bool scan) {
       // The function table reads .eh_frame_hdr and .eh_frame through these headers.
       clip_to_readable_memory(image.headers, image.info.dlpi_addr, map, sizes);
       image.info.dlpi_phdr = image.headers.data();
-      rewrite_image(image, map, current.generation, sizes, image_stats);
+      rewrite_image(image, map, current.generation, sizes, image_stats, cache ? &*cache : nullptr);
     }
     image_stats.time = std::chrono::steady_clock::now() - image_start;
     stats.images.push_back(std::move(image_stats));

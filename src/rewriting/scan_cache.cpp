@@ -6,10 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <map>
+#include <vector>
 
 #include "dispatch/frame.hpp"
 #include "platform/memory.hpp"
@@ -123,38 +124,88 @@ void append(std::string& out, T value) {
 
 }  // namespace
 
-bool usable_scan_cache_directory(const std::string& directory) {
-  static std::map<std::string, bool> checked;  // under the rewrite lock
-  if (directory.empty() || directory.front() != '/') return false;
-  if (const auto known = checked.find(directory); known != checked.end()) return known->second;
-  bool usable = false;
-  if (!own_build_id().empty()) {
-    // Each missing component made private to this user.
-    for (std::size_t slash = directory.find('/', 1);; slash = directory.find('/', slash + 1)) {
-      const std::string prefix = directory.substr(0, slash);
-      if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) break;
-      if (slash == std::string::npos) break;
-    }
-    struct stat status {};
-    usable = lstat(directory.c_str(), &status) == 0 && S_ISDIR(status.st_mode) &&
-             status.st_uid == geteuid() && (status.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+ScanCacheDirectory::ScanCacheDirectory(const std::string& path) {
+  if (path.size() < 2 || path.front() != '/' || own_build_id().empty()) return;
+  // Component by component from the root, creating what is missing (mode 0700) and opening each
+  // with O_NOFOLLOW: a symbolic link anywhere on the way (or "." and "..") makes it unusable, so
+  // the path cannot be redirected into a directory it does not name.
+  std::vector<std::string> components;
+  for (std::size_t at = 1; at < path.size();) {
+    std::size_t slash = path.find('/', at);
+    if (slash == std::string::npos) slash = path.size();
+    std::string component = path.substr(at, slash - at);
+    at = slash + 1;
+    if (component.empty()) continue;                    // "//" and a trailing "/"
+    if (component == "." || component == "..") return;  // before anything is created
+    components.push_back(std::move(component));
   }
-  checked.emplace(directory, usable);
-  return usable;
-}
-
-std::optional<ScanCacheKey> scan_cache_key(const std::string& directory, const Mapping& mapping,
-                                           std::uintptr_t base, const void* headers,
-                                           unsigned header_count) {
-  if (!usable_scan_cache_directory(directory) || mapping.inode == 0 || mapping.path.empty() ||
-      mapping.path.front() != '/') {
-    return std::nullopt;
+  int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  for (const std::string& component : components) {
+    if (fd < 0) break;
+    if (mkdirat(fd, component.c_str(), 0700) != 0 && errno != EEXIST) {
+      close(fd);
+      fd = -1;
+      break;
+    }
+    const int next = openat(fd, component.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    close(fd);
+    fd = next;
   }
   struct stat status {};
+  if (fd >= 0 && fstat(fd, &status) == 0 && S_ISDIR(status.st_mode) && status.st_uid == geteuid() &&
+      (status.st_mode & (S_IWGRP | S_IWOTH)) == 0) {
+    fd_ = fd;
+  } else if (fd >= 0) {
+    close(fd);
+  }
+}
+
+ScanCacheDirectory::~ScanCacheDirectory() {
+  if (fd_ >= 0) close(fd_);
+}
+
+bool code_matches_file(const std::string& path, std::uint64_t file_offset, std::uint64_t file_size,
+                       const void* memory, std::uint64_t length) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  const auto* bytes = static_cast<const unsigned char*>(memory);
+  const std::uint64_t from_file = std::min(length, file_size);
+  std::vector<unsigned char> buffer(1 << 16);
+  bool same = true;
+  for (std::uint64_t done = 0; same && done < from_file;) {
+    const std::size_t want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), from_file - done));
+    const ssize_t n = pread(fd, buffer.data(), want, static_cast<off_t>(file_offset + done));
+    if (n <= 0) {
+      same = false;
+      break;
+    }
+    same = std::memcmp(buffer.data(), bytes + done, static_cast<std::size_t>(n)) == 0;
+    done += static_cast<std::uint64_t>(n);
+  }
+  close(fd);
+  for (std::uint64_t i = from_file; same && i < length; ++i) same = bytes[i] == 0;
+  return same;
+}
+
+std::optional<ScanCacheKey> scan_cache_key(const Mapping& mapping, const std::string& symbols_path,
+                                           std::uintptr_t base, const void* headers,
+                                           unsigned header_count) {
+  if (mapping.inode == 0 || mapping.path.empty() || mapping.path.front() != '/') {
+    return std::nullopt;
+  }
+  struct stat status {
+  }, symbols{};
   if (stat(mapping.path.c_str(), &status) != 0 || !S_ISREG(status.st_mode) ||
       static_cast<std::uint64_t>(status.st_dev) != mapping.device ||
       static_cast<std::uint64_t>(status.st_ino) != mapping.inode) {
     return std::nullopt;  // the path names another file now (replaced since it was mapped)
+  }
+  // The decisions depend on the symbols read through `symbols_path` (the executable's comes from
+  // /proc/self/exe, which is ld.so when a program is started through it): only the same file.
+  if (stat(symbols_path.c_str(), &symbols) != 0 || symbols.st_dev != status.st_dev ||
+      symbols.st_ino != status.st_ino) {
+    return std::nullopt;
   }
   char line[512];
   std::snprintf(line, sizeof line, "dev %llx ino %llu size %lld mtime %lld.%09ld ctime %lld.%09ld",
@@ -174,9 +225,12 @@ std::optional<ScanCacheKey> scan_cache_key(const std::string& directory, const M
   return key;
 }
 
-std::optional<CachedImage> load_scan_cache(const std::string& directory, const ScanCacheKey& key) {
-  const std::string path = directory + "/" + key.file_name;
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+std::optional<CachedImage> load_scan_cache(const ScanCacheDirectory& directory,
+                                           const ScanCacheKey& key) {
+  if (!directory.usable()) return std::nullopt;
+  // O_NONBLOCK: a FIFO put at the entry's name must not block the program.
+  const int fd =
+      openat(directory.fd(), key.file_name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return std::nullopt;
   // The whole entry in one read (an entry is a few KiB), then parsed from memory.
   struct stat status {};
@@ -189,6 +243,12 @@ std::optional<CachedImage> load_scan_cache(const std::string& directory, const S
     if (!read_all(fd, bytes.data(), bytes.size())) bytes.clear();
   }
   close(fd);
+  // The checksum, last: a damaged entry is not used.
+  std::uint64_t checksum = 0;
+  if (bytes.size() < sizeof checksum) return std::nullopt;
+  std::memcpy(&checksum, bytes.data() + bytes.size() - sizeof checksum, sizeof checksum);
+  bytes.resize(bytes.size() - sizeof checksum);
+  if (fnv1a(bytes) != checksum) return std::nullopt;
   std::size_t at = 0;
   const auto take = [&](void* to, std::size_t size) {
     if (bytes.size() - at < size) return false;
@@ -233,8 +293,9 @@ std::optional<CachedImage> load_scan_cache(const std::string& directory, const S
   return image;
 }
 
-void store_scan_cache(const std::string& directory, const ScanCacheKey& key,
+void store_scan_cache(const ScanCacheDirectory& directory, const ScanCacheKey& key,
                       const CachedImage& image) {
+  if (!directory.usable()) return;
   std::string bytes(kMagic, sizeof kMagic);
   append(bytes, static_cast<std::uint32_t>(key.text.size()));
   bytes += key.text;
@@ -249,17 +310,17 @@ void store_scan_cache(const std::string& directory, const ScanCacheKey& key,
       append(bytes, static_cast<std::uint8_t>(site.kind));
     }
   }
-  char temporary_name[64];
-  std::snprintf(temporary_name, sizeof temporary_name, "/.tmp.%ld.%s", static_cast<long>(getpid()),
+  append(bytes, fnv1a(bytes));
+  char temporary[64];
+  std::snprintf(temporary, sizeof temporary, ".tmp.%ld.%s", static_cast<long>(getpid()),
                 key.file_name.c_str());
-  const std::string temporary = directory + temporary_name;
   const int fd =
-      open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+      openat(directory.fd(), temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return;
   const bool written = write_all(fd, bytes);
   close(fd);
-  if (!written || rename(temporary.c_str(), (directory + "/" + key.file_name).c_str()) != 0) {
-    unlink(temporary.c_str());
+  if (!written || renameat(directory.fd(), temporary, directory.fd(), key.file_name.c_str()) != 0) {
+    unlinkat(directory.fd(), temporary, 0);
   }
 }
 
