@@ -200,7 +200,10 @@ TEST_CASE("a range of the map, asked of the kernel, is what /proc/self/maps list
       {at(first) + 100, at(first) + 200},
       {0x1000, 0x2000},
   };
-  for (const auto& [begin, end] : ranges) {
+  for (const auto& range : ranges) {
+    // Named copies, not structured bindings: CAPTURE's lambda cannot refer to those in C++17 or
+    // clang 14.
+    const std::uintptr_t begin = range.first, end = range.second;
     // The map may change between two reads (the allocator maps memory): retry until a read from
     // the kernel lies between two equal reads of the file.
     bool compared = false;
