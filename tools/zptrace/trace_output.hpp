@@ -1,0 +1,173 @@
+// zptrace's settings (parsed from strace's command line by the launcher, passed to every traced
+// process in one environment variable) and the layout of a line as strace 6.1 prints it:
+//
+//   [pid prefix][timestamp]call text, padded to column 39, " = result"[ <-T time>]
+//
+// The pid prefix: none with -ff (one file per thread); "%-5d " with -f and -o FILE; "[pid %5d] "
+// with -f on standard error while more than one thread or process is traced.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bitset>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <string_view>
+
+#include "protocol.hpp"
+
+namespace zptrace {
+
+struct Settings {
+  bool follow = false;        // -f
+  bool per_thread = false;    // -ff with -o: FILE.TID
+  bool summary = false;       // -c: only the table
+  bool also_summary = false;  // -C: the trace and the table
+  int timestamps = 0;         // -t 1, -tt 2, -ttt 3
+  bool call_times = false;    // -T
+  bool decode_fds = false;    // -y
+  int quiet = 0;              // -q 1, -qq 2
+  unsigned string_limit = 32;                   // -s
+  std::bitset<kSyscallSlots> traced;            // -e trace=
+  std::bitset<65> signals;                      // -e signal=
+  std::string output;  // -o FILE, or /proc/<zptrace>/fd/2 for standard error
+  bool output_is_stderr = true;
+
+  bool prints_calls() const { return !summary; }
+  bool counts() const { return summary || also_summary; }
+
+  std::string encode() const {
+    std::string text;
+    text += follow ? 'f' : '-';
+    text += per_thread ? 'F' : '-';
+    text += summary ? 'c' : '-';
+    text += also_summary ? 'C' : '-';
+    text += static_cast<char>('0' + timestamps);
+    text += call_times ? 'T' : '-';
+    text += decode_fds ? 'y' : '-';
+    text += static_cast<char>('0' + quiet);
+    text += output_is_stderr ? 'e' : 'o';
+    text += ';' + std::to_string(string_limit) + ';' + traced.to_string() + ';' +
+            signals.to_string() + ';' + output;
+    return text;
+  }
+
+  // False for a text encode() did not make.
+  bool decode(std::string_view text) {
+    if (text.size() < 10 || text[9] != ';') return false;
+    follow = text[0] == 'f';
+    per_thread = text[1] == 'F';
+    summary = text[2] == 'c';
+    also_summary = text[3] == 'C';
+    timestamps = text[4] - '0';
+    call_times = text[5] == 'T';
+    decode_fds = text[6] == 'y';
+    quiet = text[7] - '0';
+    output_is_stderr = text[8] == 'e';
+    text.remove_prefix(10);
+    const std::size_t limit_end = text.find(';');
+    if (limit_end == std::string_view::npos) return false;
+    string_limit = static_cast<unsigned>(std::strtoul(std::string(text.substr(0, limit_end)).c_str(),
+                                                      nullptr, 10));
+    text.remove_prefix(limit_end + 1);
+    if (text.size() < kSyscallSlots + 1 + 65 + 1) return false;
+    traced = std::bitset<kSyscallSlots>(std::string(text.substr(0, kSyscallSlots)));
+    text.remove_prefix(kSyscallSlots + 1);
+    signals = std::bitset<65>(std::string(text.substr(0, 65)));
+    text.remove_prefix(66);
+    output = std::string(text);
+    return true;
+  }
+
+  bool traces(long number) const {
+    return number >= 0 && static_cast<std::size_t>(number) < kSyscallSlots &&
+           traced.test(static_cast<std::size_t>(number));
+  }
+};
+
+// The start of a line: pid prefix and timestamp. `several` says whether more than one thread or
+// process is traced (the [pid N] prefix on standard error depends on it).
+inline std::string line_leader(const Settings& settings, int tid, bool several,
+                               const timespec& when) {
+  std::string text;
+  char buffer[64];
+  if (settings.follow && !(settings.per_thread && !settings.output_is_stderr)) {
+    if (!settings.output_is_stderr) {
+      std::snprintf(buffer, sizeof buffer, "%-5d ", tid);
+      text += buffer;
+    } else if (several) {
+      std::snprintf(buffer, sizeof buffer, "[pid %5d] ", tid);
+      text += buffer;
+    }
+  }
+  if (settings.timestamps == 3) {
+    std::snprintf(buffer, sizeof buffer, "%lld.%06ld ", static_cast<long long>(when.tv_sec),
+                  when.tv_nsec / 1000);
+    text += buffer;
+  } else if (settings.timestamps > 0) {
+    tm local{};
+    const time_t seconds = when.tv_sec;
+    localtime_r(&seconds, &local);
+    std::strftime(buffer, sizeof buffer, "%H:%M:%S", &local);
+    text += buffer;
+    if (settings.timestamps == 2) {
+      std::snprintf(buffer, sizeof buffer, ".%06ld", when.tv_nsec / 1000);
+      text += buffer;
+    }
+    text += ' ';
+  }
+  return text;
+}
+
+// `call` is `name(arguments) = result` as zpoline::format() makes it: the text before " = " is
+// padded so that " = " starts at column 39 of the line, as strace aligns results.
+inline void append_call(std::string& line, std::string_view call) {
+  const std::size_t equals = call.rfind(") = ");
+  if (equals == std::string_view::npos) {
+    line += call;
+    return;
+  }
+  line += call.substr(0, equals + 1);
+  if (line.size() < 39) line.append(39 - line.size(), ' ');
+  line += call.substr(equals + 1);
+}
+
+inline void append_call_time(std::string& line, long nanoseconds) {
+  char buffer[48];
+  std::snprintf(buffer, sizeof buffer, " <%ld.%06ld>", nanoseconds / 1000000000,
+                (nanoseconds % 1000000000) / 1000);
+  line += buffer;
+}
+
+inline timespec now_realtime() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return now;
+}
+
+inline long monotonic_ns() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000000000L + now.tv_nsec;
+}
+
+// Where a thread's lines go: the -o file, FILE.TID with -ff, or zptrace's standard error. The
+// descriptor is moved above the numbers programs use (so that it changes none of the program's
+// own descriptor numbers) and closed at exec.
+inline int open_output(const Settings& settings, int tid) {
+  std::string path = settings.output;
+  if (settings.per_thread && !settings.output_is_stderr) path += "." + std::to_string(tid);
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return fd;
+  const int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+  if (high < 0) return fd;
+  close(fd);
+  return high;
+}
+
+}  // namespace zptrace
