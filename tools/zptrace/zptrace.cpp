@@ -16,6 +16,7 @@
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -189,7 +191,7 @@ CommandLine parse(int argc, char** argv) {
                                         {nullptr, 0, nullptr, 0}};
   opterr = 0;
   for (;;) {
-    const int option = getopt_long(argc, argv, "+fo:e:s:tTycCqhVp:", long_options, nullptr);
+    const int option = getopt_long(argc, argv, "+:fo:e:s:tTycCqhVp:", long_options, nullptr);
     if (option == -1) break;
     switch (option) {
       case 'f':
@@ -334,6 +336,13 @@ zptrace::SharedState* create_shared_state(std::string& path) {
 
 // ---- the supervisor -----------------------------------------------------------------------------
 
+// What the dynamic loader did for the preload shim and its library (Zydis), which the program
+// did not ask for: left out of the trace (tools/zptrace/README in docs/ZPTRACE.md).
+struct ShimLoading {
+  std::vector<int> descriptors;
+  std::vector<std::pair<unsigned long, unsigned long>> ranges;  // [begin, end) mapped from them
+};
+
 struct Tracee {
   bool calls_traced = true;  // stops at each system call (loader phase, no shim)
   bool in_syscall = false;
@@ -344,6 +353,7 @@ struct Tracee {
   std::string entry_text;  // for execve: its arguments, read before the exec replaces them
   timespec entry_time{};
   long entry_ns = 0;
+  std::shared_ptr<ShimLoading> shim = std::make_shared<ShimLoading>();
 };
 
 class Supervisor {
@@ -437,6 +447,12 @@ class Supervisor {
   void stopped(int tid, int status) {
     const int signal = WSTOPSIG(status);
     const int event = status >> 16;
+    if (auto detach = std::find(to_detach_.begin(), to_detach_.end(), tid);
+        detach != to_detach_.end()) {
+      to_detach_.erase(detach);
+      ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+      return;
+    }
     auto known = tracees_.find(tid);
     if (known == tracees_.end()) {
       // A new thread or process whose parent's event has not been seen yet: it waits for it.
@@ -449,8 +465,23 @@ class Supervisor {
         event == PTRACE_EVENT_CLONE) {
       unsigned long child = 0;
       ptrace(PTRACE_GETEVENTMSG, tid, nullptr, &child);
+      if (event == PTRACE_EVENT_VFORK && !tracee.calls_traced) vfork_line(tid, static_cast<long>(child));
+      if (!settings_.follow) {
+        // Without -f only vforks are reported (for the parent's line above); the child goes.
+        auto waiting = std::find(new_before_event_.begin(), new_before_event_.end(),
+                                 static_cast<int>(child));
+        if (waiting != new_before_event_.end()) {
+          new_before_event_.erase(waiting);
+          ptrace(PTRACE_DETACH, static_cast<int>(child), nullptr, nullptr);
+        } else {
+          to_detach_.push_back(static_cast<int>(child));
+        }
+        return resume(tid, 0);
+      }
       Tracee& created = tracees_[static_cast<int>(child)];
       created.calls_traced = tracee.calls_traced;
+      created.shim = event == PTRACE_EVENT_CLONE ? tracee.shim
+                                                  : std::make_shared<ShimLoading>(*tracee.shim);
       update_count();
       if (settings_.quiet == 0) {
         std::fprintf(stderr, "zptrace: Process %lu attached\n", child);
@@ -482,6 +513,24 @@ class Supervisor {
     resume(tid, signal);
   }
 
+  // The line of a vfork (or clone with CLONE_VFORK) made by a hooked process: its hook does not
+  // print it (it returns only once the child has exec'd or exited).
+  void vfork_line(int tid, long child) {
+    user_regs_struct registers{};
+    if (ptrace(PTRACE_GETREGS, tid, nullptr, &registers) != 0) return;
+    const long number = static_cast<long>(registers.orig_rax);
+    if (!settings_.traces(number) || !shows(tid)) return;
+    const std::array<long, 6> args = {
+        static_cast<long>(registers.rdi), static_cast<long>(registers.rsi),
+        static_cast<long>(registers.rdx), static_cast<long>(registers.r10),
+        static_cast<long>(registers.r8),  static_cast<long>(registers.r9)};
+    zpoline::FormatOptions options = format_options_;
+    ZPTRACE_SET_MEMORY_OF(options, tid);
+    std::string line = leader(tid, zptrace::now_realtime());
+    zptrace::append_call(line, zpoline::format(number, args, child, options));
+    emit(tid, line);
+  }
+
   void exec_event(int tid, Tracee& tracee) {
     unsigned long former = 0;
     ptrace(PTRACE_GETEVENTMSG, tid, nullptr, &former);
@@ -509,6 +558,7 @@ class Supervisor {
       tracee.calls_traced = true;
       tracee.swallow_exec_exit = true;
     }
+    tracee.shim = std::make_shared<ShimLoading>();
     resume(tid, 0);
   }
 
@@ -564,7 +614,7 @@ class Supervisor {
     const long result = static_cast<long>(registers.rax);
     const long elapsed = zptrace::monotonic_ns() - tracee.entry_ns;
     const long number = tracee.number;
-    if (!settings_.traces(number)) return resume(tid, 0);
+    if (!settings_.traces(number) || shim_loading(tid, tracee, result)) return resume(tid, 0);
     count(number, result, elapsed);
     if (shows(tid)) {
       std::string text;
@@ -584,6 +634,81 @@ class Supervisor {
     resume(tid, 0);
   }
 
+  // The loader's calls for the preload shim and Zydis: opening them, reading, mapping and closing
+  // them, and protecting their relocated data. True for a call to leave out; keeps track.
+  bool shim_loading(int tid, Tracee& tracee, long result) {
+    ShimLoading& shim = *tracee.shim;
+    const long number = tracee.number;
+    const auto& args = tracee.args;
+    auto is_shim_fd = [&](long fd) {
+      return std::find(shim.descriptors.begin(), shim.descriptors.end(), static_cast<int>(fd)) !=
+             shim.descriptors.end();
+    };
+    auto in_shim_range = [&](long address) {
+      for (const auto& [begin, end] : shim.ranges) {
+        if (static_cast<unsigned long>(address) >= begin && static_cast<unsigned long>(address) < end) {
+          return true;
+        }
+      }
+      return false;
+    };
+    switch (number) {
+      case SYS_openat:
+      case SYS_open: {
+        if (result < 0) return false;
+        const std::string path = read_string(tid, number == SYS_openat ? args[1] : args[0]);
+        const std::string_view base = std::string_view(path).substr(path.rfind('/') + 1);
+        if (path != shim_path_ && base.rfind("libZydis.so", 0) != 0) return false;
+        shim.descriptors.push_back(static_cast<int>(result));
+        return true;
+      }
+      case SYS_read:
+      case SYS_pread64:
+      case SYS_fstat:
+      case SYS_newfstatat:
+        return is_shim_fd(args[0]);
+      case SYS_close:
+        if (!is_shim_fd(args[0])) return false;
+        shim.descriptors.erase(
+            std::find(shim.descriptors.begin(), shim.descriptors.end(), static_cast<int>(args[0])));
+        return true;
+      case SYS_mmap:
+        if (!is_shim_fd(static_cast<int>(args[4])) &&
+            !(static_cast<int>(args[4]) == -1 && in_shim_range(args[0]))) {
+          return false;
+        }
+        if (result >= 0 || result < -4095) {
+          shim.ranges.emplace_back(static_cast<unsigned long>(result),
+                                   static_cast<unsigned long>(result) + static_cast<unsigned long>(args[1]));
+        }
+        return true;
+      case SYS_mprotect:
+      case SYS_munmap:
+        return in_shim_range(args[0]);
+      default:
+        return false;
+    }
+  }
+
+  static std::string read_string(int tid, long address) {
+    std::string text;
+    char chunk[256];
+    for (int i = 0; i < 16; ++i) {
+      iovec local{chunk, sizeof chunk};
+      iovec remote{reinterpret_cast<void*>(address + static_cast<long>(text.size())), sizeof chunk};
+      const ssize_t got = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+      if (got <= 0) break;
+      const std::size_t length = strnlen(chunk, static_cast<std::size_t>(got));
+      text.append(chunk, length);
+      if (length < static_cast<std::size_t>(got)) break;
+    }
+    return text;
+  }
+
+ public:
+  std::string shim_path_;
+
+ private:
   // As the hook library does: variables zptrace added are not counted in `/* N vars */`.
   void hide_added_variables(int tid, std::string& text, long envp) {
     long added = 0;
@@ -591,15 +716,7 @@ class Supervisor {
       errno = 0;
       const long entry = ptrace(PTRACE_PEEKDATA, tid, reinterpret_cast<void*>(envp + 8L * i), nullptr);
       if (errno != 0 || entry == 0) break;
-      char head[32] = {};
-      for (std::size_t word = 0; word < sizeof head / 8; ++word) {
-        errno = 0;
-        const long value =
-            ptrace(PTRACE_PEEKDATA, tid, reinterpret_cast<void*>(entry + 8L * static_cast<long>(word)), nullptr);
-        if (errno != 0) break;
-        std::memcpy(head + 8 * word, &value, 8);
-      }
-      const std::string_view entry_text(head, strnlen(head, sizeof head));
+      const std::string entry_text = read_string(tid, entry);
       const std::string name(entry_text.substr(0, entry_text.find('=')));
       if (name.rfind("ZPTRACE_", 0) == 0 ||
           ("," + added_names_ + ",").find("," + name + ",") != std::string::npos) {
@@ -711,6 +828,7 @@ class Supervisor {
   zpoline::FormatOptions format_options_;
   std::map<int, Tracee> tracees_;
   std::vector<int> new_before_event_;
+  std::vector<int> to_detach_;
   std::map<int, int> outputs_;
   int common_output_ = -1;
 };
@@ -819,8 +937,8 @@ int main(int argc, char** argv) {
     unlink(shared_path.c_str());
     fail("the command stopped before it could be traced");
   }
-  long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL;
-  if (settings.follow) options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
+  long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL | PTRACE_O_TRACEVFORK;
+  if (settings.follow) options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE;
   if (ptrace(PTRACE_SETOPTIONS, child, nullptr, reinterpret_cast<void*>(options)) != 0) {
     unlink(shared_path.c_str());
     fail(std::string("ptrace(PTRACE_SETOPTIONS): ") + std::strerror(errno));
@@ -828,6 +946,7 @@ int main(int argc, char** argv) {
   // The ptrace stop after raise(SIGSTOP): the next stop is the entry of the command's execve.
   Supervisor supervisor(settings, shared, child);
   supervisor.added_names_ = added;
+  supervisor.shim_path_ = preload;
   const int root_status = supervisor.run();
   unlink(shared_path.c_str());
   if (settings.counts()) print_summary(settings, *shared, line.output_file);

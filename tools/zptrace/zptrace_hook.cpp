@@ -6,6 +6,7 @@
 // The calls of this library itself (writing the trace, reading the clock) are not hooked: they
 // are made from inside the hook. So the trace never shows them, and they reach no other hook.
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -29,25 +30,30 @@ zptrace::SharedState* shared = nullptr;
 zpoline::FormatOptions format_options;
 int root_pid = 0;
 // The -o file or zptrace's standard error: one descriptor per process (a fork child shares its
-// parent's, which appends to the same file).
+// parent's, which appends to the same file). Each is kept with the id of its owner: a vfork child
+// runs on its parent's memory, and what it opens is not its parent's.
 int process_output = -1;
+int process_output_pid = 0;
 // With -ff, FILE.TID: one descriptor per thread.
 thread_local int thread_output = -1;
-// Reset in a fork child (whose tid is new) and in the parent of a vfork (whose child ran on this
-// thread's memory).
-thread_local int cached_tid = 0;
+thread_local int thread_output_tid = 0;
 // Names of the variables zptrace added to the environment, besides ZPTRACE_*: left out of the
 // `/* N vars */` count of execve lines, which then shows the environment the user gave.
 std::string added_names;
 
-int current_tid() {
-  if (cached_tid == 0) cached_tid = static_cast<int>(syscall(SYS_gettid));
-  return cached_tid;
-}
+// Not cached: a vfork child would leave its id in its parent's thread-local memory.
+int current_tid() { return static_cast<int>(syscall(SYS_gettid)); }
 
 void emit(int tid, std::string& line) {
   line += '\n';
-  int& fd = settings.per_thread && !settings.output_is_stderr ? thread_output : process_output;
+  const bool per_thread = settings.per_thread && !settings.output_is_stderr;
+  int& fd = per_thread ? thread_output : process_output;
+  int& owner = per_thread ? thread_output_tid : process_output_pid;
+  const int self = per_thread ? tid : static_cast<int>(syscall(SYS_getpid));
+  if (owner != self) {
+    fd = -1;
+    owner = self;
+  }
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (fd < 0) fd = zptrace::open_output(settings, tid);
     if (fd < 0) return;
@@ -111,6 +117,19 @@ void print(int tid, const timespec& when, std::string_view call, long nanosecond
   zptrace::append_call(line, call);
   if (settings.call_times && nanoseconds >= 0) zptrace::append_call_time(line, nanoseconds);
   emit(tid, line);
+}
+
+// vfork, and clone or clone3 with CLONE_VFORK: the child runs on this thread's stack until it
+// execs or exits, and the parent comes back here only then. zptrace, which sees the child made
+// (PTRACE_EVENT_VFORK), prints the parent's line then, as strace does, before the child's.
+bool is_vfork(const zpoline::Syscall& call) {
+  const long number = call.number();
+  if (number == SYS_vfork) return true;
+  if (number == SYS_clone) return (call.arg(0) & CLONE_VFORK) != 0;
+  if (number != SYS_clone3) return false;
+  unsigned long flags = 0;
+  return zpoline::read_memory(&flags, reinterpret_cast<const void*>(call.arg(0)), sizeof flags) &&
+         (flags & CLONE_VFORK) != 0;
 }
 
 bool is_exec(long number) { return number == SYS_execve || number == SYS_execveat; }
@@ -184,11 +203,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   const int tid = current_tid();
   // Without -f only the command's first thread is traced, as strace does.
   const bool traced = settings.follow || tid == root_pid;
-  if (!traced || !settings.traces(number)) {
-    const long result = call.forward();
-    if (is_fork(number)) cached_tid = 0;
-    return result;
-  }
+  if (!traced || !settings.traces(number)) return call.forward();
   const bool show = settings.prints_calls();
   const timespec when = show && settings.timestamps != 0 ? zptrace::now_realtime() : timespec{};
   if (is_exec(number)) return forward_exec(call, tid, when, show);
@@ -198,17 +213,15 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     count(number, 0, 0);
     return call.forward();
   }
+  if (is_fork(number) && is_vfork(call)) {
+    count(number, 0, 0);
+    return call.forward();
+  }
   const long start = zptrace::monotonic_ns();
   const long result = call.forward();
   const long elapsed = zptrace::monotonic_ns() - start;
-  if (is_fork(number)) {
-    cached_tid = 0;
-    // A new process or thread starts here: strace shows the call in the parent only.
-    if (result == 0) {
-      thread_output = -1;
-      return result;
-    }
-  }
+  // A new thread or process starts at the application's return address, not here: this is the
+  // parent (strace shows the call in the parent only).
   count(number, result, elapsed);
   if (show) print(tid, when, zpoline::format(call, result, format_options), elapsed);
   return result;
