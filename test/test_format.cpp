@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
@@ -194,4 +195,37 @@ TEST_CASE("structures") {
   CHECK(fmt(SYS_execve, {p("/bin/ls"), p(argv), p(envp)}, std::nullopt)
             .ends_with(" /* 2 vars */) = ?"));
   CHECK(fmt(SYS_prctl, {PR_SET_NAME, p("worker")}, 0) == R"(prctl(PR_SET_NAME, "worker") = 0)");
+}
+
+TEST_CASE("memory_of_pid reads the arguments from another process") {
+  // After fork the child has the same addresses; it changes the text, and the formatter, run in
+  // the parent, must print the child's text.
+  static char text[16] = "parent";
+  int ready[2], done[2];
+  REQUIRE(pipe(ready) == 0);
+  REQUIRE(pipe(done) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::strcpy(text, "child!");
+    char c = 1;
+    (void)!write(ready[1], &c, 1);
+    (void)!read(done[0], &c, 1);
+    _exit(0);
+  }
+  char c;
+  REQUIRE(read(ready[0], &c, 1) == 1);
+  zpoline::FormatOptions options;
+  options.memory_of_pid = child;
+  CHECK(fmt(SYS_write, {1, p(text), 6}, 6, options) == R"(write(1, "child!", 6) = 6)");
+  CHECK(fmt(SYS_unlink, {p(text)}, 0, options) == R"(unlink("child!") = 0)");
+  CHECK(fmt(SYS_write, {1, p(text), 6}, 6) == R"(write(1, "parent", 6) = 6)");
+  (void)!write(done[1], &c, 1);
+  int status = 0;
+  waitpid(child, &status, 0);
+  // A process that is gone: the address.
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", static_cast<void*>(text));
+  CHECK(fmt(SYS_unlink, {p(text)}, 0, options) == "unlink(" + std::string(address) + ") = 0");
+  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
 }

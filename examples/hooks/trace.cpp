@@ -2,6 +2,7 @@
 // one line per call, prefixed with the process id.
 //
 //   ZPOLINE_HOOK_TRACE_OUTPUT=FILE  append the trace to FILE (default: standard error)
+//   ZPOLINE_HOOK_TRACE_FDS=1        descriptors with what they name, as strace -y prints them
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -18,19 +19,28 @@
 namespace {
 
 int output = STDERR_FILENO;
+zpoline::FormatOptions options;
 
 void print(const zpoline::Syscall& call, std::optional<long> result) {
   const std::string line =
-      "[pid " + std::to_string(getpid()) + "] " + zpoline::format(call, result) + "\n";
+      "[pid " + std::to_string(getpid()) + "] " + zpoline::format(call, result, options) + "\n";
   static_cast<void>(write(output, line.data(), line.size()));
 }
 
 }  // namespace
 
 extern "C" const char* zpoline_hook_init() noexcept {
+  if (const char* fds = std::getenv("ZPOLINE_HOOK_TRACE_FDS")) options.decode_fds = *fds == '1';
   if (const char* path = std::getenv("ZPOLINE_HOOK_TRACE_OUTPUT")) {
     output = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (output < 0) return "cannot open the file named by ZPOLINE_HOOK_TRACE_OUTPUT";
+    // Out of the way of the application's descriptors (open() takes the lowest free number):
+    // with the file at 3 every descriptor the program opens would be one higher than untraced.
+    const int high = fcntl(output, F_DUPFD_CLOEXEC, 900);
+    if (high >= 0) {
+      close(output);
+      output = high;
+    }
   }
   return nullptr;
 }

@@ -22,6 +22,16 @@ inline namespace ZPOLINE_ABI_NAMESPACE {
 struct FormatOptions {
   // Strings and buffers longer than this are cut, with `...` after the closing quote (strace -s).
   std::size_t string_limit = 32;
+  // Whose memory the arguments point into: 0 for this process (read fault-safely, as
+  // zpoline::read_memory does); another process's id to read it with process_vm_readv, for a
+  // tracer (ptrace) that formats the calls of the process it traces. Needs the right to read
+  // that process's memory (same user and ptrace access, as for /proc/PID/mem).
+  int memory_of_pid = 0;
+  // strace -y: file descriptors, as arguments and as the results of calls that make one (open,
+  // openat, socket, accept, dup, pipe...), followed by what they name: `3</etc/passwd>`,
+  // `4<socket:[1234]>`, `5<pipe:[99]>` (the link /proc/PID/fd/N, PID memory_of_pid or this
+  // process). AT_FDCWD stays as it is; a descriptor that names nothing prints bare.
+  bool decode_fds = false;
 };
 
 // `name(arguments) = result`; a result of nullopt (the call does not return: exit, exit_group,

@@ -6,13 +6,16 @@
 
 #include <sys/syscall.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <string_view>
+#include <type_traits>
 
+#include "platform/memory.hpp"
 #include "zpoline/memory.hpp"
 #include "zpoline/syscalls.hpp"
 
@@ -208,17 +211,69 @@ constexpr std::string_view kSignals[] = {
     "SIGXCPU",   "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO",   "SIGPWR",  "SIGSYS",
 };
 
+// Every read of the memory that arguments point to goes through here: this process's memory
+// fault-safely (zpoline/memory.hpp), another process's with process_vm_readv (platform/memory.hpp:
+// a raw system call in libzpoline, libc's in libzpoline-hook).
+class Memory {
+ public:
+  explicit Memory(int pid) : pid_(pid) {}
+
+  bool read(void* destination, unsigned long address, std::size_t size) const {
+    if (size == 0) return true;
+    if (address == 0) return false;
+    if (pid_ == 0) return read_memory(destination, reinterpret_cast<const void*>(address), size);
+    return detail::safe_read_from(pid_, destination, reinterpret_cast<const void*>(address), size);
+  }
+  // The NUL-terminated string at address, without its NUL, up to max bytes; read page by page
+  // so that a string ending just before an unmapped page reads whole.
+  std::optional<std::string> string(unsigned long address, std::size_t max) const {
+    if (address == 0) return std::nullopt;
+    if (pid_ == 0) return read_string(reinterpret_cast<const void*>(address), max);
+    constexpr std::size_t kPage = 4096;
+    std::string text;
+    while (text.size() < max) {
+      const std::size_t chunk = std::min(kPage - address % kPage, max - text.size());
+      char buffer[kPage];
+      if (!read(buffer, address, chunk)) return std::nullopt;
+      if (const void* nul = std::memchr(buffer, 0, chunk)) {
+        text.append(buffer, static_cast<std::size_t>(static_cast<const char*>(nul) - buffer));
+        return text;
+      }
+      text.append(buffer, chunk);
+      address += chunk;
+    }
+    return text;
+  }
+  template <class T>
+  std::optional<T> object(unsigned long address) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T value;
+    if (!read(&value, address, sizeof value)) return std::nullopt;
+    return value;
+  }
+  int pid() const { return pid_; }
+
+ private:
+  int pid_;
+};
+
 // Output buffer with the helpers every printer uses.
 class Printer {
  public:
   Printer(const std::array<long, 6>& args, std::optional<long> result, const FormatOptions& options)
-      : args_(args), result_(result), options_(options) {}
+      : args_(args), result_(result), options_(options), memory_(options.memory_of_pid) {}
 
   std::string text;
 
   long arg(int i) const { return args_[static_cast<std::size_t>(i)]; }
   int arg32(int i) const { return static_cast<int>(arg(i)); }
   std::optional<long> result() const { return result_; }
+  const FormatOptions& options() const { return options_; }
+  const Memory& memory() const { return memory_; }
+  template <class T>
+  std::optional<T> object(long address) const {
+    return memory_.object<T>(static_cast<unsigned long>(address));
+  }
   bool succeeded() const { return result_ && (*result_ >= 0 || *result_ < -4095); }
 
   void put(std::string_view s) { text += s; }
@@ -301,7 +356,7 @@ class Printer {
   void string(long pointer, bool whole) {
     if (pointer == 0) return put("NULL");
     const std::size_t limit = whole ? 4096 : options_.string_limit;
-    const auto value = read_string(reinterpret_cast<const void*>(pointer), limit + 1);
+    const auto value = memory_.string(static_cast<unsigned long>(pointer), limit + 1);
     if (!value) return address(pointer);
     const bool cut = value->size() > limit;
     quoted(std::string_view(*value).substr(0, limit), cut);
@@ -311,7 +366,7 @@ class Printer {
     if (pointer == 0) return put("NULL");
     const std::size_t shown = std::min<unsigned long>(size, options_.string_limit);
     std::string bytes(shown, '\0');
-    if (!read_memory(bytes.data(), reinterpret_cast<const void*>(pointer), shown)) {
+    if (!memory_.read(bytes.data(), static_cast<unsigned long>(pointer), shown)) {
       return address(pointer);
     }
     quoted(bytes, size > shown);
@@ -394,7 +449,7 @@ class Printer {
   }
   void sigset(long pointer) {
     if (pointer == 0) return put("NULL");
-    const auto set = read_object<std::uint64_t>(reinterpret_cast<const void*>(pointer));
+    const auto set = object<std::uint64_t>(pointer);
     if (!set) return address(pointer);
     sigset_value(*set);
   }
@@ -504,6 +559,7 @@ class Printer {
   const std::array<long, 6>& args_;
   std::optional<long> result_;
   const FormatOptions& options_;
+  Memory memory_;
 };
 
 bool is_64bit(std::string_view type) {
@@ -550,11 +606,12 @@ void generic_argument(Printer& p, const SyscallInfo& info, int i) {
       std::size_t count = 0;
       std::string items;
       for (;; ++count) {
-        const auto element = read_object<long>(reinterpret_cast<const long*>(raw) + count);
+        const auto element = p.object<long>(raw + static_cast<long>(count * sizeof(long)));
         if (!element) return p.address(raw);
         if (*element == 0 || count >= 4096) break;
         if (!environment && count < 32) {
-          const FormatOptions item_options;  // Printer keeps a reference: not a temporary
+          FormatOptions item_options;  // Printer keeps a reference: not a temporary
+          item_options.memory_of_pid = p.options().memory_of_pid;
           Printer item(std::array<long, 6>{}, std::nullopt, item_options);
           item.string(*element, false);
           items += (count ? ", " : "") + item.text;
@@ -597,7 +654,7 @@ void stat_struct(Printer& p, long pointer) {
     long size, blksize, blocks;
   };
   if (!p.succeeded()) return p.address(pointer);
-  const auto st = read_object<KernelStat>(reinterpret_cast<const void*>(pointer));
+  const auto st = p.object<KernelStat>(pointer);
   if (!st) return p.address(pointer);
   static constexpr Name kTypes[] = {
       {0140000, "S_IFSOCK"}, {0120000, "S_IFLNK"}, {0100000, "S_IFREG"}, {060000, "S_IFBLK"},
@@ -625,7 +682,7 @@ void sigaction_struct(Printer& p, long pointer) {
     std::uint64_t mask;
   };
   if (pointer == 0) return p.put("NULL");
-  const auto act = read_object<KernelSigaction>(reinterpret_cast<const void*>(pointer));
+  const auto act = p.object<KernelSigaction>(pointer);
   if (!act) return p.address(pointer);
   p.put("{sa_handler=");
   if (act->handler == 0) {
@@ -645,16 +702,14 @@ void sigaction_struct(Printer& p, long pointer) {
 
 void int_pair(Printer& p, long pointer) {
   if (!p.succeeded()) return p.address(pointer);
-  const auto fds = read_object<std::array<int, 2>>(reinterpret_cast<const void*>(pointer));
+  const auto fds = p.object<std::array<int, 2>>(pointer);
   if (!fds) return p.address(pointer);
   p.printf("[%d, %d]", (*fds)[0], (*fds)[1]);
 }
 
 void wait_status(Printer& p, long pointer) {
   if (pointer == 0) return p.put("NULL");
-  const auto status = p.succeeded() && *p.result() != 0
-                          ? read_object<int>(reinterpret_cast<const void*>(pointer))
-                          : std::nullopt;
+  const auto status = p.succeeded() && *p.result() != 0 ? p.object<int>(pointer) : std::nullopt;
   if (!status) return p.address(pointer);
   const int s = *status;
   if ((s & 0x7f) == 0) {
@@ -672,7 +727,7 @@ void wait_status(Printer& p, long pointer) {
 
 void timespec_struct(Printer& p, long pointer) {
   if (pointer == 0) return p.put("NULL");
-  const auto ts = read_object<std::array<long, 2>>(reinterpret_cast<const void*>(pointer));
+  const auto ts = p.object<std::array<long, 2>>(pointer);
   if (!ts) return p.address(pointer);
   p.printf("{tv_sec=%ld, tv_nsec=%ld}", (*ts)[0], (*ts)[1]);
 }
@@ -681,7 +736,7 @@ void clone3_args(Printer& p) {
   struct CloneArgs {
     std::uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
   };
-  const auto args = read_object<CloneArgs>(reinterpret_cast<const void*>(p.arg(0)));
+  const auto args = p.object<CloneArgs>(p.arg(0));
   if (!args) {
     p.address(p.arg(0));
   } else {
@@ -704,8 +759,7 @@ void clone3_args(Printer& p) {
       // child_tid with CLONE_CHILD_CLEARTID, which the kernel zeroes when the thread exits.
       if (*p.result() > 0) {
         p.printf(" => {parent_tid=[%ld]}", *p.result());
-      } else if (const auto tid =
-                     read_object<int>(reinterpret_cast<const void*>(args->parent_tid))) {
+      } else if (const auto tid = p.object<int>(static_cast<long>(args->parent_tid))) {
         p.printf(" => {parent_tid=[%d]}", *tid);
       }
     }
@@ -880,8 +934,7 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
         std::size_t entries = 0;
         const long size = *p.result();
         for (long offset = 0; offset < size; ++entries) {
-          const auto length =
-              read_object<std::uint16_t>(reinterpret_cast<const char*>(p.arg(1)) + offset + 16);
+          const auto length = p.object<std::uint16_t>(p.arg(1) + offset + 16);
           if (!length || *length == 0) break;
           offset += *length;
         }

@@ -19,10 +19,11 @@ const zpoline_hook_host* host = nullptr;
 using Transfer = ssize_t (*)(pid_t, const iovec*, unsigned long, const iovec*, unsigned long,
                              unsigned long);
 
-bool transfer(Transfer call, void* local, const void* remote, std::size_t size) {
+bool transfer(Transfer call, void* local, const void* remote, std::size_t size, pid_t pid = 0) {
   const iovec local_iov{local, size};
   const iovec remote_iov{const_cast<void*>(remote), size};
-  return call(getpid(), &local_iov, 1, &remote_iov, 1, 0) == static_cast<ssize_t>(size);
+  return call(pid != 0 ? pid : getpid(), &local_iov, 1, &remote_iov, 1, 0) ==
+         static_cast<ssize_t>(size);
 }
 }  // namespace
 
@@ -62,6 +63,10 @@ namespace detail {
 
 bool safe_read(void* destination, const void* source, std::size_t size) noexcept {
   return size == 0 || transfer(process_vm_readv, destination, source, size);
+}
+
+bool safe_read_from(int pid, void* destination, const void* source, std::size_t size) noexcept {
+  return size == 0 || transfer(process_vm_readv, destination, source, size, pid);
 }
 
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept {

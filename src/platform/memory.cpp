@@ -9,10 +9,11 @@ namespace zpoline::detail {
 namespace {
 
 __attribute__((target("general-regs-only"))) bool transfer(long number, void* local,
-                                                           const void* remote, std::size_t size) {
+                                                           const void* remote, std::size_t size,
+                                                           long pid = 0) {
   iovec local_iov{local, size};
   iovec remote_iov{const_cast<void*>(remote), size};
-  const long pid = zpoline_detail_raw_syscall(SYS_getpid, 0, 0, 0, 0, 0, 0);
+  if (pid == 0) pid = zpoline_detail_raw_syscall(SYS_getpid, 0, 0, 0, 0, 0, 0);
   const long done = zpoline_detail_raw_syscall(number, pid, reinterpret_cast<long>(&local_iov), 1,
                                                reinterpret_cast<long>(&remote_iov), 1, 0);
   return done == static_cast<long>(size);
@@ -22,6 +23,10 @@ __attribute__((target("general-regs-only"))) bool transfer(long number, void* lo
 
 bool safe_read(void* destination, const void* source, std::size_t size) noexcept {
   return size == 0 || transfer(SYS_process_vm_readv, destination, source, size);
+}
+
+bool safe_read_from(int pid, void* destination, const void* source, std::size_t size) noexcept {
+  return size == 0 || transfer(SYS_process_vm_readv, destination, source, size, pid);
 }
 
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept {

@@ -10,5 +10,7 @@ namespace zpoline::detail {
 __attribute__((target("general-regs-only"))) bool safe_read(void* destination, const void* source,
                                                             std::size_t size) noexcept;
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept;
+// The same read from another process's memory (process_vm_readv on pid).
+bool safe_read_from(int pid, void* destination, const void* source, std::size_t size) noexcept;
 
 }  // namespace zpoline::detail
