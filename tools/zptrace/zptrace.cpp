@@ -46,9 +46,6 @@
 #endif
 
 namespace {
-#ifndef ZPTRACE_SET_MEMORY_OF
-#define ZPTRACE_SET_MEMORY_OF(options, tid) static_cast<void>(tid)
-#endif
 
 constexpr const char* kUsage = R"(usage: zptrace [-f|-ff] [-o FILE] [-e EXPR]... [-s SIZE] [-t|-tt|-ttt] [-T] [-y]
                [-c|-C] [-q|-qq] [--] COMMAND [ARG]...
@@ -361,6 +358,7 @@ class Supervisor {
   Supervisor(zptrace::Settings settings, zptrace::SharedState* shared, int root)
       : settings_(std::move(settings)), shared_(shared), root_(root) {
     format_options_.string_limit = settings_.string_limit;
+    format_options_.decode_fds = settings_.decode_fds;
   }
 
   // Runs until every traced process has ended; returns the command's wait status.
@@ -525,7 +523,7 @@ class Supervisor {
         static_cast<long>(registers.rdx), static_cast<long>(registers.r10),
         static_cast<long>(registers.r8),  static_cast<long>(registers.r9)};
     zpoline::FormatOptions options = format_options_;
-    ZPTRACE_SET_MEMORY_OF(options, tid);
+    options.memory_of_pid = tid;
     std::string line = leader(tid, zptrace::now_realtime());
     zptrace::append_call(line, zpoline::format(number, args, child, options));
     emit(tid, line);
@@ -590,7 +588,7 @@ class Supervisor {
       const bool exec = number == SYS_execve || number == SYS_execveat;
       if ((no_return || exec) && settings_.traces(number)) {
         zpoline::FormatOptions options = format_options_;
-        ZPTRACE_SET_MEMORY_OF(options, tid);
+        options.memory_of_pid = tid;
         std::string text = zpoline::format(number, tracee.args, std::nullopt, options);
         if (no_return) {
           count(number, 0, 0);
@@ -623,7 +621,7 @@ class Supervisor {
                                                         : zpoline::format_error(result));
       } else {
         zpoline::FormatOptions options = format_options_;
-        ZPTRACE_SET_MEMORY_OF(options, tid);
+        options.memory_of_pid = tid;
         text = zpoline::format(number, tracee.args, result, options);
       }
       std::string line = leader(tid, tracee.entry_time);

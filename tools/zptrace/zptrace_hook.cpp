@@ -195,6 +195,7 @@ extern "C" const char* zpoline_hook_init() noexcept {
     }
   }
   format_options.string_limit = settings.string_limit;
+  format_options.decode_fds = settings.decode_fds;
   return nullptr;
 }
 
@@ -220,8 +221,8 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   const long start = zptrace::monotonic_ns();
   const long result = call.forward();
   const long elapsed = zptrace::monotonic_ns() - start;
-  // A new thread or process starts at the application's return address, not here: this is the
-  // parent (strace shows the call in the parent only).
+  // strace shows the call in the parent only: a fork child (result 0) comes back here too.
+  if (is_fork(number) && result == 0) return result;
   count(number, result, elapsed);
   if (show) print(tid, when, zpoline::format(call, result, format_options), elapsed);
   return result;
