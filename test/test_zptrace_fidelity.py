@@ -33,6 +33,7 @@ The exit status of the traced program is compared too and counts as one line.
 
 Usage: test_zptrace_fidelity.py ZPTRACE_BINARY [--min-percent P] [--programs a,b,...] [--verbose]
            [--strace PATH] [--keep]
+       test_zptrace_fidelity.py --self-test      (the pairing and the rules on made-up lines)
 Exit 0 at or above --min-percent (default 97), 1 below, 77 (skipped) without strace or when
 zptrace cannot install (it exits 77, or says "page 0").
 Checking the script itself: test/strace_as_zptrace.sh as ZPTRACE_BINARY runs strace on both
@@ -217,7 +218,7 @@ def created_tids(lines):
 
 def labels_for(files):
     """files: {tid: [lines]} -> {tid: label}, by the process tree (module docstring)."""
-    children = {tid: [t for t in created_tids(lines) if t in files]
+    children = {tid: [t for t in created_tids(join_halves(lines)) if t in files]
                 for tid, lines in files.items()}
     created = {t for kids in children.values() for t in kids}
     labels = {}
@@ -260,23 +261,56 @@ NORMALISE_RULES = [
 ]
 
 URANDOM_OPEN = re.compile(r'^openat\(AT_FDCWD, "/dev/u?random", [^)]*\) = (\d+)$')
-ARENA_RESERVE = re.compile(r"^mmap\(NULL, 134217728, PROT_NONE, MAP_PRIVATE\|MAP_ANONYMOUS\|"
-                           r"MAP_NORESERVE, -1, 0\) = ADDR$")
+ARENA_HINTED = re.compile(r"^mmap\(ADDR, 67108864, PROT_NONE, MAP_PRIVATE\|MAP_ANONYMOUS\|"
+                          r"MAP_NORESERVE, -1, 0\) = ADDR$")
+ARENA_DOUBLE = re.compile(r"^mmap\(NULL, 134217728, PROT_NONE, MAP_PRIVATE\|MAP_ANONYMOUS\|"
+                          r"MAP_NORESERVE, -1, 0\) = ADDR$")
 ARENA_TRIM = re.compile(r"^munmap\(ADDR, (\d+)\) = 0$")
+ARENA_CANON = "ARENA_RESERVE (glibc new_heap: 64 MiB PROT_NONE, 64 MiB-aligned)"
+
+
+def collapse_arena_reservations(lines):
+    """arena rule. glibc's malloc reserves a 64 MiB-aligned 64 MiB area for a thread's arena
+    (new_heap): first at a hint right after the previous one, kept if the kernel put it on a
+    64 MiB boundary, else given back; otherwise by reserving 128 MiB and unmapping the part
+    outside an aligned 64 MiB window, with one munmap or two whose sizes add up to 64 MiB.
+    Which of these paths runs, and the sizes, depend only on where ASLR placed the mappings.
+    Each of the sequences becomes the one line ARENA_CANON; any other mmap or munmap, and a
+    sequence whose sizes do not add up, is compared as it is."""
+    out, i = [], 0
+    while i < len(lines):
+        j = i
+        if ARENA_HINTED.match(lines[j]):
+            if (j + 2 < len(lines) and lines[j + 1] == "munmap(ADDR, 67108864) = 0"
+                    and ARENA_DOUBLE.match(lines[j + 2])):
+                j += 2          # the hinted area was not aligned: given back, 128 MiB path
+            else:
+                out.append(ARENA_CANON)
+                i = j + 1
+                continue
+        if ARENA_DOUBLE.match(lines[j]):
+            sizes, k = [], j + 1
+            while k < len(lines) and len(sizes) < 2 and ARENA_TRIM.match(lines[k]):
+                sizes.append(int(ARENA_TRIM.match(lines[k]).group(1)))
+                k += 1
+                if sum(sizes) == 64 << 20:
+                    break
+            if sum(sizes) == 64 << 20:
+                out.append(ARENA_CANON)
+                i = k
+                continue
+        out.append(lines[i])
+        i += 1
+    return out
 
 
 def stateful_rules(lines):
     """Rules that need the lines before, after the others:
     - urandom_read: the bytes read from a descriptor opened on /dev/urandom or /dev/random are
       random (perl seeds from it); the descriptor, length and result are still compared.
-    - arena_trim: glibc's malloc reserves 128 MiB for a thread's arena and unmaps the part
-      outside a 64 MiB-aligned window: one munmap or two, whose sizes depend on where ASLR put
-      the reservation. The one or two munmap lines right after the reservation become one line
-      `munmap(ADDR, ARENA_TRIM) = 0`, only if their sizes add up to exactly 64 MiB."""
+    - arena: collapse_arena_reservations."""
     out, random_fds = [], set()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
+    for line in lines:
         m = URANDOM_OPEN.match(line)
         if m:
             random_fds.add(m.group(1))
@@ -287,18 +321,7 @@ def stateful_rules(lines):
         if m and m.group(1) in random_fds:
             line = 'read(%s, "RANDOM"%s, ' % (m.group(1), m.group(2) or "") + line[m.end():]
         out.append(line)
-        i += 1
-        if ARENA_RESERVE.match(line):
-            sizes = []
-            while (i + len(sizes) < len(lines) and len(sizes) < 2
-                   and ARENA_TRIM.match(lines[i + len(sizes)])):
-                sizes.append(int(ARENA_TRIM.match(lines[i + len(sizes)]).group(1)))
-                if sum(sizes) == 64 << 20:
-                    out.append("munmap(ADDR, ARENA_TRIM) = 0")
-                    i += len(sizes)
-                    break
-            continue
-    return out
+    return collapse_arena_reservations(out)
 
 
 def normalise_pids(line, labels):
@@ -351,11 +374,18 @@ def normalise(lines, labels):
 # ------------------------------------------------------------------------------------------
 # Lines left out on both sides: their presence or count depends on scheduling in that run, not
 # on the tracer. Each with why. Counted and printed (never silently).
+# Not compared line by line, but by presence: if a program has lines of a group on one side
+# and none on the other, all of them count as differences (a tracer that never shows futex
+# calls or signals cannot pass).
 TIMING_DEPENDENT = [
     ("futex_wait_wake", re.compile(r"^futex\(ADDR, FUTEX_(WAIT|WAKE)"),
      "whether a thread blocks on a lock or condition variable (and so whether anyone has to "
      "wake it) depends on which thread got there first; the in-process tracer also changes the "
      "threads' relative speed differently than ptrace does"),
+    ("sigchld_coalescing", re.compile(r"^(--- SIGCHLD |rt_sigreturn\()"),
+     "a standard signal sent while the same one is still pending is merged into it: how many "
+     "SIGCHLD a shell gets for the children of a pipeline (and so how many times its handler "
+     "runs and returns) depends on whether they exited while one was pending"),
 ]
 
 
@@ -403,7 +433,9 @@ def run_traced(tracer, cmd, top, side):
                              cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=so, stderr=se)
     with open(os.path.join(top, side + ".stderr"), errors="replace") as f:
         err = f.read()
-    return rc, err, read_files(os.path.join(out, side))
+    with open(os.path.join(top, side + ".stdout"), "rb") as f:
+        stdout = f.read()
+    return rc, err, stdout, read_files(os.path.join(out, side))
 
 
 class Result:
@@ -421,19 +453,19 @@ def kind_of(line):
     return cm.group(1) if cm else line[:30]
 
 
-def compare(name, s_files, z_files, s_rc, z_rc):
+def compare(name, s_files, z_files, s_rc, z_rc, s_out, z_out):
     res = Result(name)
     s_labels, z_labels = labels_for(s_files), labels_for(z_files)
     s_by = {s_labels[t]: normalise(l, s_labels) for t, l in s_files.items()}
     z_by = {z_labels[t]: normalise(l, z_labels) for t, l in z_files.items()}
     for label in sorted(set(s_by) | set(z_by)):
         sides = []
-        for by in (s_by, z_by):
+        for side, by in (("strace", s_by), ("zptrace", z_by)):
             kept = collections.Counter()
             for line in by.get(label, []):
                 t = timing_dependent(line)
                 if t:
-                    res.timing[t] += 1
+                    res.timing[(t, side)] += 1
                 else:
                     kept[line] += 1
             sides.append(kept)
@@ -448,17 +480,104 @@ def compare(name, s_files, z_files, s_rc, z_rc):
             res.only[(kind_of(line), "only in strace")] += [(label, line)] * n
         for line, n in (z - s).items():
             res.only[(kind_of(line), "only in zptrace")] += [(label, line)] * n
-    res.strace_lines += 1
-    res.zptrace_lines += 1
-    res.denominator += 1
+    for group in {t for t, _ in res.timing}:
+        ns, nz = res.timing[(group, "strace")], res.timing[(group, "zptrace")]
+        if (ns > 0) != (nz > 0):
+            res.strace_lines += ns
+            res.zptrace_lines += nz
+            res.denominator += max(ns, nz)
+            res.only[(group, "only in " + ("strace" if ns else "zptrace"))].append(
+                ("all", "%d lines of the timing-dependent group on one side, none on the other"
+                 % max(ns, nz)))
+    # The traced program's exit status and its standard output: a tracer must not change what
+    # the program does. One line each.
+    res.strace_lines += 2
+    res.zptrace_lines += 2
+    res.denominator += 2
     if s_rc == z_rc:
         res.identical += 1
     else:
         res.only[("exit status", "differs")].append(("T0", "strace %d, zptrace %d" % (s_rc, z_rc)))
+    if s_out == z_out:
+        res.identical += 1
+    else:
+        res.only[("program stdout", "differs")].append(
+            ("T0", "strace %d bytes %r..., zptrace %d bytes %r..." % (
+                len(s_out), s_out[:40], len(z_out), z_out[:40])))
     return res
 
 
+def self_test():
+    """The pairing and the rules on made-up lines: what each is meant to do, and not more."""
+    parent = [
+        "execve(\"/usr/bin/sh\", [\"sh\"], 0x7ffd1234abcd /* 3 vars */) = 0",
+        "getpid()                                = 500",
+        "clone(child_stack=NULL, flags=SIGCHLD <unfinished ...>",
+        "<... clone resumed>)                    = 777",
+        "vfork()                                 = 601",
+        "clone(child_stack=NULL, flags=SIGCHLD)  = -1 EAGAIN (Resource temporarily unavailable)",
+        "wait4(-1, [{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0, NULL) = 601",
+        "--- SIGCHLD {si_signo=SIGCHLD, si_code=CLD_EXITED, si_pid=777, si_uid=0, si_status=0, "
+        "si_utime=3, si_stime=1 /* 0.04 s */} ---",
+        "rt_sigreturn({mask=[]})                 = 601",
+        "read(3, \"abc\", 3)                       = 500",
+        "getppid()                               = 42",
+        "getrandom(\"\\x01\\xab\", 2, GRND_NONBLOCK) = 2",
+        "mmap(NULL, 134217728, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0) = "
+        "0x7f0000200000",
+        "munmap(0x7f0000200000, 31457280)        = 0",
+        "munmap(0x7f0004000000, 35651584)        = 0",
+        "munmap(0x7f0008000000, 4096)            = 0",
+        "mmap(0x7f0008000000, 67108864, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, "
+        "0) = 0x7f000c000000",
+        "mmap(0x7f0010000000, 67108864, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, "
+        "0) = 0x7f0010100000",
+        "munmap(0x7f0010100000, 67108864) = 0",
+        "mmap(NULL, 134217728, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0) = "
+        "0x7f0020000000",
+        "munmap(0x7f0024000000, 67108864) = 0",
+        "munmap(0x7f0008000000, 4096)            = 0",
+        "openat(AT_FDCWD, \"/dev/urandom\", O_RDONLY) = 4",
+        "read(4, \"\\377x\", 2)                    = 2",
+        "read(5, \"\\377x\", 2)                    = 2",
+    ]
+    files = {500: parent, 777: ["exit_group(0) = ?", "+++ exited with 0 +++"],
+             601: ["gettid() = 601"]}
+    labels = labels_for(files)
+    assert labels == {500: "T0", 777: "T0.1", 601: "T0.2"}, labels
+    got = normalise(parent, labels)
+    want = [
+        'execve("/usr/bin/sh", ["sh"], ADDR /* 3 vars */) = 0',
+        "getpid() = T0",
+        "clone(child_stack=NULL, flags=SIGCHLD) = T0.1",
+        "vfork() = T0.2",
+        "clone(child_stack=NULL, flags=SIGCHLD) = -1 EAGAIN (Resource temporarily unavailable)",
+        "wait4(-1, [{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0, NULL) = T0.2",
+        "--- SIGCHLD {si_signo=SIGCHLD, si_code=CLD_EXITED, si_pid=T0.1, si_uid=0, si_status=0, "
+        "si_utime=N, si_stime=N} ---",
+        "rt_sigreturn({mask=[]}) = TASK",
+        'read(3, "abc", 3) = 500',            # a read size equal to a tid stays a number
+        "getppid() = PID",
+        'getrandom("RANDOM", 2, GRND_NONBLOCK) = 2',
+        ARENA_CANON,
+        "munmap(ADDR, 4096) = 0",             # not part of the trim: compared as it is
+        ARENA_CANON,                          # the hinted form
+        ARENA_CANON,                          # hinted, given back, then the 128 MiB form
+        "munmap(ADDR, 4096) = 0",
+        'openat(AT_FDCWD, "/dev/urandom", O_RDONLY) = 4',
+        'read(4, "RANDOM", 2) = 2',
+        'read(5, "\\377x", 2) = 2',          # not from /dev/urandom: compared as it is
+    ]
+    for g, w in zip(got, want):
+        assert g == w, "\n got: %s\nwant: %s" % (g, w)
+    assert len(got) == len(want), (len(got), len(want))
+    print("self test passed")
+    return 0
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("zptrace")
     ap.add_argument("--min-percent", type=float, default=97.0)
@@ -489,8 +608,8 @@ def main():
             d = os.path.join(top, n)
             os.makedirs(d)
             cmd = PROGRAMS[n]
-            s_rc, s_err, s_files = run_traced(args.strace, cmd, d, "s")
-            z_rc, z_err, z_files = run_traced(zptrace, cmd, d, "z")
+            s_rc, s_err, s_out, s_files = run_traced(args.strace, cmd, d, "s")
+            z_rc, z_err, z_out, z_files = run_traced(zptrace, cmd, d, "z")
             if z_rc == 77 or "page 0" in z_err:
                 print("zptrace cannot install (page 0 refused?): skipped\n" + z_err.strip())
                 return 77
@@ -500,32 +619,40 @@ def main():
             if args.verbose:
                 print("# %s: %s\n#   strace: %d tasks, exit %d; zptrace: %d tasks, exit %d"
                       % (n, " ".join(cmd), len(s_files), s_rc, len(z_files), z_rc))
-            results.append(compare(n, s_files, z_files, s_rc, z_rc))
+            results.append(compare(n, s_files, z_files, s_rc, z_rc, s_out, z_out))
     finally:
         if args.keep:
             print("kept:", top)
         else:
             shutil.rmtree(top, ignore_errors=True)
 
-    print("%-18s %8s %8s %9s %8s" % ("program", "strace", "zptrace", "identical", "percent"))
+    def timing_cell(counter):
+        return "%d/%d" % (sum(n for (t, side), n in counter.items() if side == "strace"),
+                          sum(n for (t, side), n in counter.items() if side == "zptrace"))
+
+    print("%-18s %8s %8s %9s %8s   %s" % ("program", "strace", "zptrace", "identical", "percent",
+                                          "not compared (timing) strace/zptrace"))
     tot = Result("total")
     for r in results:
         pct = 100.0 * r.identical / r.denominator if r.denominator else 100.0
-        print("%-18s %8d %8d %9d %7.2f%%" % (r.name, r.strace_lines, r.zptrace_lines,
-                                              r.identical, pct))
+        print("%-18s %8d %8d %9d %7.2f%%   %s" % (r.name, r.strace_lines, r.zptrace_lines,
+                                                r.identical, pct, timing_cell(r.timing)))
         tot.strace_lines += r.strace_lines
         tot.zptrace_lines += r.zptrace_lines
         tot.identical += r.identical
         tot.denominator += r.denominator
         tot.timing.update(r.timing)
     total_pct = 100.0 * tot.identical / tot.denominator if tot.denominator else 100.0
-    print("%-18s %8d %8d %9d %7.2f%%" % ("TOTAL", tot.strace_lines, tot.zptrace_lines,
-                                          tot.identical, total_pct))
+    print("%-18s %8d %8d %9d %7.2f%%   %s" % ("TOTAL", tot.strace_lines, tot.zptrace_lines,
+                                                tot.identical, total_pct,
+                                                timing_cell(tot.timing)))
     print("(percent = identical / sum over paired tasks of max(strace lines, zptrace lines); "
-          "the exit status counts as one line)")
+          "the exit status and the program's stdout count as one line each)")
     if tot.timing:
-        print("left out on both sides as timing dependent: " +
-              ", ".join("%s %d" % kv for kv in sorted(tot.timing.items())))
+        print("left out on both sides as timing dependent (TIMING_DEPENDENT), strace/zptrace: " +
+              ", ".join("%s %s" % (t, timing_cell({k: v for k, v in tot.timing.items()
+                                                    if k[0] == t}))
+                        for t in sorted({t for t, _ in tot.timing})))
 
     groups = collections.defaultdict(list)
     for r in results:
