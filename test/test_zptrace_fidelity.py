@@ -11,11 +11,15 @@ Both write one file per task (process or thread), PREFIX.TID.
 Pairing the files. A task's file is named by its tid, which differs between the runs, and the
 global order in which tasks are created is itself scheduling dependent when several threads fork
 or spawn. So every task gets a label from the process tree instead: the task nobody created is
-"0"; the k-th successful clone/clone3/fork/vfork line (return value > 0, counted in the order of
+T0; the k-th successful clone/clone3/fork/vfork line (return value > 0, counted in the order of
 the lines in the creating task's own file, which is that task's program order) gives the child
-label PARENT.k. The labels do not depend on how tasks interleave; files with equal labels are
-paired. A label present on one side only is a task the other tracer did not report: all of its
-lines count as differences.
+label PARENT.k (T0.1, T0.2, T0.1.1...). The labels do not depend on how tasks interleave. The
+lines of a process's threads (tasks created with CLONE_THREAD, and theirs) are pooled under the
+process's label, because which thread does which part of the work (GNU sort's merges and
+output, for one) is the scheduler's choice; processes with equal labels are paired. A label
+present on one side only is a process the other tracer did not report: all of its lines count
+as differences. (Task ids inside lines, gettid() = T0.1 and the like, keep the task's own
+label, so a thread reported under the wrong id is still a difference.)
 
 Normalising (NORMALISE_RULES below, applied to both sides alike; each rule says why it cannot
 hide a tracer difference): unfinished/resumed halves are joined first; then addresses, column
@@ -23,12 +27,13 @@ padding, -t/-T timestamps, task ids (replaced by the task's label where the id i
 by PID otherwise, only in the places listed in PID_CONTEXTS), and the few values the kernel gives
 differently on every run.
 
-Comparison: per pair of files, as multisets of lines (threads make the same calls in a different
-order in every run). identical = size of the multiset intersection. The share reported is
+Comparison: per pair of processes, as multisets of lines (threads make the same calls in a
+different order in every run). identical = size of the multiset intersection. The share is
 
-    identical / max(lines strace, lines zptrace)
+    sum of identical / sum of max(lines strace, lines zptrace)
 
-summed per pair (a side's extra lines lower it as much as the other side's missing lines).
+with both sums over the pairs (a side's extra lines lower it as much as the other side's missing
+lines).
 The exit status of the traced program is compared too and counts as one line.
 
 Usage: test_zptrace_fidelity.py ZPTRACE_BINARY [--min-percent P] [--programs a,b,...] [--verbose]
@@ -78,10 +83,14 @@ def setup_common(d):
     with open(os.path.join(d, "data.csv"), "w") as f:
         for _ in range(2000):
             f.write("%s,%d\n" % (rng.choice(WORDS), rng.randrange(1000)))
-    # big.txt: enough for sort --parallel=2 to use both threads, and for xz -T2 to make
-    # several blocks.
+    # big.txt: enough for sort --parallel=2 to use both threads (SUBTHREAD_LINES_HEURISTIC is
+    # 128Ki lines).
     with open(os.path.join(d, "big.txt"), "w") as f:
-        f.write(_text(rng, 120000, 6))
+        f.write(_text(rng, 300000, 6))  # > 128Ki lines: sort starts a thread only then
+    # mid.txt: two 1 MiB blocks for xz -T2, one per thread: with more blocks than threads, how
+    # many output buffers xz's queue allocates depends on how far ahead the threads got.
+    with open(os.path.join(d, "mid.txt"), "w") as f:
+        f.write(_text(rng, 50000, 6))
     tree = os.path.join(d, "tree")
     for i in range(6):
         sub = os.path.join(tree, "dir%d" % i, "sub")
@@ -145,7 +154,7 @@ PROGRAMS = collections.OrderedDict([
     ("sha256sum_files", ["sha256sum", "old.txt", "new.txt", "data.csv", "small.txt"]),
     # threaded
     ("sort_parallel", ["sort", "--parallel=2", "-S", "64M", "big.txt"]),
-    ("xz_threads", ["xz", "-T2", "-0", "--block-size=1MiB", "-c", "big.txt"]),
+    ("xz_threads", ["xz", "-T2", "-0", "--block-size=1MiB", "-c", "mid.txt"]),
     ("python_threads", [PYTHON, "-B", "threads.py"]),
     # forking
     ("sh_pipeline", ["sh", "-c", "gzip -9 -c small.txt | gzip -d -c | tr a-z A-Z | wc -c"]),
@@ -204,8 +213,9 @@ def join_halves(lines):
     return out
 
 
-def created_tids(lines):
-    """The tids of the tasks this task created, in its program order."""
+def created_tids(lines, threads=None):
+    """The tids of the tasks this task created, in its program order. threads, if given, gets
+    the tids of those created with CLONE_THREAD."""
     tids = []
     for line in lines:
         cm = CALL.match(line)
@@ -213,7 +223,25 @@ def created_tids(lines):
             rm = RESULT.search(line)
             if rm and int(rm.group(1)) > 0:
                 tids.append(int(rm.group(1)))
+                if threads is not None and "CLONE_THREAD" in line:
+                    threads.add(int(rm.group(1)))
     return tids
+
+
+def processes_for(files, labels):
+    """{tid: label of its process}: a task created with CLONE_THREAD belongs to its creator's
+    process (thread group), any other task is a process of its own."""
+    threads, parent = set(), {}
+    for tid, lines in files.items():
+        for kid in created_tids(join_halves(lines), threads):
+            parent[kid] = tid
+    out = {}
+    for tid in files:
+        t = tid
+        while t in threads and t in parent:
+            t = parent[t]
+        out[tid] = labels[t]
+    return out
 
 
 def labels_for(files):
@@ -444,6 +472,7 @@ class Result:
         self.strace_lines = self.zptrace_lines = self.identical = self.denominator = 0
         self.only = collections.defaultdict(list)  # (kind, side) -> [(label, line)]
         self.timing = collections.Counter()
+        self.tasks = []  # (tasks, processes) of strace, of zptrace
 
 
 def kind_of(line):
@@ -455,9 +484,16 @@ def kind_of(line):
 
 def compare(name, s_files, z_files, s_rc, z_rc, s_out, z_out):
     res = Result(name)
-    s_labels, z_labels = labels_for(s_files), labels_for(z_files)
-    s_by = {s_labels[t]: normalise(l, s_labels) for t, l in s_files.items()}
-    z_by = {z_labels[t]: normalise(l, z_labels) for t, l in z_files.items()}
+    # Lines are compared per process (all the process's threads together): which thread of a
+    # process does a piece of work (sort's merge, writing the output) is the scheduler's
+    # choice. The tids inside the lines are still each task's own label.
+    s_by, z_by = collections.defaultdict(list), collections.defaultdict(list)
+    for files, by in ((s_files, s_by), (z_files, z_by)):
+        labels = labels_for(files)
+        process = processes_for(files, labels)
+        for tid, lines in files.items():
+            by[process[tid]] += normalise(lines, labels)
+        res.tasks.append((len(files), len(by)))
     for label in sorted(set(s_by) | set(z_by)):
         sides = []
         for side, by in (("strace", s_by), ("zptrace", z_by)):
@@ -616,10 +652,12 @@ def main():
             if not z_files:
                 print("%s: zptrace wrote no PREFIX.PID files (exit %d): %s"
                       % (n, z_rc, z_err.strip()[:500]))
+            r = compare(n, s_files, z_files, s_rc, z_rc, s_out, z_out)
+            results.append(r)
             if args.verbose:
-                print("# %s: %s\n#   strace: %d tasks, exit %d; zptrace: %d tasks, exit %d"
-                      % (n, " ".join(cmd), len(s_files), s_rc, len(z_files), z_rc))
-            results.append(compare(n, s_files, z_files, s_rc, z_rc, s_out, z_out))
+                print("# %s: %s\n#   strace: %d tasks in %d processes, exit %d; "
+                      "zptrace: %d tasks in %d processes, exit %d"
+                      % ((n, " ".join(cmd)) + r.tasks[0] + (s_rc,) + r.tasks[1] + (z_rc,)))
     finally:
         if args.keep:
             print("kept:", top)
@@ -646,7 +684,7 @@ def main():
     print("%-18s %8d %8d %9d %7.2f%%   %s" % ("TOTAL", tot.strace_lines, tot.zptrace_lines,
                                                 tot.identical, total_pct,
                                                 timing_cell(tot.timing)))
-    print("(percent = identical / sum over paired tasks of max(strace lines, zptrace lines); "
+    print("(percent = identical / sum over paired processes of max(strace lines, zptrace lines); "
           "the exit status and the program's stdout count as one line each)")
     if tot.timing:
         print("left out on both sides as timing dependent (TIMING_DEPENDENT), strace/zptrace: " +
