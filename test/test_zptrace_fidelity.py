@@ -295,6 +295,7 @@ ARENA_DOUBLE = re.compile(r"^mmap\(NULL, 134217728, PROT_NONE, MAP_PRIVATE\|MAP_
                           r"MAP_NORESERVE, -1, 0\) = ADDR$")
 ARENA_TRIM = re.compile(r"^munmap\(ADDR, (\d+)\) = 0$")
 ARENA_CANON = "ARENA_RESERVE (glibc new_heap: 64 MiB PROT_NONE, 64 MiB-aligned)"
+ARENA_FIRST_COMMIT = re.compile(r"^mprotect\(ADDR, (\d+), PROT_READ\|PROT_WRITE\) = 0$")
 
 
 def collapse_arena_reservations(lines):
@@ -303,10 +304,15 @@ def collapse_arena_reservations(lines):
     64 MiB boundary, else given back; otherwise by reserving 128 MiB and unmapping the part
     outside an aligned 64 MiB window, with one munmap or two whose sizes add up to 64 MiB.
     Which of these paths runs, and the sizes, depend only on where ASLR placed the mappings.
-    Each of the sequences becomes the one line ARENA_CANON; any other mmap or munmap, and a
-    sequence whose sizes do not add up, is compared as it is."""
+    Each of the sequences becomes the one line ARENA_CANON, with the mprotect that makes the
+    arena's first part usable right after it appended (", then mprotect N"); any other mmap or
+    munmap, and a sequence whose sizes do not add up, is compared as it is."""
     out, i = [], 0
     while i < len(lines):
+        if out and out[-1] == ARENA_CANON and ARENA_FIRST_COMMIT.match(lines[i]):
+            out[-1] += ", then mprotect " + ARENA_FIRST_COMMIT.match(lines[i]).group(1)
+            i += 1
+            continue
         j = i
         if ARENA_HINTED.match(lines[j]):
             if (j + 2 < len(lines) and lines[j + 1] == "munmap(ADDR, 67108864) = 0"
@@ -410,6 +416,10 @@ TIMING_DEPENDENT = [
      "whether a thread blocks on a lock or condition variable (and so whether anyone has to "
      "wake it) depends on which thread got there first; the in-process tracer also changes the "
      "threads' relative speed differently than ptrace does"),
+    ("arena_creation", re.compile(r"^ARENA_RESERVE "),
+     "a thread's first malloc takes the arena of a thread that has exited, if there is one, "
+     "else makes a new one (ARENA_RESERVE lines, see collapse_arena_reservations): whether the "
+     "previous thread (GNU sort's merge threads, one after another) had exited yet is timing"),
     ("sigchld_coalescing", re.compile(r"^(--- SIGCHLD |rt_sigreturn\()"),
      "a standard signal sent while the same one is still pending is merged into it: how many "
      "SIGCHLD a shell gets for the children of a pipeline (and so how many times its handler "
@@ -563,6 +573,7 @@ def self_test():
         "0x7f0000200000",
         "munmap(0x7f0000200000, 31457280)        = 0",
         "munmap(0x7f0004000000, 35651584)        = 0",
+        "mprotect(0x7f0002000000, 135168, PROT_READ|PROT_WRITE) = 0",
         "munmap(0x7f0008000000, 4096)            = 0",
         "mmap(0x7f0008000000, 67108864, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, "
         "0) = 0x7f000c000000",
@@ -595,7 +606,7 @@ def self_test():
         'read(3, "abc", 3) = 500',            # a read size equal to a tid stays a number
         "getppid() = PID",
         'getrandom("RANDOM", 2, GRND_NONBLOCK) = 2',
-        ARENA_CANON,
+        ARENA_CANON + ", then mprotect 135168",
         "munmap(ADDR, 4096) = 0",             # not part of the trim: compared as it is
         ARENA_CANON,                          # the hinted form
         ARENA_CANON,                          # hinted, given back, then the 128 MiB form
