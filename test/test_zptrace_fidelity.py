@@ -24,7 +24,7 @@ label, so a thread reported under the wrong id is still a difference.)
 Normalising (NORMALISE_RULES below, applied to both sides alike; each rule says why it cannot
 hide a tracer difference): unfinished/resumed halves are joined first; then addresses, column
 padding, -t/-T timestamps, task ids (replaced by the task's label where the id is a traced task,
-by PID otherwise, only in the places listed in PID_CONTEXTS), and the few values the kernel gives
+by PID otherwise, only in the places normalise_pids lists), and the few values the kernel gives
 differently on every run.
 
 Comparison: per pair of processes, as multisets of lines (threads make the same calls in a
@@ -33,8 +33,18 @@ different order in every run). identical = size of the multiset intersection. Th
     sum of identical / sum of max(lines strace, lines zptrace)
 
 with both sums over the pairs (a side's extra lines lower it as much as the other side's missing
-lines).
-The exit status of the traced program is compared too and counts as one line.
+lines). The traced program's exit status and its stdout are compared too, one line each.
+
+Lines whose number depends on scheduling (TIMING_DEPENDENT: futex waits and wakes, SIGCHLD
+coalescing and its handler's rt_sigreturn, a thread making a new malloc arena or reusing a dead
+thread's) are not compared line by line but by presence per program: a group on one side and
+not at all on the other counts fully as a difference. Their counts per side are printed.
+
+strace against strace (test/strace_as_zptrace.sh, 10 runs on a shared 2-core machine):
+99.97-100.00%. What remained, all of it scheduling: sort --parallel=2's second merge thread
+makes an arena in some runs and not in others (1 line in 7 547), and before the arena rule,
+one more 1 MiB output buffer in xz -T2 when more blocks than threads were in flight (hence the
+two-block input).
 
 Usage: test_zptrace_fidelity.py ZPTRACE_BINARY [--min-percent P] [--programs a,b,...] [--verbose]
            [--strace PATH] [--keep]
@@ -56,8 +66,9 @@ import tempfile
 
 # ------------------------------------------------------------------------------------------
 # The programs. Each: command (run in the working directory) and the inputs it needs.
-# Only programs in a fresh Debian 12 with the packages the CI installs (coreutils, python3,
-# perl-base, make, xz-utils, gzip, bzip2, grep, sed, mawk, diffutils, findutils).
+# Only programs of a fresh Debian 12 (coreutils, dash, perl-base, gzip, grep, sed, mawk,
+# diffutils, findutils) and of what .ci/setup installs (python3, make). xz (xz-utils) and bzip2
+# are not certain to be there: a program that is not installed is left out, with a message.
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
          "rho sigma tau upsilon phi chi psi omega lorem ipsum dolor sit amet").split()
