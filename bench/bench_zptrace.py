@@ -100,6 +100,12 @@ def main():
     zptrace = os.path.abspath(args.zptrace) if os.sep in args.zptrace else args.zptrace
 
     cpu_report()
+    try:
+        version = subprocess.run([args.strace, "-V"], capture_output=True, text=True).stdout
+        print("strace: %s (%s)" % (args.strace, version.splitlines()[0] if version else "?"))
+    except OSError:
+        pass
+    print("zptrace: %s" % zptrace)
     top = tempfile.mkdtemp(prefix="bench_zptrace.")
     try:
         workloads = {
