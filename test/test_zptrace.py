@@ -260,6 +260,8 @@ def string_limit_timestamps_and_times():
 def quiet_levels():
     result = zptrace(["-f", "sh", "-c", "true | true"])
     check("zptrace: Process" in result.stderr, "no attached message without -q")
+    result = zptrace(["-f", "-o", os.devnull, "sh", "-c", "true | true"])
+    check("attached" not in result.stderr, "-o FILE implies -q, as in strace: " + result.stderr)
     result = zptrace(["-q", "-f", "sh", "-c", "true | true"])
     check("attached" not in result.stderr and "+++ exited" in result.stderr, result.stderr[-300:])
     result = zptrace(["-qq", "-f", "sh", "-c", "true | true"])
@@ -281,6 +283,73 @@ def real_programs_run_unchanged():
         check((traced.returncode, traced.stdout) == (native.returncode, native.stdout),
               f"{command}: {traced.returncode} {traced.stdout[:200]!r}")
     print(f"{len(commands)} programs: same output and exit status under zptrace -f")
+
+
+def last_calls_of_a_short_program_are_kept():
+    """A program that ends before its hook's buffer is written out (true, a few calls): its last
+    lines, exit_group among them, reach the file. They once went nowhere: the hook library's
+    settings were destroyed by the static destructors that run before exit_group."""
+    with tempfile.TemporaryDirectory(prefix="a-long-directory-name-for-the-path.") as directory:
+        out = os.path.join(directory, "trace-of-a-short-program")
+        for command in (["true"], ["sh", "-c", "echo x > /dev/null"],
+                        ["python3", "-c", "import os; os.write(1, b'')"]):
+            for _ in range(3):
+                zptrace(["-o", out] + command)
+                trace = lines(out)
+                check(len(trace) >= 2 and trace[-2].startswith("exit_group(0)"),
+                      f"{command}: the trace ends with {trace[-3:]}")
+    print("true, sh and python3 (3 runs each): the trace ends with exit_group and the exit line")
+
+
+def standard_error_as_file_pipe_and_socket():
+    """Without -o the trace goes to zptrace's standard error, whatever it is: a file (which the
+    hooks and zptrace both append to, neither overwriting the other), a pipe, or a socket (which
+    cannot be opened again through /proc: zptrace relays)."""
+    import socket
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "stderr")
+        with open(path, "w") as err:
+            subprocess.run([ZPTRACE, "-f", "sh", "-c", "ls / > /dev/null; true"], stderr=err,
+                           env=ENV, timeout=120)
+        file_lines = lines(path)
+        piped = run([ZPTRACE, "-f", "sh", "-c", "ls / > /dev/null; true"]).stderr.splitlines()
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen([ZPTRACE, "-f", "sh", "-c", "ls / > /dev/null; true"],
+                                   stderr=theirs, env=ENV)
+        theirs.close()
+        received = b""
+        while chunk := ours.recv(65536):
+            received += chunk
+        process.wait(timeout=120)
+        socket_lines = received.decode().splitlines()
+        for name, trace in (("file", file_lines), ("pipe", piped), ("socket", socket_lines)):
+            calls = [l for l in trace if re.match(r"^(\[pid +\d+\] )?\w+\(.*\) += ", l)]
+            check(len(calls) > 100, f"{name}: {len(calls)} call lines")
+            bad = [l for l in trace if not re.match(r"^(\[pid +\d+\] )?(\w+\(|\+\+\+|---|"
+                                                    r"<\.\.\.|zptrace: Process)", l)]
+            check(not bad, f"{name}: broken lines {bad[:3]}")
+            check(trace[-1].endswith("+++ exited with 0 +++"), f"{name}: ends {trace[-1]!r}")
+            check(any('execve("/usr/bin/ls"' in l for l in trace), f"{name}: no execve of ls")
+        print(f"standard error as a file ({len(file_lines)} lines), a pipe ({len(piped)}), "
+              f"a socket ({len(socket_lines)}): whole lines, none lost")
+
+
+def null_pointers_fault_as_untraced():
+    """zptrace hooks with the near mechanism: page 0 stays unmapped, so a NULL read faults as it
+    does untraced (SEGV_MAPERR, killed by SIGSEGV, status passed on)."""
+    program = "import ctypes; ctypes.string_at(0)"
+    native = run(["python3", "-c", program])
+    with tempfile.TemporaryDirectory() as directory:
+        out = os.path.join(directory, "z")
+        traced = zptrace(["-o", out, "python3", "-c", program])
+        check(native.returncode == traced.returncode == -signal.SIGSEGV,
+              f"native {native.returncode}, traced {traced.returncode}")
+        trace = lines(out)
+        check(any("--- SIGSEGV {si_signo=SIGSEGV, si_code=SEGV_MAPERR, si_addr=NULL} ---" in l
+                  for l in trace), "no SEGV_MAPERR line")
+        check(trace[-1] == "+++ killed by SIGSEGV (core dumped) +++" or
+              trace[-1] == "+++ killed by SIGSEGV +++", trace[-1])
+    print("a NULL read: SEGV_MAPERR and death by SIGSEGV, as untraced")
 
 
 if __name__ == "__main__":

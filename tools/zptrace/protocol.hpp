@@ -47,12 +47,29 @@ struct ExecSlot {
   char text[kExecTextSize];
 };
 
+// A thread's trace lines, written out in one write() when it fills, before a call that creates,
+// ends or waits for another task or may block, and by zptrace when the thread stops for a signal
+// or ends (so nothing is lost when a process is killed). tid 0 marks a free slot. The thread
+// appends only; `flushed` <= `length`. `busy` is set while the thread changes the slot: zptrace
+// leaves a busy slot alone while the thread lives.
+inline constexpr std::size_t kBufferSlots = 256;
+inline constexpr std::size_t kBufferSize = 32768;
+
+struct BufferSlot {
+  std::atomic<std::int32_t> tid;
+  std::atomic<std::uint32_t> busy;
+  std::atomic<std::uint32_t> length;
+  std::atomic<std::uint32_t> flushed;
+  char data[kBufferSize];
+};
+
 struct SharedState {
   // Threads and processes the supervisor traces now (with -f): strace's [pid N] prefix on standard
   // error depends on it.
   std::atomic<std::int32_t> traced_threads;
   SyscallCounter counters[kSyscallSlots];
   ExecSlot exec_slots[kExecSlots];
+  BufferSlot buffers[kBufferSlots];
 };
 
 }  // namespace zptrace

@@ -8,10 +8,12 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bitset>
 #include <cstdio>
 #include <cstdlib>
@@ -168,6 +170,30 @@ inline int open_output(const Settings& settings, int tid) {
   if (high < 0) return fd;
   close(fd);
   return high;
+}
+
+// Whole lines to `fd`. A pipe takes at most PIPE_BUF bytes in one piece when several processes
+// write to it (zptrace's standard error piped to a pager): then the lines go in pieces of at most
+// that, cut between lines, so that no line of one process lands inside another's.
+inline ssize_t write_lines(int fd, const char* data, std::size_t size) {
+  struct stat status {};
+  const bool pipe = fstat(fd, &status) == 0 && (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode));
+  constexpr std::size_t kPipeAtomic = 4096;
+  ssize_t total = 0;
+  while (size > 0) {
+    std::size_t piece = size;
+    if (pipe && piece > kPipeAtomic) {
+      piece = kPipeAtomic;
+      while (piece > 0 && data[piece - 1] != '\n') --piece;
+      if (piece == 0) piece = std::min(size, kPipeAtomic);  // a line longer than PIPE_BUF
+    }
+    const ssize_t written = write(fd, data, piece);
+    if (written < 0) return total == 0 ? written : total;
+    data += written;
+    size -= static_cast<std::size_t>(written);
+    total += written;
+  }
+  return total;
 }
 
 }  // namespace zptrace

@@ -32,6 +32,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "protocol.hpp"
@@ -245,6 +246,8 @@ CommandLine parse(int argc, char** argv) {
     }
   }
   if (settings.summary && settings.also_summary) settings.summary = false;
+  // As strace: with -o FILE, no "Process N attached" messages.
+  if (!line.output_file.empty()) settings.quiet = std::max(settings.quiet, 1);
   settings.follow = follow > 0;
   settings.timestamps = std::min(timestamps, 3);
   settings.quiet = std::min(settings.quiet, 2);
@@ -265,6 +268,53 @@ CommandLine parse(int argc, char** argv) {
   }
   return line;
 }
+
+// zptrace's standard error as the traced processes reach it: /proc/ZPTRACE/fd/2, opened again by
+// each (with O_APPEND), which works for a terminal, a file or a pipe. A socket (a systemd unit's
+// journal) cannot be opened that way: then a pipe leads to it, and a thread of zptrace copies.
+class StandardErrorRelay {
+ public:
+  // The path the traced processes open.
+  std::string start() {
+    const int probe = open("/proc/self/fd/2", O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (probe >= 0) {
+      close(probe);
+      return "/proc/" + std::to_string(getpid()) + "/fd/2";
+    }
+    int ends[2];
+    if (pipe2(ends, O_CLOEXEC) != 0) fail(std::string("pipe2: ") + std::strerror(errno));
+    read_end_ = ends[0];
+    write_end_ = fcntl(ends[1], F_DUPFD_CLOEXEC, 900);
+    if (write_end_ < 0) write_end_ = ends[1]; else close(ends[1]);
+    copier_ = std::thread([this] {
+      char buffer[65536];
+      for (;;) {
+        const ssize_t got = read(read_end_, buffer, sizeof buffer);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        for (ssize_t done = 0; done < got;) {
+          const ssize_t written = write(STDERR_FILENO, buffer + done, static_cast<std::size_t>(got - done));
+          if (written <= 0) break;
+          done += written;
+        }
+      }
+    });
+    return "/proc/" + std::to_string(getpid()) + "/fd/" + std::to_string(write_end_);
+  }
+
+  // After the last traced process: the copier gets end-of-file once zptrace's end is closed.
+  void finish() {
+    if (!copier_.joinable()) return;
+    close(write_end_);
+    copier_.join();
+    close(read_end_);
+  }
+
+ private:
+  int read_end_ = -1;
+  int write_end_ = -1;
+  std::thread copier_;
+};
 
 // ---- files zptrace needs ------------------------------------------------------------------------
 
@@ -405,16 +455,42 @@ class Supervisor {
       return fd;
     }
     if (common_output_ < 0) {
-      common_output_ = settings_.output_is_stderr ? STDERR_FILENO
-                                                  : zptrace::open_output(settings_, tid);
+      // Standard error too is written through a descriptor of its own opened with O_APPEND, as
+      // the hooks open it: when it is a file, both append, and neither overwrites the other.
+      common_output_ = zptrace::open_output(settings_, tid);
+      if (common_output_ < 0 && settings_.output_is_stderr) common_output_ = STDERR_FILENO;
     }
     return common_output_;
   }
 
+  // The lines the thread's hook has buffered (protocol.hpp: BufferSlot), written out before a
+  // line of zptrace's own about it; with `release` (the thread has ended, or exec'd) the slot is
+  // freed. A slot the thread was changing when it stopped is left alone while it lives.
+  void flush_buffer(int tid, bool release) {
+    for (zptrace::BufferSlot& slot : shared_->buffers) {
+      if (slot.tid.load(std::memory_order_acquire) != tid) continue;
+      if (slot.busy.load(std::memory_order_relaxed) != 0 && !release) return;
+      const std::uint32_t length = slot.length.load(std::memory_order_acquire);
+      const std::uint32_t flushed = slot.flushed.load(std::memory_order_relaxed);
+      if (length > flushed && length <= zptrace::kBufferSize) {
+        const int fd = output_for(tid);
+        if (fd >= 0) static_cast<void>(zptrace::write_lines(fd, slot.data + flushed, length - flushed));
+      }
+      slot.flushed.store(length, std::memory_order_relaxed);
+      if (release) {
+        slot.length.store(0, std::memory_order_relaxed);
+        slot.flushed.store(0, std::memory_order_relaxed);
+        slot.busy.store(0, std::memory_order_relaxed);
+        slot.tid.store(0, std::memory_order_release);
+      }
+    }
+  }
+
   void emit(int tid, std::string line) {
+    flush_buffer(tid, false);
     line += '\n';
     const int fd = output_for(tid);
-    if (fd >= 0) static_cast<void>(write(fd, line.data(), line.size()));
+    if (fd >= 0) static_cast<void>(zptrace::write_lines(fd, line.data(), line.size()));
   }
 
   std::string leader(int tid, const timespec& when) {
@@ -424,6 +500,7 @@ class Supervisor {
   bool shows(int tid) const { return (settings_.follow || tid == root_) && !settings_.summary; }
 
   void ended(int tid, int status) {
+    flush_buffer(tid, true);
     if (shows(tid) && settings_.quiet < 2) {
       std::string line = leader(tid, zptrace::now_realtime());
       if (WIFEXITED(status)) {
@@ -482,7 +559,11 @@ class Supervisor {
                                                   : std::make_shared<ShimLoading>(*tracee.shim);
       update_count();
       if (settings_.quiet == 0) {
-        std::fprintf(stderr, "zptrace: Process %lu attached\n", child);
+        // Through the same appending descriptor as the trace when that is standard error: a
+        // write of its own to fd 2, a file, would land at that descriptor's offset, over lines.
+        const std::string message = "zptrace: Process " + std::to_string(child) + " attached\n";
+        const int fd = settings_.output_is_stderr ? output_for(tid) : STDERR_FILENO;
+        static_cast<void>(write(fd, message.data(), message.size()));
       }
       auto waiting = std::find(new_before_event_.begin(), new_before_event_.end(),
                                static_cast<int>(child));
@@ -504,6 +585,10 @@ class Supervisor {
       // A group-stop: let the process go on (zptrace does not keep stopped processes stopped).
       return resume(tid, 0);
     }
+    // libzpoline's own trap (Syscall User Dispatch, in the exhaustive and lazy modes): the call it
+    // brings to the hook is printed by the hook; the trap is not the program's.
+    constexpr int kSyscallUserDispatch = 2;
+    if (signal == SIGSYS && info.si_code == kSyscallUserDispatch) return resume(tid, signal);
     if (shows(tid) && settings_.signals.test(static_cast<std::size_t>(signal))) {
       emit(tid, leader(tid, zptrace::now_realtime()) + "--- " + signal_name(signal) + " " +
                     describe(info) + " ---");
@@ -532,6 +617,9 @@ class Supervisor {
   void exec_event(int tid, Tracee& tracee) {
     unsigned long former = 0;
     ptrace(PTRACE_GETEVENTMSG, tid, nullptr, &former);
+    // The old program's buffer: its hook wrote it out before the execve; what is left goes now.
+    flush_buffer(static_cast<int>(former), true);
+    if (static_cast<int>(former) != tid) flush_buffer(tid, true);
     if (static_cast<int>(former) != tid) {
       // A thread other than the leader exec'd: it takes the leader's id.
       auto moved = tracees_.extract(static_cast<int>(former));
@@ -591,7 +679,6 @@ class Supervisor {
         options.memory_of_pid = tid;
         std::string text = zpoline::format(number, tracee.args, std::nullopt, options);
         if (no_return) {
-          count(number, 0, 0);
           if (shows(tid)) {
             std::string line = leader(tid, tracee.entry_time);
             zptrace::append_call(line, text);
@@ -755,6 +842,13 @@ class Supervisor {
 
   std::string added_names_;
 
+  void close_outputs() {
+    for (auto& [tid, fd] : outputs_) close(fd);
+    outputs_.clear();
+    if (common_output_ > STDERR_FILENO) close(common_output_);
+    common_output_ = -1;
+  }
+
  private:
   static std::string ticks(long value) {
     std::string text = std::to_string(value);
@@ -872,12 +966,14 @@ void print_summary(const zptrace::Settings& settings, const zptrace::SharedState
   for (const Row& r : rows) row(r.name, r.calls, r.errors, r.ns);
   table += "------ ----------- ----------- --------- --------- ----------------\n";
   row("total", total_calls, total_errors, total_ns);
-  int fd = STDERR_FILENO;
-  if (!settings.output_is_stderr) {
-    fd = open(output_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) fd = STDERR_FILENO;
-  }
+  // Appended, as the trace was (to standard error through a descriptor of its own: after -C's
+  // lines, not over them).
+  const std::string path = settings.output_is_stderr ? "/proc/self/fd/2" : output_file;
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const bool opened = fd >= 0;
+  if (!opened) fd = STDERR_FILENO;
   static_cast<void>(write(fd, table.data(), table.size()));
+  if (opened) close(fd);
 }
 
 void prepend_variable(const char* name, const std::string& value, std::string& added) {
@@ -908,10 +1004,18 @@ int main(int argc, char** argv) {
   }
   std::string shared_path;
   zptrace::SharedState* shared = create_shared_state(shared_path);
+  StandardErrorRelay relay;
+  if (settings.output_is_stderr) settings.output = relay.start();
 
   std::string added;
   prepend_variable("LD_PRELOAD", preload, added);
   prepend_variable("ZPOLINE_HOOK", hook, added);
+  // The near mechanism (no page 0): a NULL pointer in the traced program faults as it would
+  // untraced, and the library takes no fault of its own that could show as a signal line.
+  if (std::getenv("ZPOLINE_MECHANISM") == nullptr) {
+    setenv("ZPOLINE_MECHANISM", "near", 1);
+    added += ",ZPOLINE_MECHANISM";
+  }
   setenv(zptrace::kEnvSettings, settings.encode().c_str(), 1);
   setenv(zptrace::kEnvShared, shared_path.c_str(), 1);
   setenv(zptrace::kEnvHandoff, "1", 1);
@@ -947,6 +1051,8 @@ int main(int argc, char** argv) {
   supervisor.shim_path_ = preload;
   const int root_status = supervisor.run();
   unlink(shared_path.c_str());
+  supervisor.close_outputs();
+  relay.finish();
   if (settings.counts()) print_summary(settings, *shared, line.output_file);
   if (WIFSIGNALED(root_status)) {
     const int signal = WTERMSIG(root_status);

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,7 +26,9 @@
 
 namespace {
 
-zptrace::Settings settings;
+// The hook outlives every static destructor (the program's last calls, exit_group among them,
+// come after them): the state it reads is never destroyed.
+zptrace::Settings& settings = *new zptrace::Settings;
 zptrace::SharedState* shared = nullptr;
 zpoline::FormatOptions format_options;
 int root_pid = 0;
@@ -39,13 +42,32 @@ thread_local int thread_output = -1;
 thread_local int thread_output_tid = 0;
 // Names of the variables zptrace added to the environment, besides ZPTRACE_*: left out of the
 // `/* N vars */` count of execve lines, which then shows the environment the user gave.
-std::string added_names;
+std::string& added_names = *new std::string;
 
-// Not cached: a vfork child would leave its id in its parent's thread-local memory.
-int current_tid() { return static_cast<int>(syscall(SYS_gettid)); }
+// The thread's id, read once per thread. A vfork child runs on its parent's thread-local memory:
+// after a vfork the id is read again until the parent is back (vfork_pending).
+thread_local int cached_tid = 0;
+thread_local bool vfork_pending = false;
+// The thread's slot in the shared file (protocol.hpp: BufferSlot), claimed at its first line.
+thread_local zptrace::BufferSlot* buffer = nullptr;
 
-void emit(int tid, std::string& line) {
-  line += '\n';
+struct Caller {
+  int tid;
+  bool vfork_child;  // writes directly: the buffer of this thread-local memory is its parent's
+};
+
+Caller current_caller() {
+  if (cached_tid == 0) cached_tid = static_cast<int>(syscall(SYS_gettid));
+  if (!vfork_pending) return {cached_tid, false};
+  const int tid = static_cast<int>(syscall(SYS_gettid));
+  if (tid == cached_tid) {
+    vfork_pending = false;
+    return {tid, false};
+  }
+  return {tid, true};
+}
+
+int output_descriptor(int tid) {
   const bool per_thread = settings.per_thread && !settings.output_is_stderr;
   int& fd = per_thread ? thread_output : process_output;
   int& owner = per_thread ? thread_output_tid : process_output_pid;
@@ -54,12 +76,73 @@ void emit(int tid, std::string& line) {
     fd = -1;
     owner = self;
   }
+  if (fd < 0) fd = zptrace::open_output(settings, tid);
+  return fd;
+}
+
+void write_out(int tid, const char* data, std::size_t size) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (fd < 0) fd = zptrace::open_output(settings, tid);
+    const int fd = output_descriptor(tid);
     if (fd < 0) return;
-    if (write(fd, line.data(), line.size()) >= 0 || errno != EBADF) return;
-    fd = -1;  // the program closed it: open the output again
+    if (zptrace::write_lines(fd, data, size) >= 0 || errno != EBADF) return;
+    // The program closed it: open the output again.
+    if (settings.per_thread && !settings.output_is_stderr) {
+      thread_output = -1;
+    } else {
+      process_output = -1;
+    }
   }
+}
+
+// The thread's buffered lines, written out. `busy` tells zptrace, should the thread stop for a
+// signal in here, to leave the slot alone.
+void flush(int tid) {
+  zptrace::BufferSlot* slot = buffer;
+  if (slot == nullptr) return;
+  slot->busy.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  const std::uint32_t length = slot->length.load(std::memory_order_relaxed);
+  const std::uint32_t flushed = slot->flushed.load(std::memory_order_relaxed);
+  if (length > flushed) write_out(tid, slot->data + flushed, length - flushed);
+  slot->length.store(0, std::memory_order_relaxed);
+  slot->flushed.store(0, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  slot->busy.store(0, std::memory_order_relaxed);
+}
+
+zptrace::BufferSlot* claim_buffer(int tid) {
+  if (shared == nullptr) return nullptr;
+  for (zptrace::BufferSlot& slot : shared->buffers) {
+    std::int32_t free = 0;
+    if (slot.tid.load(std::memory_order_relaxed) == 0 &&
+        slot.tid.compare_exchange_strong(free, tid)) {
+      slot.length.store(0, std::memory_order_relaxed);
+      slot.flushed.store(0, std::memory_order_relaxed);
+      return &slot;
+    }
+  }
+  return nullptr;  // more live threads than slots: this one writes each line directly
+}
+
+void emit(const Caller& caller, std::string& line) {
+  line += '\n';
+  if (!caller.vfork_child && buffer == nullptr) buffer = claim_buffer(caller.tid);
+  zptrace::BufferSlot* slot = caller.vfork_child ? nullptr : buffer;
+  if (slot == nullptr || line.size() > zptrace::kBufferSize) {
+    if (!caller.vfork_child) flush(caller.tid);
+    write_out(caller.tid, line.data(), line.size());
+    return;
+  }
+  if (slot->length.load(std::memory_order_relaxed) + line.size() > zptrace::kBufferSize) {
+    flush(caller.tid);
+  }
+  slot->busy.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  const std::uint32_t length = slot->length.load(std::memory_order_relaxed);
+  std::memcpy(slot->data + length, line.data(), line.size());
+  slot->length.store(length + static_cast<std::uint32_t>(line.size()), std::memory_order_release);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  slot->busy.store(0, std::memory_order_relaxed);
 }
 
 bool several_traced() {
@@ -112,11 +195,41 @@ void count(long number, long result, long nanoseconds) {
   counter.nanoseconds.fetch_add(static_cast<std::uint64_t>(nanoseconds), std::memory_order_relaxed);
 }
 
-void print(int tid, const timespec& when, std::string_view call, long nanoseconds) {
-  std::string line = zptrace::line_leader(settings, tid, several_traced(), when);
+void print(const Caller& caller, const timespec& when, std::string_view call, long nanoseconds) {
+  std::string line = zptrace::line_leader(settings, caller.tid, several_traced(), when);
   zptrace::append_call(line, call);
   if (settings.call_times && nanoseconds >= 0) zptrace::append_call_time(line, nanoseconds);
-  emit(tid, line);
+  emit(caller, line);
+}
+
+// Calls before which the thread's buffered lines are written out: they make, end, replace or wait
+// for another task, signal one, or may block for long (so that a hung program's trace is there
+// up to the call it hangs in, and lines of several processes in one file keep their order).
+bool writes_out_before(long number) {
+  switch (number) {
+    case SYS_clone: case SYS_clone3: case SYS_fork: case SYS_vfork: case SYS_execve:
+    case SYS_execveat: case SYS_exit: case SYS_exit_group: case SYS_wait4: case SYS_waitid:
+    case SYS_kill: case SYS_tkill: case SYS_tgkill: case SYS_rt_sigqueueinfo:
+    case SYS_rt_tgsigqueueinfo: case SYS_pidfd_send_signal: case SYS_futex: case SYS_futex_waitv:
+    case SYS_poll: case SYS_ppoll: case SYS_select: case SYS_pselect6: case SYS_epoll_wait:
+    case SYS_epoll_pwait: case SYS_epoll_pwait2: case SYS_nanosleep: case SYS_clock_nanosleep:
+    case SYS_pause: case SYS_rt_sigsuspend: case SYS_rt_sigtimedwait: case SYS_accept:
+    case SYS_accept4: case SYS_connect: case SYS_recvfrom: case SYS_recvmsg: case SYS_recvmmsg:
+    case SYS_msgrcv: case SYS_semop: case SYS_semtimedop: case SYS_flock: case SYS_io_getevents:
+    case SYS_io_uring_enter: case SYS_sched_yield:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A read from a pipe, socket or terminal may block (from a regular file or a device it does not,
+// mostly); fstat costs far less than the write it may save.
+bool may_block_reading(long number, long fd) {
+  if (number != SYS_read && number != SYS_readv) return false;
+  struct stat status {};
+  return fstat(static_cast<int>(fd), &status) == 0 &&
+         (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode) || S_ISCHR(status.st_mode));
 }
 
 // vfork, and clone or clone3 with CLONE_VFORK: the child runs on this thread's stack until it
@@ -152,7 +265,8 @@ zptrace::ExecSlot* leave_exec_text(int tid, std::string_view text) {
   return nullptr;
 }
 
-long forward_exec(zpoline::Syscall& call, int tid, const timespec& when, bool show) {
+long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& when, bool show) {
+  const int tid = caller.tid;
   const long number = call.number();
   std::string text;
   zptrace::ExecSlot* slot = nullptr;
@@ -169,7 +283,7 @@ long forward_exec(zpoline::Syscall& call, int tid, const timespec& when, bool sh
   // Only a failed exec comes back here.
   const long elapsed = zptrace::monotonic_ns() - start;
   if (slot != nullptr) slot->tid.store(0, std::memory_order_release);
-  if (show) print(tid, when, text + " = " + zpoline::format_error(result), elapsed);
+  if (show) print(caller, when, text + " = " + zpoline::format_error(result), elapsed);
   if (shared != nullptr && settings.counts() && result < 0) {
     shared->counters[number].errors.fetch_add(1, std::memory_order_relaxed);
   }
@@ -201,29 +315,45 @@ extern "C" const char* zpoline_hook_init() noexcept {
 
 extern "C" long zpoline_hook(zpoline::Syscall& call) {
   const long number = call.number();
-  const int tid = current_tid();
+  const Caller caller = current_caller();
   // Without -f only the command's first thread is traced, as strace does.
-  const bool traced = settings.follow || tid == root_pid;
+  const bool traced = settings.follow || caller.tid == root_pid;
   if (!traced || !settings.traces(number)) return call.forward();
   const bool show = settings.prints_calls();
+  if (show && !caller.vfork_child &&
+      (writes_out_before(number) || may_block_reading(number, call.arg(0)))) {
+    flush(caller.tid);
+  }
   const timespec when = show && settings.timestamps != 0 ? zptrace::now_realtime() : timespec{};
-  if (is_exec(number)) return forward_exec(call, tid, when, show);
+  if (is_exec(number)) return forward_exec(call, caller, when, show);
   if (number == SYS_exit || number == SYS_exit_group) {
-    // They do not return: printed first, as strace does (`= ?`).
-    if (show) print(tid, when, zpoline::format(call, std::nullopt, format_options), -1);
-    count(number, 0, 0);
+    // They do not return: printed first, as strace does (`= ?`), and written out at once.
+    if (show) {
+      print(caller, when, zpoline::format(call, std::nullopt, format_options), -1);
+      if (!caller.vfork_child) flush(caller.tid);
+    }
+    // Not counted: strace -c counts a call when it returns, and these do not.
     return call.forward();
   }
   if (is_fork(number) && is_vfork(call)) {
     count(number, 0, 0);
+    // The child runs on this thread's memory until it execs or exits; the parent resumes in the
+    // program, not here.
+    vfork_pending = true;
     return call.forward();
   }
   const long start = zptrace::monotonic_ns();
   const long result = call.forward();
   const long elapsed = zptrace::monotonic_ns() - start;
-  // strace shows the call in the parent only: a fork child (result 0) comes back here too.
-  if (is_fork(number) && result == 0) return result;
+  if (is_fork(number) && result == 0) {
+    // A fork child (strace shows the call in the parent only): a task of its own from here, with
+    // its own slot. A new thread starts in the program, not here.
+    cached_tid = 0;
+    buffer = nullptr;
+    thread_output = -1;
+    return result;
+  }
   count(number, result, elapsed);
-  if (show) print(tid, when, zpoline::format(call, result, format_options), elapsed);
+  if (show) print(caller, when, zpoline::format(call, result, format_options), elapsed);
   return result;
 }
