@@ -9,9 +9,11 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +25,7 @@
 #include "zpoline/format.hpp"
 #include "zpoline/hook_library.hpp"
 #include "zpoline/memory.hpp"
+#include "zpoline/syscalls.hpp"
 
 namespace {
 
@@ -223,13 +226,62 @@ bool writes_out_before(long number) {
   }
 }
 
-// A read from a pipe, socket or terminal may block (from a regular file or a device it does not,
-// mostly); fstat costs far less than the write it may save.
+// A read from a pipe, a socket or a terminal may block for as long as the other side wants; from
+// a regular file or a device such as /dev/zero it does not. What each descriptor is, is kept
+// (fstat once) until a call closes, replaces or makes descriptors; a stale entry could only
+// change when the buffer is written out, not what it holds.
+enum : std::uint8_t { kUnknown = 0, kDoesNotBlock = 1, kMayBlock = 2 };
+constexpr int kKnownDescriptors = 1024;
+std::atomic<std::uint8_t> descriptor_kinds[kKnownDescriptors];
+
+void forget_descriptor_kinds(long number, const zpoline::Syscall& call, long result) {
+  auto forget = [](long fd) {
+    if (fd >= 0 && fd < kKnownDescriptors) descriptor_kinds[fd].store(kUnknown, std::memory_order_relaxed);
+  };
+  switch (number) {
+    case SYS_close:
+      return forget(call.arg(0));
+    case SYS_dup2:
+    case SYS_dup3:
+      return forget(call.arg(1));
+    case SYS_close_range: case SYS_pipe: case SYS_pipe2: case SYS_socketpair:
+      for (auto& kind : descriptor_kinds) kind.store(kUnknown, std::memory_order_relaxed);
+      return;
+    default:
+      // Any other call that made a descriptor returned its number.
+      if (result >= 0 && result < kKnownDescriptors) {
+        const zpoline::SyscallInfo* info = zpoline::syscall_info(number);
+        if (info != nullptr && info->name.find("open") != std::string_view::npos) return forget(result);
+        if (number == SYS_socket || number == SYS_accept || number == SYS_accept4 ||
+            number == SYS_dup || number == SYS_fcntl || number == SYS_creat ||
+            number == SYS_eventfd || number == SYS_eventfd2 || number == SYS_signalfd ||
+            number == SYS_signalfd4 || number == SYS_timerfd_create || number == SYS_memfd_create ||
+            number == SYS_epoll_create || number == SYS_epoll_create1 ||
+            number == SYS_inotify_init || number == SYS_inotify_init1 ||
+            number == SYS_userfaultfd || number == SYS_perf_event_open ||
+            number == SYS_fanotify_init || number == SYS_io_uring_setup) {
+          forget(result);
+        }
+      }
+  }
+}
+
 bool may_block_reading(long number, long fd) {
   if (number != SYS_read && number != SYS_readv) return false;
+  const bool cached = fd >= 0 && fd < kKnownDescriptors;
+  if (cached) {
+    const std::uint8_t kind = descriptor_kinds[fd].load(std::memory_order_relaxed);
+    if (kind != kUnknown) return kind == kMayBlock;
+  }
   struct stat status {};
-  return fstat(static_cast<int>(fd), &status) == 0 &&
-         (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode) || S_ISCHR(status.st_mode));
+  if (fstat(static_cast<int>(fd), &status) != 0) return false;
+  bool blocks = S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode);
+  if (S_ISCHR(status.st_mode)) {
+    const unsigned device = major(status.st_rdev);
+    blocks = device == 4 || device == 5 || (device >= 136 && device <= 143);  // ttys, ptys
+  }
+  if (cached) descriptor_kinds[fd].store(blocks ? kMayBlock : kDoesNotBlock, std::memory_order_relaxed);
+  return blocks;
 }
 
 // vfork, and clone or clone3 with CLONE_VFORK: the child runs on this thread's stack until it
@@ -353,6 +405,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     thread_output = -1;
     return result;
   }
+  if (show) forget_descriptor_kinds(number, call, result);
   count(number, result, elapsed);
   if (show) print(caller, when, zpoline::format(call, result, format_options), elapsed);
   return result;
