@@ -146,7 +146,7 @@ TEST_CASE("flag families") {
   CHECK(fmt(SYS_kill, {1234, SIGTERM}, 0) == "kill(1234, SIGTERM) = 0");
   CHECK(fmt(SYS_tgkill, {1, 2, 34}, 0) == "tgkill(1, 2, SIGRT_2) = 0");
   CHECK(fmt(SYS_socket, {AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0}, 3) ==
-        "socket(AF_INET6, SOCK_STREAM|SOCK_CLOEXEC, 0) = 3");
+        "socket(AF_INET6, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_IP) = 3");
   CHECK(fmt(SYS_fcntl, {3, F_GETFL}, 0x8002) ==
         "fcntl(3, F_GETFL) = 0x8002 (flags O_RDWR|O_LARGEFILE)");
   CHECK(fmt(SYS_fcntl, {3, F_SETFD, FD_CLOEXEC}, 0) == "fcntl(3, F_SETFD, FD_CLOEXEC) = 0");
