@@ -30,7 +30,10 @@ struct FormatOptions {
   // strace -y: file descriptors, as arguments and as the results of calls that make one (open,
   // openat, socket, accept, dup, pipe...), followed by what they name: `3</etc/passwd>`,
   // `4<socket:[1234]>`, `5<pipe:[99]>` (the link /proc/PID/fd/N, PID memory_of_pid or this
-  // process). AT_FDCWD stays as it is; a descriptor that names nothing prints bare.
+  // process); AT_FDCWD by the working directory, `AT_FDCWD</home/me>`, as strace 6.1 does. A
+  // descriptor that names nothing prints bare. The links are read when format() runs, after the
+  // call: close's descriptor is gone by then (`close(3)`, where strace, reading at entry, prints
+  // `close(3</etc/passwd>)`), and dup2's target names the new file.
   bool decode_fds = false;
 };
 

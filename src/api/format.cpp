@@ -896,7 +896,11 @@ void pollfds(Printer& p, long pointer, unsigned long count, bool returned) {
     if (!first) p.put(", ");
     first = false;
     p.put("{fd=");
-    p.fd(item->fd);
+    if (returned) {
+      p.decimal(item->fd);  // strace -y decodes them in the arguments only
+    } else {
+      p.fd(item->fd);
+    }
     p.put(returned ? ", revents=" : ", events=");
     p.bits(static_cast<unsigned short>(returned ? item->revents : item->events), kPollEvents);
     p.put("}");
@@ -1105,8 +1109,8 @@ void int_out(Printer& p, long pointer) {
 
 // getgroups/setgroups: the list of ids.
 void gid_list(Printer& p, long pointer, long count) {
-  if (count == 0) return p.put("[]");
   if (pointer == 0) return p.put("NULL");
+  if (count == 0) return p.put("[]");
   p.put("[");
   for (long i = 0; i < count; ++i) {
     if (i == 1024) {
@@ -1730,7 +1734,7 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
       p.separator();
       if (request == 0x40049409) {
         p.put("BTRFS_IOC_CLONE or FICLONE, ");
-        p.fd(p.arg32(2));
+        p.decimal(p.arg32(2));  // strace -y leaves this one bare
         return true;
       }
       p.value_name(request, kIoctls, "%#lx");
