@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
@@ -480,4 +481,86 @@ TEST_CASE("decode_fds: descriptors with what they name, as strace -y") {
   CHECK(fmt(SYS_close, {file}, 0, options) == "close(" + f + ") = 0");
   CHECK(fmt(SYS_close, {-1}, -EBADF, options) == "close(-1) = -1 EBADF (Bad file descriptor)");
   for (int fd : {pipe_fds[0], pipe_fds[1], s}) close(fd);
+}
+
+TEST_CASE("utimensat, epoll, umask, sigaltstack, timers, sendmsg/recvmsg") {
+  setenv("TZ", "UTC", 1);  // strace writes the dates in local time
+  tzset();
+  const timespec times[2] = {{1, 0}, {2, 500}};
+  CHECK(fmt(SYS_utimensat, {AT_FDCWD, p("f"), p(times), 0}, 0) ==
+        R"(utimensat(AT_FDCWD, "f", [{tv_sec=1, tv_nsec=0} /* 1970-01-01T00:00:01+0000 */, )"
+        R"({tv_sec=2, tv_nsec=500} /* 1970-01-01T00:00:02.000000500+0000 */], 0) = 0)");
+  const timespec special[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
+  CHECK(fmt(SYS_utimensat, {AT_FDCWD, p("f"), p(special), AT_SYMLINK_NOFOLLOW}, 0) ==
+        R"(utimensat(AT_FDCWD, "f", [UTIME_NOW, UTIME_OMIT], AT_SYMLINK_NOFOLLOW) = 0)");
+  CHECK(fmt(SYS_utimensat, {AT_FDCWD, p("f"), 0, 0}, 0) ==
+        R"(utimensat(AT_FDCWD, "f", NULL, 0) = 0)");
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLET;
+  event.data.u64 = 0x100000005;
+  CHECK(fmt(SYS_epoll_ctl, {3, EPOLL_CTL_ADD, 4, p(&event)}, 0) ==
+        "epoll_ctl(3, EPOLL_CTL_ADD, 4, {events=EPOLLIN|EPOLLET, data={u32=5, "
+        "u64=4294967301}}) = 0");
+  CHECK(fmt(SYS_epoll_ctl, {3, EPOLL_CTL_DEL, 4, 0}, 0) ==
+        "epoll_ctl(3, EPOLL_CTL_DEL, 4, NULL) = 0");
+  // A real epoll_wait: one pipe end readable.
+  const int epoll = epoll_create1(EPOLL_CLOEXEC);
+  int pipe_fds[2];
+  REQUIRE(pipe2(pipe_fds, O_CLOEXEC) == 0);
+  event.events = EPOLLIN;
+  REQUIRE(epoll_ctl(epoll, EPOLL_CTL_ADD, pipe_fds[0], &event) == 0);
+  REQUIRE(write(pipe_fds[1], "x", 1) == 1);
+  epoll_event out[4];
+  const int ready = epoll_wait(epoll, out, 4, 0);
+  REQUIRE(ready == 1);
+  CHECK(fmt(SYS_epoll_wait, {epoll, p(out), 4, 0}, ready) ==
+        "epoll_wait(" + std::to_string(epoll) +
+            ", [{events=EPOLLIN, data={u32=5, u64=4294967301}}], 4, 0) = 1");
+  const std::uint64_t usr1 = 1u << (SIGUSR1 - 1);
+  CHECK(fmt(SYS_epoll_pwait, {epoll, p(out), 4, 0, p(&usr1), 8}, 0) ==
+        "epoll_pwait(" + std::to_string(epoll) + ", [], 4, 0, [USR1], 8) = 0");
+  for (int fd : {epoll, pipe_fds[0], pipe_fds[1]}) close(fd);
+  CHECK(fmt(SYS_umask, {0}, 022) == "umask(000) = 022");
+  stack_t stack{};
+  stack.ss_sp = reinterpret_cast<void*>(0x5559c94bc2a0);
+  stack.ss_size = 65536;
+  stack_t old{};
+  old.ss_flags = SS_DISABLE;
+  CHECK(fmt(SYS_sigaltstack, {p(&stack), p(&old)}, 0) ==
+        "sigaltstack({ss_sp=0x5559c94bc2a0, ss_flags=0, ss_size=65536}, {ss_sp=NULL, "
+        "ss_flags=SS_DISABLE, ss_size=0}) = 0");
+  sigevent sev{};
+  sev.sigev_notify = SIGEV_SIGNAL;
+  sev.sigev_signo = SIGALRM;
+  const int timer = 0;
+  CHECK(fmt(SYS_timer_create, {CLOCK_MONOTONIC, p(&sev), p(&timer)}, 0) ==
+        "timer_create(CLOCK_MONOTONIC, {sigev_signo=SIGALRM, sigev_notify=SIGEV_SIGNAL}, [0]) = 0");
+  const itimerspec value{{0, 0}, {5, 0}};
+  CHECK(fmt(SYS_timer_settime, {0, 0, p(&value), 0}, 0) ==
+        "timer_settime(0, 0, {it_interval={tv_sec=0, tv_nsec=0}, it_value={tv_sec=5, "
+        "tv_nsec=0}}, NULL) = 0");
+  iovec iov[2] = {{const_cast<char*>("abc"), 3}, {const_cast<char*>("def"), 3}};
+  msghdr message{};
+  message.msg_iov = iov;
+  message.msg_iovlen = 2;
+  CHECK(fmt(SYS_sendmsg, {6, p(&message), MSG_DONTWAIT}, 6) ==
+        R"(sendmsg(6, {msg_name=NULL, msg_namelen=0, msg_iov=[{iov_base="abc", iov_len=3}, )"
+        R"({iov_base="def", iov_len=3}], msg_iovlen=2, msg_controllen=0, msg_flags=0}, )"
+        R"(MSG_DONTWAIT) = 6)");
+  char buffer[100] = "abcdefXXXX";
+  iovec received{buffer, 100};
+  msghdr in{};
+  in.msg_iov = &received;
+  in.msg_iovlen = 1;
+  CHECK(fmt(SYS_recvmsg, {7, p(&in), 0}, 6) ==
+        R"(recvmsg(7, {msg_name=NULL, msg_namelen=0, msg_iov=[{iov_base="abcdef", iov_len=100}], )"
+        R"(msg_iovlen=1, msg_controllen=0, msg_flags=0}, 0) = 6)");
+  // getpeername that failed: the caller's length, the address bare.
+  sockaddr_in peer{};
+  socklen_t length = sizeof peer;
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", static_cast<void*>(&peer));
+  CHECK(fmt(SYS_getpeername, {0, p(&peer), p(&length)}, -ENOTSOCK) ==
+        "getpeername(0, " + std::string(address) +
+            ", [16]) = -1 ENOTSOCK (Socket operation on non-socket)");
 }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <initializer_list>
 #include <string_view>
 #include <type_traits>
@@ -988,9 +989,10 @@ void sockaddr_out(Printer& p, long pointer, long length_pointer) {
     p.put("NULL, ");
     if (length_pointer == 0) return p.put("NULL");
   }
-  const auto length = p.succeeded() ? p.object<int>(length_pointer) : std::nullopt;
+  // On failure the length is the caller's, unchanged: strace prints it, the address bare.
+  const auto length = p.object<int>(length_pointer);
   if (pointer != 0) {
-    if (length) {
+    if (length && p.succeeded()) {
       sockaddr(p, pointer, *length);
     } else {
       p.address(pointer);
@@ -1127,6 +1129,192 @@ void gid_list(Printer& p, long pointer, long count) {
     p.printf("%u", *gid);
   }
   p.put("]");
+}
+
+// utimensat's pair of times: UTIME_NOW/UTIME_OMIT by name, others with the date strace adds.
+void utimes_pair(Printer& p, long pointer) {
+  if (pointer == 0) return p.put("NULL");
+  const auto times = p.object<std::array<std::array<long, 2>, 2>>(pointer);
+  if (!times) return p.address(pointer);
+  p.put("[");
+  for (int i = 0; i < 2; ++i) {
+    if (i) p.put(", ");
+    const long seconds = (*times)[static_cast<std::size_t>(i)][0];
+    const long nanoseconds = (*times)[static_cast<std::size_t>(i)][1];
+    if (nanoseconds == (1l << 30) - 1) {
+      p.put("UTIME_NOW");
+      continue;
+    }
+    if (nanoseconds == (1l << 30) - 2) {
+      p.put("UTIME_OMIT");
+      continue;
+    }
+    p.printf("{tv_sec=%ld, tv_nsec=%ld}", seconds, nanoseconds);
+    const time_t t = seconds;
+    tm broken{};
+    if (localtime_r(&t, &broken) != nullptr) {
+      char date[64], zone[16];
+      std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &broken);
+      std::strftime(zone, sizeof zone, "%z", &broken);
+      if (nanoseconds != 0) {
+        p.printf(" /* %s.%09ld%s */", date, nanoseconds, zone);
+      } else {
+        p.printf(" /* %s%s */", date, zone);
+      }
+    }
+  }
+  p.put("]");
+}
+
+constexpr Name kEpollEvents[] = {
+    {0x1, "EPOLLIN"},
+    {0x2, "EPOLLPRI"},
+    {0x4, "EPOLLOUT"},
+    {0x8, "EPOLLERR"},
+    {0x10, "EPOLLHUP"},
+    {0x20, "EPOLLNVAL"},
+    {0x40, "EPOLLRDNORM"},
+    {0x80, "EPOLLRDBAND"},
+    {0x100, "EPOLLWRNORM"},
+    {0x200, "EPOLLWRBAND"},
+    {0x400, "EPOLLMSG"},
+    {0x2000, "EPOLLRDHUP"},
+    {1u << 28, "EPOLLEXCLUSIVE"},
+    {1u << 29, "EPOLLWAKEUP"},
+    {1u << 30, "EPOLLONESHOT"},
+    {1u << 31, "EPOLLET"},
+};
+
+struct __attribute__((packed)) EpollEvent {
+  std::uint32_t events;
+  std::uint64_t data;
+};
+
+void epoll_event(Printer& p, const EpollEvent& event) {
+  p.put("{events=");
+  p.bits(event.events, kEpollEvents);
+  p.printf(", data={u32=%u, u64=%lu}}", static_cast<unsigned>(event.data),
+           static_cast<unsigned long>(event.data));
+}
+
+// The events epoll_wait returned (count of them), or its address.
+void epoll_events(Printer& p, long pointer) {
+  if (!p.succeeded()) return p.address(pointer);
+  p.put("[");
+  for (long i = 0; i < *p.result(); ++i) {
+    const auto event = p.object<EpollEvent>(pointer + i * static_cast<long>(sizeof(EpollEvent)));
+    if (!event) {
+      if (i == 0) {
+        p.text.pop_back();
+        return p.address(pointer);
+      }
+      break;
+    }
+    if (i) p.put(", ");
+    epoll_event(p, *event);
+  }
+  p.put("]");
+}
+
+// sigaltstack's stack_t.
+void stack_struct(Printer& p, long pointer, bool output) {
+  struct Stack {
+    unsigned long sp;
+    int flags;
+    unsigned long size;
+  };
+  if (pointer == 0) return p.put("NULL");
+  const auto stack = (!output || p.succeeded()) ? p.object<Stack>(pointer) : std::nullopt;
+  if (!stack) return p.address(pointer);
+  p.put("{ss_sp=");
+  p.address(static_cast<long>(stack->sp));
+  p.put(", ss_flags=");
+  p.bits(static_cast<unsigned>(stack->flags),
+         {{1, "SS_ONSTACK"}, {2, "SS_DISABLE"}, {1u << 31, "SS_AUTODISARM"}});
+  p.printf(", ss_size=%lu}", stack->size);
+}
+
+void itimerspec_struct(Printer& p, long pointer, bool output) {
+  if (pointer == 0) return p.put("NULL");
+  const auto value =
+      (!output || p.succeeded()) ? p.object<std::array<long, 4>>(pointer) : std::nullopt;
+  if (!value) return p.address(pointer);
+  p.printf("{it_interval={tv_sec=%ld, tv_nsec=%ld}, it_value={tv_sec=%ld, tv_nsec=%ld}}",
+           (*value)[0], (*value)[1], (*value)[2], (*value)[3]);
+}
+
+void sigevent_struct(Printer& p, long pointer) {
+  struct Sigevent {
+    long value;
+    int signo, notify;
+    int tid;
+  };
+  if (pointer == 0) return p.put("NULL");
+  const auto event = p.object<Sigevent>(pointer);
+  if (!event) return p.address(pointer);
+  static constexpr Name kNotify[] = {
+      {0, "SIGEV_SIGNAL"}, {1, "SIGEV_NONE"}, {2, "SIGEV_THREAD"}, {4, "SIGEV_THREAD_ID"}};
+  if (event->notify == 1) {
+    return p.put("{sigev_signo=0, sigev_notify=SIGEV_NONE}");
+  }
+  if (event->notify == 0 || event->notify == 4) {
+    p.put("{sigev_signo=");
+    p.signal(event->signo);
+  } else {
+    p.printf("{sigev_value={sival_int=%d, sival_ptr=%#lx}, sigev_signo=",
+             static_cast<int>(event->value), static_cast<unsigned long>(event->value));
+    p.signal(event->signo);
+  }
+  p.put(", sigev_notify=");
+  p.value_name(static_cast<unsigned>(event->notify), kNotify, "%#lx");
+  if (event->notify == 4) p.printf(", sigev_notify_thread_id=%d", event->tid);
+  p.put("}");
+}
+
+// sendmsg/recvmsg's struct msghdr; the data of a received message as far as the result goes.
+void msghdr_struct(Printer& p, long pointer, bool received) {
+  struct Msghdr {
+    unsigned long name;
+    unsigned namelen, pad0;
+    unsigned long iov, iovlen, control, controllen;
+    int flags;
+  };
+  if (received && !p.succeeded()) return p.address(pointer);
+  const auto m = p.object<Msghdr>(pointer);
+  if (!m) return p.address(pointer);
+  p.put("{msg_name=");
+  if (m->name != 0 && m->namelen != 0) {
+    sockaddr(p, static_cast<long>(m->name), m->namelen);
+  } else {
+    p.address(static_cast<long>(m->name));
+  }
+  p.printf(", msg_namelen=%u, msg_iov=", m->namelen);
+  unsigned long left = received ? static_cast<unsigned long>(*p.result()) : ~0ul;
+  if (m->iov == 0) {
+    p.put("NULL");
+  } else {
+    p.put("[");
+    for (unsigned long i = 0; i < m->iovlen && i < 1024; ++i) {
+      const auto iov = p.object<std::array<unsigned long, 2>>(
+          static_cast<long>(m->iov + i * 2 * sizeof(unsigned long)));
+      if (!iov) break;
+      if (i) p.put(", ");
+      p.put("{iov_base=");
+      const unsigned long shown = std::min(left, (*iov)[1]);
+      p.buffer(static_cast<long>((*iov)[0]), shown);
+      left -= shown;
+      p.printf(", iov_len=%lu}", (*iov)[1]);
+    }
+    p.put("]");
+  }
+  p.printf(", msg_iovlen=%lu", m->iovlen);
+  if (m->controllen != 0) {
+    p.put(", msg_control=");
+    p.address(static_cast<long>(m->control));
+  }
+  p.printf(", msg_controllen=%lu, msg_flags=", m->controllen);
+  p.bits(static_cast<unsigned>(m->flags), kMsgFlags);
+  p.put("}");
 }
 
 // struct stat, abbreviated as strace prints it by default.
@@ -1330,6 +1518,85 @@ void futex_call(Printer& p) {
 // Arguments of the calls printed by their own rules; false for the others.
 bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
   switch (number) {
+    case SYS_utimensat:
+      p.dirfd(p.arg32(0));
+      p.separator();
+      p.string(p.arg(1), true);
+      p.separator();
+      utimes_pair(p, p.arg(2));
+      p.separator();
+      p.values(ValueSet::at_flags, static_cast<unsigned>(p.arg(3)));
+      return true;
+    case SYS_epoll_ctl: {
+      static constexpr Name kOps[] = {
+          {1, "EPOLL_CTL_ADD"}, {2, "EPOLL_CTL_DEL"}, {3, "EPOLL_CTL_MOD"}};
+      p.fd(p.arg32(0));
+      p.separator();
+      p.value_name(static_cast<unsigned>(p.arg(1)), kOps, "%lu");
+      p.separator();
+      p.fd(p.arg32(2));
+      p.separator();
+      const auto event = p.arg(3) != 0 ? p.object<EpollEvent>(p.arg(3)) : std::nullopt;
+      if (p.arg(3) == 0) {
+        p.put("NULL");
+      } else if (!event) {
+        p.address(p.arg(3));
+      } else {
+        epoll_event(p, *event);
+      }
+      return true;
+    }
+    case SYS_epoll_wait:
+    case SYS_epoll_pwait:
+      p.fd(p.arg32(0));
+      p.separator();
+      epoll_events(p, p.arg(1));
+      p.printf(", %d, %d", p.arg32(2), p.arg32(3));
+      if (number == SYS_epoll_pwait) {
+        p.separator();
+        p.sigset(p.arg(4));
+        p.printf(", %lu", static_cast<unsigned long>(p.arg(5)));
+      }
+      return true;
+    case SYS_umask:
+      p.mode(static_cast<unsigned>(p.arg(0)));
+      return true;
+    case SYS_sigaltstack:
+      stack_struct(p, p.arg(0), false);
+      p.separator();
+      stack_struct(p, p.arg(1), true);
+      return true;
+    case SYS_timer_create:
+      p.values(ValueSet::clock_id, static_cast<unsigned>(p.arg(0)));
+      p.separator();
+      sigevent_struct(p, p.arg(1));
+      p.separator();
+      int_out(p, p.arg(2));
+      return true;
+    case SYS_timer_settime:
+      p.printf("%d, ", p.arg32(0));
+      p.put(p.arg32(1) == 1 ? "TIMER_ABSTIME" : "0");
+      p.separator();
+      itimerspec_struct(p, p.arg(2), false);
+      p.separator();
+      itimerspec_struct(p, p.arg(3), true);
+      return true;
+    case SYS_timer_gettime:
+      p.printf("%d, ", p.arg32(0));
+      itimerspec_struct(p, p.arg(1), true);
+      return true;
+    case SYS_sendmsg:
+    case SYS_recvmsg:
+      p.fd(p.arg32(0));
+      p.separator();
+      msghdr_struct(p, p.arg(1), number == SYS_recvmsg);
+      p.separator();
+      p.bits(static_cast<unsigned>(p.arg(2)), kMsgFlags);
+      return true;
+    case SYS_rt_sigsuspend:
+      p.sigset(p.arg(0));
+      p.printf(", %lu", static_cast<unsigned long>(p.arg(1)));
+      return true;
     case SYS_statx:
       statx_call(p);
       return true;
@@ -1860,6 +2127,8 @@ std::string format(long number, const std::array<long, 6>& args, std::optional<l
       p.bits(static_cast<unsigned long>(*result), {{1, "FD_CLOEXEC"}});
     }
     p.put(")");
+  } else if (number == SYS_umask) {
+    p.mode(static_cast<unsigned>(*result));
   } else if (returns_fd(number, args)) {
     p.fd(static_cast<int>(*result));
   } else {
