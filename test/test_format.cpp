@@ -564,3 +564,59 @@ TEST_CASE("utimensat, epoll, umask, sigaltstack, timers, sendmsg/recvmsg") {
         "getpeername(0, " + std::string(address) +
             ", [16]) = -1 ENOTSOCK (Socket operation on non-socket)");
 }
+
+TEST_CASE("capture_entry: what the call changes, read before it") {
+  zpoline::FormatOptions options;
+  options.decode_fds = true;
+  // close: the descriptor named the file before the call, nothing after.
+  const int file = open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+  REQUIRE(file >= 0);
+  const std::array<long, 6> close_args{file};
+  const zpoline::CallEntry entry = zpoline::capture_entry(SYS_close, close_args, options);
+  REQUIRE(close(file) == 0);
+  CHECK(zpoline::format(SYS_close, close_args, 0, options, entry) ==
+        "close(" + std::to_string(file) + "</etc/passwd>) = 0");
+  CHECK(zpoline::format(SYS_close, close_args, 0, options) ==
+        "close(" + std::to_string(file) + ") = 0");
+  // getsockname rewrites the length: [128 => 16], as strace shows it.
+  const int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  REQUIRE(s >= 0);
+  sockaddr_storage storage{};
+  socklen_t length = sizeof storage;
+  const std::array<long, 6> args{s, p(&storage), p(&length)};
+  const zpoline::CallEntry before = zpoline::capture_entry(SYS_getsockname, args);
+  REQUIRE(getsockname(s, reinterpret_cast<sockaddr*>(&storage), &length) == 0);
+  CHECK(zpoline::format(SYS_getsockname, args, 0, {}, before) ==
+        "getsockname(" + std::to_string(s) +
+            R"(, {sa_family=AF_INET, sin_port=htons(0), sin_addr=inet_addr("0.0.0.0")}, )"
+            R"([128 => 16]) = 0)");
+  CHECK(zpoline::format(SYS_getsockname, args, 0).ends_with(", [16]) = 0"));
+  close(s);
+  // ppoll: the timeout as passed, not as the kernel left it.
+  timespec timeout{1, 0};
+  pollfd fds[1] = {{0, POLLIN, POLLIN}};
+  const std::array<long, 6> ppoll_args{p(fds), 1, p(&timeout), 0, 8};
+  const zpoline::CallEntry ppoll_entry = zpoline::capture_entry(SYS_ppoll, ppoll_args);
+  timeout = {0, 999998638};
+  CHECK(zpoline::format(SYS_ppoll, ppoll_args, 1, {}, ppoll_entry) ==
+        "ppoll([{fd=0, events=POLLIN}], 1, {tv_sec=1, tv_nsec=0}, NULL, 8) = 1 ([{fd=0, "
+        "revents=POLLIN}], left {tv_sec=0, tv_nsec=999998638})");
+  // recvmsg: msg_namelen=16 => 0.
+  char buffer[16] = "abcdef";
+  iovec iov{buffer, sizeof buffer};
+  sockaddr_in name{};
+  msghdr message{};
+  message.msg_name = &name;
+  message.msg_namelen = sizeof name;
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  const std::array<long, 6> recvmsg_args{4, p(&message), 0};
+  const zpoline::CallEntry recvmsg_entry = zpoline::capture_entry(SYS_recvmsg, recvmsg_args);
+  message.msg_namelen = 0;
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", static_cast<void*>(&name));
+  CHECK(zpoline::format(SYS_recvmsg, recvmsg_args, 6, {}, recvmsg_entry) ==
+        "recvmsg(4, {msg_name=" + std::string(address) +
+            R"(, msg_namelen=16 => 0, msg_iov=[{iov_base="abcdef", iov_len=16}], msg_iovlen=1, )"
+            R"(msg_controllen=0, msg_flags=0}, 0) = 6)");
+}

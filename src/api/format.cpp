@@ -263,8 +263,13 @@ class Memory {
 // Output buffer with the helpers every printer uses.
 class Printer {
  public:
-  Printer(const std::array<long, 6>& args, std::optional<long> result, const FormatOptions& options)
-      : args_(args), result_(result), options_(options), memory_(options.memory_of_pid) {}
+  Printer(const std::array<long, 6>& args, std::optional<long> result, const FormatOptions& options,
+          const CallEntry* entry = nullptr)
+      : args_(args),
+        result_(result),
+        options_(options),
+        memory_(options.memory_of_pid),
+        entry_(entry) {}
 
   std::string text;
 
@@ -273,6 +278,7 @@ class Printer {
   std::optional<long> result() const { return result_; }
   const FormatOptions& options() const { return options_; }
   const Memory& memory() const { return memory_; }
+  const CallEntry* entry() const { return entry_; }
   template <class T>
   std::optional<T> object(long address) const {
     return memory_.object<T>(static_cast<unsigned long>(address));
@@ -319,9 +325,16 @@ class Printer {
     }
   }
   // A file descriptor; with decode_fds followed by what it names: 3</etc/passwd>.
-  void fd(int value) {
+  // made: a descriptor the call made (its result, pipe's pair), which did not exist at entry.
+  void fd(int value, bool made = false) {
     decimal(value);
-    if (options_.decode_fds && value >= 0) fd_target("fd/" + std::to_string(value));
+    if (!options_.decode_fds || value < 0) return;
+    if (!made && entry_ != nullptr) {
+      for (const auto& [fd, target] : entry_->fd_targets) {
+        if (fd == value) return put(target);
+      }
+    }
+    fd_target("fd/" + std::to_string(value));
   }
   // <target> of the link /proc/PID/NAME, escaped as strace -y does; nothing if unreadable.
   void fd_target(const std::string& name) {
@@ -600,6 +613,7 @@ class Printer {
   std::optional<long> result_;
   const FormatOptions& options_;
   Memory memory_;
+  const CallEntry* entry_;
 };
 
 bool is_64bit(std::string_view type) {
@@ -983,6 +997,15 @@ void sockaddr(Printer& p, long pointer, long length) {
   p.put("}");
 }
 
+// [length], or [before => after] when the call changed it (known from the CallEntry).
+void value_result_length(Printer& p, int length) {
+  const CallEntry* entry = p.entry();
+  if (p.succeeded() && entry != nullptr && entry->length && *entry->length != length) {
+    return p.printf("[%d => %d]", *entry->length, length);
+  }
+  p.printf("[%d]", length);
+}
+
 // An output socket address and its value-result length: {…}, [16].
 void sockaddr_out(Printer& p, long pointer, long length_pointer) {
   if (pointer == 0) {
@@ -1000,7 +1023,7 @@ void sockaddr_out(Printer& p, long pointer, long length_pointer) {
     p.separator();
   }
   if (!length) return p.address(length_pointer);
-  p.printf("[%d]", *length);
+  value_result_length(p, *length);
 }
 
 constexpr Name kSocketLevels[] = {
@@ -1288,7 +1311,12 @@ void msghdr_struct(Printer& p, long pointer, bool received) {
   } else {
     p.address(static_cast<long>(m->name));
   }
-  p.printf(", msg_namelen=%u, msg_iov=", m->namelen);
+  if (received && p.entry() != nullptr && p.entry()->length &&
+      static_cast<unsigned>(*p.entry()->length) != m->namelen) {
+    p.printf(", msg_namelen=%d => %u, msg_iov=", *p.entry()->length, m->namelen);
+  } else {
+    p.printf(", msg_namelen=%u, msg_iov=", m->namelen);
+  }
   unsigned long left = received ? static_cast<unsigned long>(*p.result()) : ~0ul;
   if (m->iov == 0) {
     p.put("NULL");
@@ -1370,9 +1398,9 @@ void int_pair(Printer& p, long pointer) {
   const auto fds = p.object<std::array<int, 2>>(pointer);
   if (!fds) return p.address(pointer);
   p.put("[");
-  p.fd((*fds)[0]);
+  p.fd((*fds)[0], true);
   p.put(", ");
-  p.fd((*fds)[1]);
+  p.fd((*fds)[1], true);
   p.put("]");
 }
 
@@ -1698,7 +1726,11 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
     case SYS_ppoll: {
       pollfds(p, p.arg(0), static_cast<unsigned>(p.arg(1)), false);
       p.printf(", %u, ", static_cast<unsigned>(p.arg(1)));
-      timespec_struct(p, p.arg(2));
+      if (p.entry() != nullptr && p.entry()->timeout) {
+        p.printf("{tv_sec=%ld, tv_nsec=%ld}", (*p.entry()->timeout)[0], (*p.entry()->timeout)[1]);
+      } else {
+        timespec_struct(p, p.arg(2));
+      }
       p.separator();
       p.sigset(p.arg(3));
       p.printf(", %lu", static_cast<unsigned long>(p.arg(4)));
@@ -1775,7 +1807,8 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
           p.address(p.arg(4));
         } else {
           socket_option_value(p, p.arg(3), *length);
-          p.printf(", [%d]", *length);
+          p.separator();
+          value_result_length(p, *length);
         }
       }
       return true;
@@ -2095,9 +2128,58 @@ std::string format_error(long result) {
   return text;
 }
 
-std::string format(long number, const std::array<long, 6>& args, std::optional<long> result,
-                   const FormatOptions& options) {
-  Printer p(args, result, options);
+CallEntry capture_entry(long number, const std::array<long, 6>& args,
+                        const FormatOptions& options) {
+  CallEntry entry;
+  Printer p(args, std::nullopt, options);
+  if (options.decode_fds) {
+    if (const SyscallInfo* info = syscall_info(number)) {
+      for (int i = 0; i < info->argument_count; ++i) {
+        const ArgKind kind = info->arguments[i].kind;
+        const int fd = static_cast<int>(args[static_cast<std::size_t>(i)]);
+        if ((kind != ArgKind::fd && kind != ArgKind::dirfd) || fd < 0) continue;
+        p.text.clear();
+        p.fd_target("fd/" + std::to_string(fd));
+        entry.fd_targets.emplace_back(fd, p.text);
+      }
+    }
+  }
+  switch (number) {
+    case SYS_accept:
+    case SYS_accept4:
+    case SYS_getsockname:
+    case SYS_getpeername:
+      if (args[1] != 0) entry.length = p.object<int>(args[2]);
+      break;
+    case SYS_recvfrom:
+      if (args[4] != 0) entry.length = p.object<int>(args[5]);
+      break;
+    case SYS_getsockopt:
+      entry.length = p.object<int>(args[4]);
+      break;
+    case SYS_recvmsg:
+      if (args[1] != 0) entry.length = p.object<int>(args[1] + 8);  // msg_namelen
+      break;
+    case SYS_ppoll:
+      if (args[2] != 0) entry.timeout = p.object<std::array<long, 2>>(args[2]);
+      break;
+    default:
+      break;
+  }
+  return entry;
+}
+
+CallEntry capture_entry(const Syscall& call, const FormatOptions& options) {
+  std::array<long, 6> args{};
+  for (int i = 0; i < 6; ++i) args[static_cast<std::size_t>(i)] = call.arg(i);
+  return capture_entry(call.number(), args, options);
+}
+
+namespace {
+
+std::string format_call(long number, const std::array<long, 6>& args, std::optional<long> result,
+                        const FormatOptions& options, const CallEntry* entry) {
+  Printer p(args, result, options, entry);
   const SyscallInfo* info = syscall_info(number);
   if (info == nullptr) {
     p.printf("syscall_%#lx(", static_cast<unsigned long>(number));
@@ -2130,12 +2212,31 @@ std::string format(long number, const std::array<long, 6>& args, std::optional<l
   } else if (number == SYS_umask) {
     p.mode(static_cast<unsigned>(*result));
   } else if (returns_fd(number, args)) {
-    p.fd(static_cast<int>(*result));
+    p.fd(static_cast<int>(*result), true);
   } else {
     p.decimal(*result);
   }
   p.put(p.result_suffix);
   return std::move(p.text);
+}
+
+}  // namespace
+
+std::string format(long number, const std::array<long, 6>& args, std::optional<long> result,
+                   const FormatOptions& options) {
+  return format_call(number, args, result, options, nullptr);
+}
+
+std::string format(long number, const std::array<long, 6>& args, std::optional<long> result,
+                   const FormatOptions& options, const CallEntry& entry) {
+  return format_call(number, args, result, options, &entry);
+}
+
+std::string format(const Syscall& call, std::optional<long> result, const FormatOptions& options,
+                   const CallEntry& entry) {
+  std::array<long, 6> args{};
+  for (int i = 0; i < 6; ++i) args[static_cast<std::size_t>(i)] = call.arg(i);
+  return format(call.number(), args, result, options, entry);
 }
 
 std::string format(const Syscall& call, std::optional<long> result, const FormatOptions& options) {

@@ -1,4 +1,4 @@
-#!/ usr / bin / env python3
+#!/usr/bin/env python3
 """zpoline::format against strace 6.1 on real programs.
 
 Each program runs twice: under the preload shim with the trace hook library (our formatter,
@@ -27,7 +27,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
-#name : shell command(run by / bin / sh - c under both tracers : the shell's own calls count too).
+# name: shell command (run by /bin/sh -c under both tracers: the shell's own calls count too).
 PROGRAMS = [
     ("ls", "ls -la /usr/share/doc >/dev/null"),
     ("cat", "cat /etc/os-release >/dev/null"),
@@ -118,12 +118,15 @@ def normalise(text):
     text = re.sub(r"0x[0-9a-f]{6,}", "0xADDR", text)
     text = re.sub(r"(tv_n?sec|tv_u?sec)=\d+", r"\1=N", text)
     text = re.sub(r"(socket|pipe|anon_inode):\[\d+\]", r"\1:[N]", text)
-#free space changes between the two runs
+    # ephemeral ports, free space: different in every run
+    text = re.sub(r"htons\(\d{4,5}\)", "htons(PORT)", text)
+    # a process's own /proc entries name its pid
+    text = re.sub(r"/proc/\d+/", "/proc/PID/", text)
     text = re.sub(r"(f_bfree|f_bavail|f_ffree)=\d+", r"\1=N", text)
     if text.startswith(("sysinfo(", "getrandom(")):
         text = re.sub(r"=\d+", "=N", text)
         text = re.sub(r'"(\\.|[^"\\])*"', '"..."', text)
-#ids : results of the calls that return one, and wait4's first argument
+    # ids: results of the calls that return one, and wait4's first argument
     text = re.sub(r"^((?:clone3?|fork|vfork|gettid|getpid|getppid|wait4|set_tid_address)\(.*\) = )\d+$",
                   r"\1PID", text)
     text = re.sub(r"^(wait4|kill|tgkill|prlimit64|sched_getaffinity|sched_setaffinity)\(\d+,", r"\1(PID,", text)
@@ -150,8 +153,8 @@ def run(build, name, command, fds, workdir):
     if fds:
         env["ZPOLINE_HOOK_TRACE_FDS"] = "1"
     subprocess.run(["/bin/sh", "-c", command], env=env, cwd=workdir, timeout=300)
-#The same environment 's size for strace' s run(execve 's `/* N vars */`, env' s output):
-#the names changed by one letter, so the tracee is not preloaded.
+    # The same environment's size for strace's run (execve's `/* N vars */`, env's output):
+    # the names changed by one letter, so the tracee is not preloaded.
     env2 = dict(os.environ)
     env2.update({"ZPOLINE_HOOX": hook, "ZPOLINE_HOOX_TRACE_OUTPUT": ours, "LD_PRELOAX": preload})
     if fds:
