@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -619,4 +620,31 @@ TEST_CASE("capture_entry: what the call changes, read before it") {
         "recvmsg(4, {msg_name=" + std::string(address) +
             R"(, msg_namelen=16 => 0, msg_iov=[{iov_base="abcdef", iov_len=16}], msg_iovlen=1, )"
             R"(msg_controllen=0, msg_flags=0}, 0) = 6)");
+}
+
+TEST_CASE("ioctl TCGETS and TCSETSW: struct termios") {
+  struct KernelTermios {
+    std::uint32_t iflag, oflag, cflag, lflag;
+    unsigned char line, cc[19];
+  };
+  KernelTermios t{};
+  t.iflag = ICRNL | IXON;
+  t.oflag = OPOST | ONLCR;
+  t.cflag = B38400 | CS8 | CREAD;
+  t.lflag = ISIG | ICANON | ECHO | ECHOE | ECHOK | IEXTEN | ECHOCTL | ECHOKE;
+  CHECK(fmt(SYS_ioctl, {0, TCGETS, p(&t)}, 0) ==
+        "ioctl(0, TCGETS, {c_iflag=ICRNL|IXON, c_oflag=NL0|CR0|TAB0|BS0|VT0|FF0|OPOST|ONLCR, "
+        "c_cflag=B38400|CS8|CREAD, c_lflag=ISIG|ICANON|ECHO|ECHOE|ECHOK|IEXTEN|ECHOCTL|ECHOKE, "
+        "...}) = 0");
+  t.iflag = 0;
+  t.oflag = ONLCR;
+  t.lflag = ECHOE | ECHOK | IEXTEN | ECHOCTL | ECHOKE;
+  CHECK(fmt(SYS_ioctl, {0, TCSETSW, p(&t)}, 0) ==
+        "ioctl(0, SNDCTL_TMR_STOP or TCSETSW, {c_iflag=, c_oflag=NL0|CR0|TAB0|BS0|VT0|FF0|ONLCR, "
+        "c_cflag=B38400|CS8|CREAD, c_lflag=ECHOE|ECHOK|IEXTEN|ECHOCTL|ECHOKE, ...}) = 0");
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", static_cast<void*>(&t));
+  CHECK(fmt(SYS_ioctl, {1, TCGETS, p(&t)}, -ENOTTY) ==
+        "ioctl(1, TCGETS, " + std::string(address) +
+            ") = -1 ENOTTY (Inappropriate ioctl for device)");
 }

@@ -200,12 +200,23 @@ constexpr Name kFutexCommands[] = {
     {13, "FUTEX_LOCK_PI2"},
 };
 constexpr Name kIoctls[] = {
-    {0x5401, "TCGETS"},       {0x5402, "TCSETS"},         {0x5403, "TCSETSW"},
-    {0x5404, "TCSETSF"},      {0x540B, "TCFLSH"},         {0x540E, "TIOCSCTTY"},
-    {0x540F, "TIOCGPGRP"},    {0x5410, "TIOCSPGRP"},      {0x5413, "TIOCGWINSZ"},
-    {0x5414, "TIOCSWINSZ"},   {0x541B, "FIONREAD"},       {0x5421, "FIONBIO"},
-    {0x5450, "FIONCLEX"},     {0x5451, "FIOCLEX"},        {0x5452, "FIOASYNC"},
-    {0x80045430, "TIOCGPTN"}, {0x40045431, "TIOCSPTLCK"},
+    {0x5401, "TCGETS"},
+    {0x5402, "SNDCTL_TMR_START or TCSETS"},
+    {0x5403, "SNDCTL_TMR_STOP or TCSETSW"},
+    {0x5404, "SNDCTL_TMR_CONTINUE or TCSETSF"},
+    {0x540B, "TCFLSH"},
+    {0x540E, "TIOCSCTTY"},
+    {0x540F, "TIOCGPGRP"},
+    {0x5410, "TIOCSPGRP"},
+    {0x5413, "TIOCGWINSZ"},
+    {0x5414, "TIOCSWINSZ"},
+    {0x541B, "FIONREAD"},
+    {0x5421, "FIONBIO"},
+    {0x5450, "FIONCLEX"},
+    {0x5451, "FIOCLEX"},
+    {0x5452, "FIOASYNC"},
+    {0x80045430, "TIOCGPTN"},
+    {0x40045431, "TIOCSPTLCK"},
 };
 constexpr std::string_view kSignals[] = {
     "0",         "SIGHUP",  "SIGINT",    "SIGQUIT", "SIGILL",   "SIGTRAP", "SIGABRT", "SIGBUS",
@@ -1345,6 +1356,89 @@ void msghdr_struct(Printer& p, long pointer, bool received) {
   p.put("}");
 }
 
+// struct termios (the kernel's), abbreviated as strace prints it: the four flag words.
+void termios_struct(Printer& p, long pointer, bool output) {
+  static constexpr Name kInput[] = {
+      {01, "IGNBRK"},  {02, "BRKINT"},   {04, "IGNPAR"},    {010, "PARMRK"},     {020, "INPCK"},
+      {040, "ISTRIP"}, {0100, "INLCR"},  {0200, "IGNCR"},   {0400, "ICRNL"},     {01000, "IUCLC"},
+      {02000, "IXON"}, {04000, "IXANY"}, {010000, "IXOFF"}, {020000, "IMAXBEL"}, {040000, "IUTF8"},
+  };
+  static constexpr Name kOutput[] = {
+      {01, "OPOST"},  {02, "OLCUC"},   {04, "ONLCR"},   {010, "OCRNL"},
+      {020, "ONOCR"}, {040, "ONLRET"}, {0100, "OFILL"}, {0200, "OFDEL"},
+  };
+  static constexpr Name kControl[] = {
+      {0100, "CSTOPB"}, {0200, "CREAD"},   {0400, "PARENB"},         {01000, "PARODD"},
+      {02000, "HUPCL"}, {04000, "CLOCAL"}, {010000000000, "CMSPAR"}, {020000000000, "CRTSCTS"},
+  };
+  static constexpr Name kLocal[] = {
+      {01, "ISIG"},        {02, "ICANON"},     {04, "XCASE"},      {010, "ECHO"},
+      {020, "ECHOE"},      {040, "ECHOK"},     {0100, "ECHONL"},   {0200, "NOFLSH"},
+      {0100000, "IEXTEN"}, {01000, "ECHOCTL"}, {02000, "ECHOPRT"}, {04000, "ECHOKE"},
+      {010000, "FLUSHO"},  {040000, "PENDIN"}, {0400, "TOSTOP"},   {0200000, "EXTPROC"},
+  };
+  static constexpr Name kBauds[] = {
+      {0, "B0"},
+      {1, "B50"},
+      {2, "B75"},
+      {3, "B110"},
+      {4, "B134"},
+      {5, "B150"},
+      {6, "B200"},
+      {7, "B300"},
+      {010, "B600"},
+      {011, "B1200"},
+      {012, "B1800"},
+      {013, "B2400"},
+      {014, "B4800"},
+      {015, "B9600"},
+      {016, "B19200"},
+      {017, "B38400"},
+      {010001, "B57600"},
+      {010002, "B115200"},
+      {010003, "B230400"},
+      {010004, "B460800"},
+      {010005, "B500000"},
+      {010006, "B576000"},
+      {010007, "B921600"},
+      {010010, "B1000000"},
+      {010011, "B1152000"},
+      {010012, "B1500000"},
+      {010013, "B2000000"},
+      {010014, "B2500000"},
+      {010015, "B3000000"},
+      {010016, "B3500000"},
+      {010017, "B4000000"},
+  };
+  if (pointer == 0) return p.put("NULL");
+  const auto t =
+      (!output || p.succeeded()) ? p.object<std::array<std::uint32_t, 4>>(pointer) : std::nullopt;
+  if (!t) return p.address(pointer);
+  const auto [input, out, control, local] = *t;
+  p.put("{c_iflag=");
+  p.bits(input, kInput, "");  // strace leaves a zero word empty
+  p.put(", c_oflag=");
+  p.put((out & 0100) ? "NL1" : "NL0");
+  p.printf("|CR%u|TAB%u", (out >> 9) & 3, (out >> 11) & 3);
+  p.put((out & 020000) ? "|BS1" : "|BS0");
+  p.put((out & 040000) ? "|VT1" : "|VT0");
+  p.put((out & 0100000) ? "|FF1" : "|FF0");
+  if (out & ~0177700u) {
+    p.put("|");
+    p.bits(out & ~0177700u, kOutput);
+  }
+  p.put(", c_cflag=");
+  p.value_name(control & 010017, kBauds, "%#lo");
+  p.printf("|CS%u", 5 + ((control >> 4) & 3));
+  if (control & ~010077u) {
+    p.put("|");
+    p.bits(control & ~010077u, kControl);
+  }
+  p.put(", c_lflag=");
+  p.bits(local, kLocal, "");
+  p.put(", ...}");
+}
+
 // struct stat, abbreviated as strace prints it by default.
 void stat_struct(Printer& p, long pointer) {
   struct KernelStat {
@@ -2039,7 +2133,11 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
       }
       p.value_name(request, kIoctls, "%#lx");
       p.separator();
-      if (request == 0x541B || request == 0x80045430) {  // FIONREAD, TIOCGPTN
+      if (request == 0x5401) {  // TCGETS
+        termios_struct(p, p.arg(2), true);
+      } else if (request >= 0x5402 && request <= 0x5404) {  // TCSETS, TCSETSW, TCSETSF
+        termios_struct(p, p.arg(2), false);
+      } else if (request == 0x541B || request == 0x80045430) {  // FIONREAD, TIOCGPTN
         int_out(p, p.arg(2));
       } else if (request == 0x5413) {  // TIOCGWINSZ
         const auto size =
