@@ -648,3 +648,32 @@ TEST_CASE("ioctl TCGETS and TCSETSW: struct termios") {
         "ioctl(1, TCGETS, " + std::string(address) +
             ") = -1 ENOTTY (Inappropriate ioctl for device)");
 }
+
+TEST_CASE("fcntl locks, getrusage, faccessat2's AT_EACCESS") {
+  struct flock lock {};
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  lock.l_len = 10;
+  CHECK(fmt(SYS_fcntl, {3, F_SETLK, p(&lock)}, 0) ==
+        "fcntl(3, F_SETLK, {l_type=F_WRLCK, l_whence=SEEK_SET, l_start=0, l_len=10}) = 0");
+  // F_GETLK from a real call: the file is not locked by another process.
+  const int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  struct flock query {};
+  query.l_type = F_RDLCK;
+  query.l_whence = SEEK_SET;
+  REQUIRE(fcntl(fd, F_GETLK, &query) == 0);
+  CHECK(fmt(SYS_fcntl, {fd, F_GETLK, p(&query)}, 0) ==
+        "fcntl(" + std::to_string(fd) +
+            ", F_GETLK, {l_type=F_UNLCK, l_whence=SEEK_SET, l_start=0, l_len=0, l_pid=0}) = 0");
+  close(fd);
+  struct rusage usage {};
+  usage.ru_utime = {0, 1269};
+  CHECK(fmt(SYS_getrusage, {RUSAGE_SELF, p(&usage)}, 0) ==
+        "getrusage(RUSAGE_SELF, {ru_utime={tv_sec=0, tv_usec=1269}, ru_stime={tv_sec=0, "
+        "tv_usec=0}, ...}) = 0");
+  CHECK(fmt(SYS_getrusage, {RUSAGE_CHILDREN, p(&usage)}, 0)
+            .starts_with("getrusage(RUSAGE_CHILDREN, {"));
+  CHECK(fmt(SYS_faccessat2, {AT_FDCWD, p("/tmp"), F_OK, AT_EACCESS}, 0) ==
+        R"(faccessat2(AT_FDCWD, "/tmp", F_OK, AT_EACCESS) = 0)");
+}

@@ -1439,6 +1439,33 @@ void termios_struct(Printer& p, long pointer, bool output) {
   p.put(", ...}");
 }
 
+// fcntl's struct flock.
+void flock_struct(Printer& p, long pointer, bool output) {
+  struct Flock {
+    short type, whence;
+    long start, len;
+    int pid;
+  };
+  static constexpr Name kTypes[] = {{0, "F_RDLCK"}, {1, "F_WRLCK"}, {2, "F_UNLCK"}};
+  const auto lock = (!output || p.succeeded()) ? p.object<Flock>(pointer) : std::nullopt;
+  if (!lock) return p.address(pointer);
+  p.put("{l_type=");
+  p.value_name(static_cast<unsigned short>(lock->type), kTypes, "%#lx");
+  p.put(", l_whence=");
+  p.value_name(static_cast<unsigned short>(lock->whence), kWhence, "%#lx");
+  p.printf(", l_start=%ld, l_len=%ld", lock->start, lock->len);
+  if (output) p.printf(", l_pid=%d", lock->pid);
+  p.put("}");
+}
+
+// getrusage's struct rusage: the two times, then `...`.
+void rusage_struct(Printer& p, long pointer) {
+  const auto usage = p.succeeded() ? p.object<std::array<long, 4>>(pointer) : std::nullopt;
+  if (!usage) return p.address(pointer);
+  p.printf("{ru_utime={tv_sec=%ld, tv_usec=%ld}, ru_stime={tv_sec=%ld, tv_usec=%ld}, ...}",
+           (*usage)[0], (*usage)[1], (*usage)[2], (*usage)[3]);
+}
+
 // struct stat, abbreviated as strace prints it by default.
 void stat_struct(Printer& p, long pointer) {
   struct KernelStat {
@@ -1640,6 +1667,20 @@ void futex_call(Printer& p) {
 // Arguments of the calls printed by their own rules; false for the others.
 bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
   switch (number) {
+    case SYS_faccessat2:  // 0x200 is AT_EACCESS here, not AT_REMOVEDIR
+      generic_arguments(p, info, 0, 3);
+      p.separator();
+      p.bits(static_cast<unsigned>(p.arg(3)),
+             {{0x200, "AT_EACCESS"}, {0x100, "AT_SYMLINK_NOFOLLOW"}, {0x1000, "AT_EMPTY_PATH"}});
+      return true;
+    case SYS_getrusage: {
+      static constexpr Name kWho[] = {
+          {0, "RUSAGE_SELF"}, {~0ul, "RUSAGE_CHILDREN"}, {1, "RUSAGE_THREAD"}};
+      p.value_name(static_cast<unsigned long>(p.arg32(0)), kWho, "%ld");
+      p.separator();
+      rusage_struct(p, p.arg(1));
+      return true;
+    }
     case SYS_utimensat:
       p.dirfd(p.arg32(0));
       p.separator();
@@ -1989,6 +2030,18 @@ bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
         case 10:
         case 1031:
           p.printf(", %d", p.arg32(2));
+          return true;
+        case 6:   // F_SETLK
+        case 7:   // F_SETLKW
+        case 37:  // F_OFD_SETLK
+        case 38:  // F_OFD_SETLKW
+          p.separator();
+          flock_struct(p, p.arg(2), false);
+          return true;
+        case 5:   // F_GETLK
+        case 36:  // F_OFD_GETLK
+          p.separator();
+          flock_struct(p, p.arg(2), true);
           return true;
         default:
           p.separator();

@@ -58,6 +58,9 @@ PROGRAMS = [
     ("xargs", "echo /etc/hostname /etc/passwd | xargs head -c 10 >/dev/null"),
     ("bash", "bash -c 'for i in 1 2; do echo $i; done | tail -1' >/dev/null"),
     ("py-workload", "python3 " + os.path.join(HERE, "workload.py")),
+    ("gcc", "printf 'int main(){{return 0;}}' > {tmp}/t.c && gcc -o {tmp}/t {tmp}/t.c && {tmp}/t"),
+    ("git-log", "cd {root} && git log --oneline -5 >/dev/null"),
+    ("sqlite3-file", "sqlite3 {tmp}/db 'create table t(x); insert into t values(1);' && rm {tmp}/db"),
 ]
 
 
