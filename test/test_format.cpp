@@ -677,3 +677,20 @@ TEST_CASE("fcntl locks, getrusage, faccessat2's AT_EACCESS") {
   CHECK(fmt(SYS_faccessat2, {AT_FDCWD, p("/tmp"), F_OK, AT_EACCESS}, 0) ==
         R"(faccessat2(AT_FDCWD, "/tmp", F_OK, AT_EACCESS) = 0)");
 }
+
+TEST_CASE("mempolicy calls, and the restart errors only a tracer sees") {
+  const unsigned long mask[2] = {1, 0};
+  CHECK(fmt(SYS_set_mempolicy, {5, p(mask), 129}, 0) ==
+        "set_mempolicy(MPOL_PREFERRED_MANY, [0x00000000000001, 0000000000000000], 129) = 0");
+  const int mode = 0;
+  CHECK(fmt(SYS_get_mempolicy, {p(&mode), p(mask), 65, 0, 0}, 0) ==
+        "get_mempolicy([MPOL_DEFAULT], [0x00000000000001], 65, NULL, 0) = 0");
+  const std::uint64_t empty = 0;
+  CHECK(fmt(SYS_rt_sigsuspend, {p(&empty), 8}, -514) ==
+        "rt_sigsuspend([], 8) = ? ERESTARTNOHAND (To be restarted if no handler)");
+  char address[32];
+  std::snprintf(address, sizeof address, "%p", static_cast<const void*>(&empty));
+  CHECK(fmt(SYS_read, {0, p(&empty), 8}, -512) ==
+        "read(0, " + std::string(address) +
+            ", 8) = ? ERESTARTSYS (To be restarted if SA_RESTART is set)");
+}

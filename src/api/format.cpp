@@ -1466,6 +1466,33 @@ void rusage_struct(Printer& p, long pointer) {
            (*usage)[0], (*usage)[1], (*usage)[2], (*usage)[3]);
 }
 
+constexpr Name kMempolicyModes[] = {{0, "MPOL_DEFAULT"}, {1, "MPOL_PREFERRED"},
+                                    {2, "MPOL_BIND"},    {3, "MPOL_INTERLEAVE"},
+                                    {4, "MPOL_LOCAL"},   {5, "MPOL_PREFERRED_MANY"}};
+
+void mempolicy_mode(Printer& p, unsigned long mode) {
+  p.value_name(mode & 0xff, kMempolicyModes, "%#lx");
+  if (mode & (1ul << 15)) p.put("|MPOL_F_STATIC_NODES");
+  if (mode & (1ul << 14)) p.put("|MPOL_F_RELATIVE_NODES");
+  if (mode & (1ul << 13)) p.put("|MPOL_F_NUMA_BALANCING");
+}
+
+// A node mask of maxnode - 1 bits, word by word as strace prints it.
+void nodemask(Printer& p, long pointer, unsigned long maxnode, bool output) {
+  if (pointer == 0) return p.put("NULL");
+  const unsigned long words = std::min<unsigned long>((maxnode - 1 + 63) / 64, 1024);
+  if (maxnode == 0 || (output && !p.succeeded())) return p.address(pointer);
+  std::string text = "[";
+  for (unsigned long i = 0; i < words; ++i) {
+    const auto word = p.object<unsigned long>(pointer + static_cast<long>(i * 8));
+    if (!word) return p.address(pointer);
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%#016lx", *word);
+    text += (i ? ", " : "") + std::string(buffer);
+  }
+  p.put(text + "]");
+}
+
 // struct stat, abbreviated as strace prints it by default.
 void stat_struct(Printer& p, long pointer) {
   struct KernelStat {
@@ -1667,6 +1694,30 @@ void futex_call(Printer& p) {
 // Arguments of the calls printed by their own rules; false for the others.
 bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
   switch (number) {
+    case SYS_set_mempolicy:
+      mempolicy_mode(p, static_cast<unsigned>(p.arg(0)));
+      p.separator();
+      nodemask(p, p.arg(1), static_cast<unsigned long>(p.arg(2)), false);
+      p.printf(", %lu", static_cast<unsigned long>(p.arg(2)));
+      return true;
+    case SYS_get_mempolicy: {
+      const auto mode = p.succeeded() && p.arg(0) != 0 ? p.object<int>(p.arg(0)) : std::nullopt;
+      if (mode) {
+        p.put("[");
+        mempolicy_mode(p, static_cast<unsigned>(*mode));
+        p.put("]");
+      } else {
+        p.address(p.arg(0));
+      }
+      p.separator();
+      nodemask(p, p.arg(1), static_cast<unsigned long>(p.arg(2)), true);
+      p.printf(", %lu, ", static_cast<unsigned long>(p.arg(2)));
+      p.address(p.arg(3));
+      p.separator();
+      p.bits(static_cast<unsigned>(p.arg(4)),
+             {{1, "MPOL_F_NODE"}, {2, "MPOL_F_ADDR"}, {4, "MPOL_F_MEMS_ALLOWED"}});
+      return true;
+    }
     case SYS_faccessat2:  // 0x200 is AT_EACCESS here, not AT_REMOVEDIR
       generic_arguments(p, info, 0, 3);
       p.separator();
@@ -2346,6 +2397,16 @@ std::string format_call(long number, const std::array<long, 6>& args, std::optio
   p.put(") = ");
   if (!result) {
     p.put("?");
+  } else if (*result <= -512 && *result >= -516) {
+    // Seen only by a tracer (ptrace): the kernel restarts the call or turns it into EINTR.
+    static constexpr std::string_view kRestart[] = {
+        "? ERESTARTSYS (To be restarted if SA_RESTART is set)",
+        "? ERESTARTNOINTR (To be restarted)",
+        "? ERESTARTNOHAND (To be restarted if no handler)",
+        "? ENOIOCTLCMD (No ioctl command)",
+        "? ERESTART_RESTARTBLOCK (Interrupted by signal)",
+    };
+    p.put(kRestart[-512 - *result]);
   } else if (*result < 0 && *result >= -4095) {
     p.put(format_error(*result));
   } else if (returns_address(number)) {
