@@ -33,9 +33,11 @@ struct FormatOptions {
   // openat, socket, accept, dup, pipe...), followed by what they name: `3</etc/passwd>`,
   // `4<socket:[1234]>`, `5<pipe:[99]>` (the link /proc/PID/fd/N, PID memory_of_pid or this
   // process); AT_FDCWD by the working directory, `AT_FDCWD</home/me>`, as strace 6.1 does. A
-  // descriptor that names nothing prints bare. The links are read when format() runs, after the
-  // call: close's descriptor is gone by then (`close(3)`, where strace, reading at entry, prints
-  // `close(3</etc/passwd>)`), and dup2's target names the new file.
+  // descriptor that names nothing prints bare. Descriptor arguments are named as they were
+  // when the call was made if a CallEntry (below) is given, else when format() runs, after the
+  // call: then close's descriptor is gone (`close(3)`, where strace prints
+  // `close(3</etc/passwd>)`) and dup2's target names the new file. With memory_of_pid the links
+  // are that process's, which takes the same access as /proc/PID/fd.
   bool decode_fds = false;
 };
 
