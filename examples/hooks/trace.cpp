@@ -21,9 +21,10 @@ namespace {
 int output = STDERR_FILENO;
 zpoline::FormatOptions options;
 
-void print(const zpoline::Syscall& call, std::optional<long> result) {
-  const std::string line =
-      "[pid " + std::to_string(getpid()) + "] " + zpoline::format(call, result, options) + "\n";
+void print(const zpoline::Syscall& call, std::optional<long> result,
+           const zpoline::CallEntry& entry) {
+  const std::string line = "[pid " + std::to_string(getpid()) + "] " +
+                           zpoline::format(call, result, options, entry) + "\n";
   static_cast<void>(write(output, line.data(), line.size()));
 }
 
@@ -50,8 +51,10 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   // These do not return when they succeed: print them first, as strace does (`= ?`).
   const bool may_not_return = number == SYS_exit || number == SYS_exit_group ||
                               number == SYS_execve || number == SYS_execveat;
-  if (may_not_return) print(call, std::nullopt);
+  // What the call may change (a descriptor it closes, a length it rewrites), read before it.
+  const zpoline::CallEntry entry = zpoline::capture_entry(call, options);
+  if (may_not_return) print(call, std::nullopt, entry);
   const long result = call.forward();
-  if (!may_not_return || result < 0) print(call, result);
+  if (!may_not_return || result < 0) print(call, result, entry);
   return result;
 }

@@ -69,6 +69,10 @@ bool safe_read_from(int pid, void* destination, const void* source, std::size_t 
   return size == 0 || transfer(process_vm_readv, destination, source, size, pid);
 }
 
+long safe_readlink(const char* path, char* buffer, std::size_t size) noexcept {
+  return readlink(path, buffer, size);
+}
+
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept {
   return size == 0 || transfer(process_vm_writev, const_cast<void*>(source), destination, size);
 }

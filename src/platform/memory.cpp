@@ -29,6 +29,12 @@ bool safe_read_from(int pid, void* destination, const void* source, std::size_t 
   return size == 0 || transfer(SYS_process_vm_readv, destination, source, size, pid);
 }
 
+long safe_readlink(const char* path, char* buffer, std::size_t size) noexcept {
+  return zpoline_detail_raw_syscall(SYS_readlink, reinterpret_cast<long>(path),
+                                    reinterpret_cast<long>(buffer), static_cast<long>(size), 0, 0,
+                                    0);
+}
+
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept {
   return size == 0 || transfer(SYS_process_vm_writev, const_cast<void*>(source), destination, size);
 }

@@ -12,5 +12,7 @@ __attribute__((target("general-regs-only"))) bool safe_read(void* destination, c
 bool safe_write(void* destination, const void* source, std::size_t size) noexcept;
 // The same read from another process's memory (process_vm_readv on pid).
 bool safe_read_from(int pid, void* destination, const void* source, std::size_t size) noexcept;
+// readlink(2), made where the hook does not see it: the length, or a negative error.
+long safe_readlink(const char* path, char* buffer, std::size_t size) noexcept;
 
 }  // namespace zpoline::detail

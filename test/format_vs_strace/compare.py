@@ -49,6 +49,18 @@ PROGRAMS = [
     ("du", "du -s /usr/share/doc >/dev/null"),
     ("df", "df >/dev/null"),
     ("ps", "ps >/dev/null"),
+    ("files", "mkdir {tmp}/d && touch {tmp}/d/f && chmod 600 {tmp}/d/f && ln -s f {tmp}/d/l"
+              " && readlink {tmp}/d/l >/dev/null && rm -r {tmp}/d"),
+    ("gzip", "gzip -c /etc/services | gzip -dc | md5sum >/dev/null"),
+    ("awk", "awk '{{n++}} END {{print n}}' /etc/services >/dev/null"),
+    ("perl", "perl -e 'opendir(D, \"/etc\"); @x = readdir(D); print scalar(@x)' >/dev/null"),
+    ("timeout", "timeout 5 sleep 0.01"),
+    ("xargs", "echo /etc/hostname /etc/passwd | xargs head -c 10 >/dev/null"),
+    ("bash", "bash -c 'for i in 1 2; do echo $i; done | tail -1' >/dev/null"),
+    ("py-workload", "python3 " + os.path.join(HERE, "workload.py")),
+    ("gcc", "printf 'int main(){{return 0;}}' > {tmp}/t.c && gcc -o {tmp}/t {tmp}/t.c && {tmp}/t"),
+    ("git-log", "cd {root} && git log --oneline -5 >/dev/null"),
+    ("sqlite3-file", "sqlite3 {tmp}/db 'create table t(x); insert into t values(1);' && rm {tmp}/db"),
 ]
 
 
@@ -66,26 +78,41 @@ def strace_lines(path):
             if text.endswith("<unfinished ...>"):
                 pending[pid] = text[: -len("<unfinished ...>")].rstrip()
                 continue
-            resumed = re.match(r"^<\.\.\. \w+ resumed>\s?(.*)$", text)
+            resumed = re.match(r"^<\.\.\. \w+ resumed>(.*)$", text)
             if resumed:
                 head = pending.pop(pid, "")
                 rest = resumed.group(1)
-                text = head + (" " if head.endswith(",") and not rest.startswith(")") else "") + rest
+                space = head.endswith(",") and not rest.startswith((")", " "))
+                text = head + (" " if space else "") + rest
             lines.append(text)
     return lines
 
 
 def our_lines(path):
-    lines = []
+    """Our lines. The hook prints a call that may not return (execve) before making it, with
+    `= ?`, and again with its error if it fails: a `?` line followed by the same call's failure
+    is left out, the others become strace's `= 0`. A fork's return in the child, which the
+    in-process hook sees and strace does not, is left out."""
+    entries = []
     if not os.path.exists(path):
-        return lines
+        return []
     with open(path, errors="replace") as f:
         for raw in f:
-            match = re.match(r"^\[pid \d+\] (.*)$", raw.rstrip("\n"))
+            match = re.match(r"^\[pid (\d+)\] (.*)$", raw.rstrip("\n"))
             if match:
-                # The hook prints a call that may not return before making it (`= ?`); strace
-                # prints a successful execve's `= 0` after it.
-                lines.append(re.sub(r"^(execve\(.*\)) = \?$", r"\1 = 0", match.group(1)))
+                entries.append([int(match.group(1)), match.group(2)])
+    pending = {}
+    for index, (pid, text) in enumerate(entries):
+        if re.match(r"^execve\(.*\) = \?$", text):
+            pending[pid] = index
+        elif pid in pending and text.startswith("execve(") and text.rsplit(" = ", 1)[0] == \
+                entries[pending[pid]][1].rsplit(" = ", 1)[0]:
+            entries[pending.pop(pid)][1] = None
+    lines = []
+    for pid, text in entries:
+        if text is None or re.match(r"^(clone3?|fork|vfork)\(.*\) = 0$", text):
+            continue
+        lines.append(re.sub(r"^(execve\(.*\)) = \?$", r"\1 = 0", text))
     return lines
 
 
@@ -94,6 +121,11 @@ def normalise(text):
     text = re.sub(r"0x[0-9a-f]{6,}", "0xADDR", text)
     text = re.sub(r"(tv_n?sec|tv_u?sec)=\d+", r"\1=N", text)
     text = re.sub(r"(socket|pipe|anon_inode):\[\d+\]", r"\1:[N]", text)
+    # ephemeral ports, free space: different in every run
+    text = re.sub(r"htons\(\d{4,5}\)", "htons(PORT)", text)
+    # a process's own /proc entries name its pid
+    text = re.sub(r"/proc/\d+/", "/proc/PID/", text)
+    text = re.sub(r"(f_bfree|f_bavail|f_ffree)=\d+", r"\1=N", text)
     if text.startswith(("sysinfo(", "getrandom(")):
         text = re.sub(r"=\d+", "=N", text)
         text = re.sub(r'"(\\.|[^"\\])*"', '"..."', text)
