@@ -50,6 +50,8 @@ def normal(line):
     line = re.sub(r"^\d+ +", "", line)
     line = re.sub(r"^\[pid +\d+\] ", "", line)
     line = re.sub(r"(si_pid|si_uid)=\d+", r"\1=N", line)
+    # A child's CPU times in SIGCHLD: the scheduler's, different in every run of either tracer.
+    line = re.sub(r"(si_utime|si_stime)=\d+( /\* [\d.]+ s \*/)?", r"\1=T", line)
     line = re.sub(r"^(set_tid_address\(ADDR\)) += \d+$", r"\1 = TID", line)
     return re.sub(r"\) +=", ") =", line)
 

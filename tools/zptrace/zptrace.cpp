@@ -398,6 +398,7 @@ struct Tracee {
   long number = -1;
   std::array<long, 6> args{};
   std::string entry_text;  // for execve: its arguments, read before the exec replaces them
+  zpoline::CallEntry entry;  // what the call may change, read at its entry (format.hpp)
   timespec entry_time{};
   long entry_ns = 0;
   std::shared_ptr<ShimLoading> shim = std::make_shared<ShimLoading>();
@@ -672,6 +673,13 @@ class Supervisor {
       tracee.entry_time = settings_.timestamps != 0 ? zptrace::now_realtime() : timespec{};
       tracee.entry_ns = zptrace::monotonic_ns();
       tracee.entry_text.clear();
+      if (settings_.traces(number) && shows(tid)) {
+        zpoline::FormatOptions options = format_options_;
+        options.memory_of_pid = tid;
+        tracee.entry = zpoline::capture_entry(number, tracee.args, options);
+      } else {
+        tracee.entry = {};
+      }
       const bool no_return = number == SYS_exit || number == SYS_exit_group;
       const bool exec = number == SYS_execve || number == SYS_execveat;
       if ((no_return || exec) && settings_.traces(number)) {
@@ -709,7 +717,7 @@ class Supervisor {
       } else {
         zpoline::FormatOptions options = format_options_;
         options.memory_of_pid = tid;
-        text = zpoline::format(number, tracee.args, result, options);
+        text = zpoline::format(number, tracee.args, result, options, tracee.entry);
       }
       std::string line = leader(tid, tracee.entry_time);
       zptrace::append_call(line, text);

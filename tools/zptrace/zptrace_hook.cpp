@@ -370,11 +370,27 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   const Caller caller = current_caller();
   // Without -f only the command's first thread is traced, as strace does.
   const bool traced = settings.follow || caller.tid == root_pid;
-  if (!traced || !settings.traces(number)) return call.forward();
+  if (!traced) return call.forward();
   const bool show = settings.prints_calls();
-  if (show && !caller.vfork_child &&
+  // Also before calls that -e leaves out: the lines before them must not wait.
+  if (show && !caller.vfork_child && buffer != nullptr &&
       (writes_out_before(number) || may_block_reading(number, call.arg(0)))) {
     flush(caller.tid);
+  }
+  if (!settings.traces(number)) {
+    if (!is_fork(number)) return call.forward();
+    // Left out by -e, but the new task still needs its own buffer and id.
+    if (is_vfork(call)) {
+      vfork_pending = true;
+      return call.forward();
+    }
+    const long result = call.forward();
+    if (result == 0) {
+      cached_tid = 0;
+      buffer = nullptr;
+      thread_output = -1;
+    }
+    return result;
   }
   const timespec when = show && settings.timestamps != 0 ? zptrace::now_realtime() : timespec{};
   if (is_exec(number)) return forward_exec(call, caller, when, show);
@@ -394,6 +410,9 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     vfork_pending = true;
     return call.forward();
   }
+  // What the call may change (a descriptor it closes, a length it rewrites), read before it.
+  const zpoline::CallEntry entry =
+      show ? zpoline::capture_entry(call, format_options) : zpoline::CallEntry{};
   const long start = zptrace::monotonic_ns();
   const long result = call.forward();
   const long elapsed = zptrace::monotonic_ns() - start;
@@ -407,6 +426,6 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   }
   if (show) forget_descriptor_kinds(number, call, result);
   count(number, result, elapsed);
-  if (show) print(caller, when, zpoline::format(call, result, format_options), elapsed);
+  if (show) print(caller, when, zpoline::format(call, result, format_options, entry), elapsed);
   return result;
 }
