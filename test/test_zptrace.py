@@ -354,5 +354,25 @@ def null_pointers_fault_as_untraced():
     print("a NULL read: SEGV_MAPERR and death by SIGSEGV, as untraced")
 
 
+def stopped_processes_stay_stopped():
+    """SIGSTOP stops a traced process until SIGCONT (job control works under zptrace), with
+    strace's `--- stopped by SIGSTOP ---` line."""
+    # The stop takes effect a moment after kill returns: ps is asked until it says stopped (at
+    # most 200 times), no sleeping. sleep 1 is only the child to stop; it is continued at once.
+    script = ("sleep 1 & kill -STOP $!; n=0; "
+              "while s=$(ps -o stat= -p $!); [ \"${s#[tT]}\" = \"$s\" ] && [ $n -lt 200 ]; "
+              "do n=$((n+1)); done; echo $s; kill -CONT $!; wait")
+    with tempfile.TemporaryDirectory() as directory:
+        out = os.path.join(directory, "z")
+        result = zptrace(["-f", "-o", out, "sh", "-c", script])
+        check(result.stdout.strip()[:1] in ("T", "t"), f"the stopped child's state: {result.stdout!r}")
+        trace = lines(out)
+        check(any(l.endswith("--- stopped by SIGSTOP ---") for l in trace), "no stopped line")
+        check(any("--- SIGCONT {si_signo=SIGCONT, si_code=SI_USER" in l for l in trace),
+              "no SIGCONT line")
+        check(not trace[0].endswith("--- stopped by SIGSTOP ---"), "zptrace's own start shown")
+    print(f"a child stopped by SIGSTOP stays stopped (ps: {result.stdout.strip()}) until SIGCONT, as under strace")
+
+
 if __name__ == "__main__":
     globals()[CASE]()

@@ -395,6 +395,7 @@ struct Tracee {
   bool in_syscall = false;
   bool swallow_exec_exit = false;
   bool started = false;  // its first stop (the SIGSTOP of a new tracee) was handled
+  bool own_sigcont = false;  // the SIGCONT zptrace sent the command to start it, not shown
   long number = -1;
   std::array<long, 6> args{};
   std::string entry_text;  // for execve: its arguments, read before the exec replaces them
@@ -415,8 +416,8 @@ class Supervisor {
   // Runs until every traced process has ended; returns the command's wait status.
   int run() {
     tracees_[root_].started = true;
+    tracees_[root_].own_sigcont = true;
     update_count();
-    resume(root_, 0);
     int root_status = 0;
     while (!tracees_.empty()) {
       int status = 0;
@@ -576,7 +577,27 @@ class Supervisor {
       return resume(tid, 0);
     }
     if (event == PTRACE_EVENT_EXEC) return exec_event(tid, tracee);
+    if (event == PTRACE_EVENT_STOP) {
+      tracee.started = true;
+      if (signal == SIGSTOP || signal == SIGTSTP || signal == SIGTTIN || signal == SIGTTOU) {
+        // A group-stop: shown as strace shows it, and kept (the process stays stopped until a
+        // SIGCONT, which ends the listening).
+        // (Not the command's own stop before its execve, which zptrace's SIGCONT ends.)
+        if (!tracee.own_sigcont && shows(tid) &&
+            settings_.signals.test(static_cast<std::size_t>(signal))) {
+          emit(tid, leader(tid, zptrace::now_realtime()) + "--- stopped by " + signal_name(signal) +
+                        " ---");
+        }
+        ptrace(PTRACE_LISTEN, tid, nullptr, nullptr);
+        return;
+      }
+      return resume(tid, 0);  // a new tracee's first stop, or the end of a group-stop
+    }
     if (event != 0) return resume(tid, 0);
+    if (tracee.own_sigcont && signal == SIGCONT) {
+      tracee.own_sigcont = false;
+      return resume(tid, 0);
+    }
     if (!tracee.started && signal == SIGSTOP) {
       tracee.started = true;
       return resume(tid, 0);
@@ -1033,27 +1054,31 @@ int main(int argc, char** argv) {
   if (child < 0) fail(std::string("fork: ") + std::strerror(errno));
   if (child == 0) {
     setenv(zptrace::kEnvRoot, std::to_string(getpid()).c_str(), 1);
-    if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) {
-      std::fprintf(stderr, "zptrace: ptrace(PTRACE_TRACEME): %s\n", std::strerror(errno));
-      _exit(1);
-    }
+    // Stopped until zptrace has seized it (PTRACE_SEIZE, so that group-stops can be kept:
+    // PTRACE_LISTEN) and sent SIGCONT.
     raise(SIGSTOP);
     execv(program.c_str(), line.command.data());
     std::fprintf(stderr, "zptrace: exec %s: %s\n", program.c_str(), std::strerror(errno));
     _exit(1);
   }
   int status = 0;
-  if (waitpid(child, &status, 0) != child || !WIFSTOPPED(status)) {
+  if (waitpid(child, &status, WUNTRACED) != child || !WIFSTOPPED(status)) {
     unlink(shared_path.c_str());
     fail("the command stopped before it could be traced");
   }
   long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL | PTRACE_O_TRACEVFORK;
   if (settings.follow) options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE;
-  if (ptrace(PTRACE_SETOPTIONS, child, nullptr, reinterpret_cast<void*>(options)) != 0) {
+  if (ptrace(PTRACE_SEIZE, child, nullptr, reinterpret_cast<void*>(options)) != 0) {
+    const int error = errno;
+    kill(child, SIGKILL);
     unlink(shared_path.c_str());
-    fail(std::string("ptrace(PTRACE_SETOPTIONS): ") + std::strerror(errno));
+    fail(std::string("ptrace(PTRACE_SEIZE): ") + std::strerror(error) +
+         (error == EPERM ? " (ptrace is not allowed here: kernel.yama.ptrace_scope, seccomp or a "
+                           "container's policy)"
+                         : ""));
   }
-  // The ptrace stop after raise(SIGSTOP): the next stop is the entry of the command's execve.
+  kill(child, SIGCONT);
+  // Next: the SIGCONT zptrace sent (not shown), then the entry of the command's execve.
   Supervisor supervisor(settings, shared, child);
   supervisor.added_names_ = added;
   supervisor.shim_path_ = preload;
