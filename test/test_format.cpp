@@ -270,6 +270,19 @@ TEST_CASE("statx: flags with the sync type, mask names, abbreviated buffer") {
         R"(statx(3, "", AT_STATX_DONT_SYNC|AT_EMPTY_PATH, STATX_ALL, {stx_mask=STATX_ALL|)"
         R"(STATX_MNT_ID, stx_attributes=STATX_ATTR_IMMUTABLE, stx_mode=S_IFREG|S_ISUID|0644, )"
         R"(stx_size=77, ...}) = 0)");
+  sx.stx_mask = STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID | STATX_ATIME |
+                STATX_INO | STATX_SIZE | STATX_BLOCKS | STATX_BTIME | STATX_MNT_ID;
+  sx.stx_attributes = STATX_ATTR_MOUNT_ROOT;
+  sx.stx_mode = S_IFDIR | 0755;
+  sx.stx_size = 4096;
+  CHECK(fmt(SYS_statx,
+            {AT_FDCWD, p("/"), AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC, STATX_TYPE | STATX_BTIME,
+             p(&sx)},
+            0) ==
+        R"(statx(AT_FDCWD, "/", AT_STATX_FORCE_SYNC|AT_SYMLINK_NOFOLLOW, STATX_TYPE|STATX_BTIME, )"
+        R"({stx_mask=STATX_TYPE|STATX_MODE|STATX_NLINK|STATX_UID|STATX_GID|STATX_ATIME|STATX_INO|)"
+        R"(STATX_SIZE|STATX_BLOCKS|STATX_BTIME|STATX_MNT_ID, stx_attributes=)"
+        R"(STATX_ATTR_MOUNT_ROOT, stx_mode=S_IFDIR|0755, stx_size=4096, ...}) = 0)");
   char address[32];
   std::snprintf(address, sizeof address, "%p", static_cast<void*>(&sx));
   CHECK(fmt(SYS_statx, {AT_FDCWD, p("/nonexistent"), 0, STATX_BASIC_STATS, p(&sx)}, -ENOENT) ==
