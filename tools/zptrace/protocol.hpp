@@ -40,7 +40,13 @@ struct SyscallCounter {
 
 // The text of an execve line (up to the closing parenthesis) written by the hook before the call:
 // the call does not return when it succeeds, and the supervisor, which sees the exec happen,
-// prints it with ` = 0`. tid 0 marks a free slot.
+// prints it with ` = 0`. The same for a vfork, whose parent comes back only after its child has
+// exec'd or exited: the supervisor prints it with the child's id when the child is made. tid 0
+// marks a free slot.
+// The first character of a slot's text says which call it is.
+inline constexpr char kExecText = 'E';
+inline constexpr char kVforkText = 'V';
+
 struct ExecSlot {
   std::atomic<std::int32_t> tid;
   std::uint32_t length;

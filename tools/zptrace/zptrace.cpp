@@ -620,7 +620,27 @@ class Supervisor {
 
   // The line of a vfork (or clone with CLONE_VFORK) made by a hooked process: its hook does not
   // print it (it returns only once the child has exec'd or exited).
+  // The text a hook left for tid's call of this kind (protocol.hpp: ExecSlot), taken.
+  std::string take_left_text(int tid, int other_tid, char kind) {
+    for (zptrace::ExecSlot& slot : shared_->exec_slots) {
+      const std::int32_t owner = slot.tid.load(std::memory_order_acquire);
+      if ((owner == tid || owner == other_tid) && slot.length > 0 && slot.text[0] == kind) {
+        std::string text(slot.text + 1, slot.length - 1);
+        slot.tid.store(0, std::memory_order_release);
+        return text;
+      }
+    }
+    return "";
+  }
+
   void vfork_line(int tid, long child) {
+    if (const std::string text = take_left_text(tid, tid, zptrace::kVforkText); !text.empty()) {
+      if (!shows(tid)) return;
+      std::string line = leader(tid, zptrace::now_realtime());
+      zptrace::append_call(line, text + " = " + std::to_string(child));
+      emit(tid, line);
+      return;
+    }
     user_regs_struct registers{};
     if (ptrace(PTRACE_GETREGS, tid, nullptr, &registers) != 0) return;
     const long number = static_cast<long>(registers.orig_rax);
@@ -649,15 +669,7 @@ class Supervisor {
     }
     if (!tracee.calls_traced) {
       // The hook left the call's text: the exec succeeded, and zptrace prints it.
-      std::string text;
-      for (zptrace::ExecSlot& slot : shared_->exec_slots) {
-        const std::int32_t owner = slot.tid.load(std::memory_order_acquire);
-        if (owner == static_cast<std::int32_t>(former) || owner == tid) {
-          text.assign(slot.text, slot.length);
-          slot.tid.store(0, std::memory_order_release);
-          break;
-        }
-      }
+      const std::string text = take_left_text(static_cast<int>(former), tid, zptrace::kExecText);
       if (!text.empty() && shows(tid)) {
         std::string line = leader(tid, zptrace::now_realtime());
         zptrace::append_call(line, text + " = 0");

@@ -327,7 +327,7 @@ long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& 
     const int envp_argument = number == SYS_execve ? 2 : 3;
     hide_added_variables(text, added_variables(call.arg(envp_argument)));
     if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
-    slot = leave_exec_text(tid, text);
+    slot = leave_exec_text(tid, zptrace::kExecText + text);
   }
   count(number, 0, 0);
   const long start = zptrace::monotonic_ns();
@@ -406,7 +406,14 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (is_fork(number) && is_vfork(call)) {
     count(number, 0, 0);
     // The child runs on this thread's memory until it execs or exits; the parent resumes in the
-    // program, not here.
+    // program, not here. zptrace prints the parent's line when the child is made, with the
+    // arguments as the program gave them (left here: the library may pass the kernel a copy it
+    // adjusted, such as clone3's stack).
+    if (show) {
+      std::string text = zpoline::format(call, std::nullopt, format_options);
+      if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
+      leave_exec_text(caller.tid, zptrace::kVforkText + text);
+    }
     vfork_pending = true;
     return call.forward();
   }
