@@ -123,6 +123,8 @@ def normalise(text):
     text = re.sub(r"(socket|pipe|anon_inode):\[\d+\]", r"\1:[N]", text)
     # ephemeral ports, free space: different in every run
     text = re.sub(r"htons\(\d{4,5}\)", "htons(PORT)", text)
+    # temporary files' random names (python's tempfile, gcc's)
+    text = re.sub(r"/tmp/(?:tmp[a-z0-9_]{8}|[a-z0-9_]{8}|cc[A-Za-z0-9]{6})(?=[/.\">])", "/tmp/TMP", text)
     # a process's own /proc entries name its pid
     text = re.sub(r"/proc/\d+/", "/proc/PID/", text)
     text = re.sub(r"(f_bfree|f_bavail|f_ffree)=\d+", r"\1=N", text)
