@@ -707,3 +707,11 @@ TEST_CASE("mempolicy calls, and the restart errors only a tracer sees") {
         "read(0, " + std::string(address) +
             ", 8) = ? ERESTARTSYS (To be restarted if SA_RESTART is set)");
 }
+
+TEST_CASE("close_range: numbers, not descriptors") {
+  zpoline::FormatOptions options;
+  options.decode_fds = true;
+  CHECK(fmt(SYS_close_range, {0, 9, 0}, 0, options) == "close_range(0, 9, 0) = 0");
+  CHECK(fmt(SYS_close_range, {3, ~0u, 4}, 0) ==
+        "close_range(3, 4294967295, CLOSE_RANGE_CLOEXEC) = 0");
+}

@@ -1694,6 +1694,11 @@ void futex_call(Printer& p) {
 // Arguments of the calls printed by their own rules; false for the others.
 bool special_arguments(Printer& p, long number, const SyscallInfo& info) {
   switch (number) {
+    case SYS_close_range:  // a range of numbers: strace -y leaves them bare
+      p.printf("%u, %u, ", static_cast<unsigned>(p.arg(0)), static_cast<unsigned>(p.arg(1)));
+      p.bits(static_cast<unsigned>(p.arg(2)),
+             {{2, "CLOSE_RANGE_UNSHARE"}, {4, "CLOSE_RANGE_CLOEXEC"}});
+      return true;
     case SYS_set_mempolicy:
       mempolicy_mode(p, static_cast<unsigned>(p.arg(0)));
       p.separator();

@@ -13,6 +13,13 @@ Usage: compare.py [--build DIR] [--fds] [--show N] [--only NAME,...]
   --show N print up to N differing lines per syscall (ours, and the closest strace line)
 Prints, per program, the share of our lines that strace printed identically, then the
 differing lines of all programs counted by syscall name.
+
+What is left after the normalising is mostly run-to-run difference, not formatting: pipe
+chunk sizes (tar | cat), random bytes (getrandom is normalised, sqlite's journal headers and
+DNS query ids are not), other processes' /proc entries (ps), directory sizes, which futex
+waits happen. Two come from tracing in-process: the hook library's output descriptor (900)
+shows up where a program scans its descriptors (xargs), and a call interrupted by a signal
+returns EINTR to the hook where strace sees the kernel's ERESTARTNOHAND.
 """
 import argparse
 import collections
@@ -123,6 +130,8 @@ def normalise(text):
     text = re.sub(r"(socket|pipe|anon_inode):\[\d+\]", r"\1:[N]", text)
     # ephemeral ports, free space: different in every run
     text = re.sub(r"htons\(\d{4,5}\)", "htons(PORT)", text)
+    # temporary files' random names (python's tempfile, gcc's)
+    text = re.sub(r"/tmp/(?:tmp[a-z0-9_]{8}|[a-z0-9_]{8}|cc[A-Za-z0-9]{6})(?=[/.\">])", "/tmp/TMP", text)
     # a process's own /proc entries name its pid
     text = re.sub(r"/proc/\d+/", "/proc/PID/", text)
     text = re.sub(r"(f_bfree|f_bavail|f_ffree)=\d+", r"\1=N", text)
