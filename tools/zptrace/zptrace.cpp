@@ -781,11 +781,11 @@ class Supervisor {
     switch (number) {
       case SYS_openat:
       case SYS_open: {
-        if (result < 0) return false;
         const std::string path = read_string(tid, number == SYS_openat ? args[1] : args[0]);
         const std::string_view base = std::string_view(path).substr(path.rfind('/') + 1);
         if (path != shim_path_ && base.rfind("libZydis.so", 0) != 0) return false;
-        shim.descriptors.push_back(static_cast<int>(result));
+        // Failed attempts too: the loader looks for Zydis in each LD_LIBRARY_PATH directory.
+        if (result >= 0) shim.descriptors.push_back(static_cast<int>(result));
         return true;
       }
       case SYS_read:

@@ -34,6 +34,11 @@ namespace {
 zptrace::Settings& settings = *new zptrace::Settings;
 zptrace::SharedState* shared = nullptr;
 zpoline::FormatOptions format_options;
+// This process's id, for the formatter's reads of the program's memory (memory_of_pid, which
+// saves it a getpid per read): set at init and in a fork child. A vfork child, which shares this
+// memory with its parent, reads with 0 (its own id looked up each time).
+int own_pid = 0;
+
 int root_pid = 0;
 // The -o file or zptrace's standard error: one descriptor per process (a fork child shares its
 // parent's, which appends to the same file). Each is kept with the id of its owner: a vfork child
@@ -68,6 +73,12 @@ Caller current_caller() {
     return {tid, false};
   }
   return {tid, true};
+}
+
+zpoline::FormatOptions options_for(const Caller& caller) {
+  zpoline::FormatOptions options = format_options;
+  options.memory_of_pid = caller.vfork_child ? 0 : own_pid;
+  return options;
 }
 
 int output_descriptor(int tid) {
@@ -323,7 +334,7 @@ long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& 
   std::string text;
   zptrace::ExecSlot* slot = nullptr;
   if (show) {
-    text = zpoline::format(call, std::nullopt, format_options);
+    text = zpoline::format(call, std::nullopt, options_for(caller));
     const int envp_argument = number == SYS_execve ? 2 : 3;
     hide_added_variables(text, added_variables(call.arg(envp_argument)));
     if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
@@ -360,6 +371,7 @@ extern "C" const char* zpoline_hook_init() noexcept {
       if (memory != MAP_FAILED) shared = static_cast<zptrace::SharedState*>(memory);
     }
   }
+  own_pid = static_cast<int>(getpid());
   format_options.string_limit = settings.string_limit;
   format_options.decode_fds = settings.decode_fds;
   return nullptr;
@@ -389,6 +401,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
       cached_tid = 0;
       buffer = nullptr;
       thread_output = -1;
+      own_pid = static_cast<int>(syscall(SYS_getpid));
     }
     return result;
   }
@@ -397,7 +410,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
   if (number == SYS_exit || number == SYS_exit_group) {
     // They do not return: printed first, as strace does (`= ?`), and written out at once.
     if (show) {
-      print(caller, when, zpoline::format(call, std::nullopt, format_options), -1);
+      print(caller, when, zpoline::format(call, std::nullopt, options_for(caller)), -1);
       if (!caller.vfork_child) flush(caller.tid);
     }
     // Not counted: strace -c counts a call when it returns, and these do not.
@@ -410,7 +423,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     // arguments as the program gave them (left here: the library may pass the kernel a copy it
     // adjusted, such as clone3's stack).
     if (show) {
-      std::string text = zpoline::format(call, std::nullopt, format_options);
+      std::string text = zpoline::format(call, std::nullopt, options_for(caller));
       if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
       leave_exec_text(caller.tid, zptrace::kVforkText + text);
     }
@@ -418,8 +431,9 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     return call.forward();
   }
   // What the call may change (a descriptor it closes, a length it rewrites), read before it.
+  const zpoline::FormatOptions options = options_for(caller);
   const zpoline::CallEntry entry =
-      show ? zpoline::capture_entry(call, format_options) : zpoline::CallEntry{};
+      show ? zpoline::capture_entry(call, options) : zpoline::CallEntry{};
   const long start = zptrace::monotonic_ns();
   const long result = call.forward();
   const long elapsed = zptrace::monotonic_ns() - start;
@@ -429,10 +443,11 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     cached_tid = 0;
     buffer = nullptr;
     thread_output = -1;
+    own_pid = static_cast<int>(syscall(SYS_getpid));
     return result;
   }
   if (show) forget_descriptor_kinds(number, call, result);
   count(number, result, elapsed);
-  if (show) print(caller, when, zpoline::format(call, result, format_options, entry), elapsed);
+  if (show) print(caller, when, zpoline::format(call, result, options, entry), elapsed);
   return result;
 }
