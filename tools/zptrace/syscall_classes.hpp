@@ -32,12 +32,20 @@ inline bool add_class(std::string_view name, std::bitset<kSyscallSlots>& set) {
     if (name == "file") return has_argument_kind(info, {ArgKind::path});
     if (name == "desc") {
       return has_argument_kind(info, {ArgKind::fd, ArgKind::dirfd}) ||
-             named(info, {"open", "creat", "pipe", "pipe2", "socket", "socketpair", "eventfd",
-                          "eventfd2", "epoll_create", "epoll_create1", "inotify_init",
-                          "inotify_init1", "memfd_create", "signalfd", "signalfd4",
-                          "timerfd_create", "fanotify_init", "perf_event_open", "userfaultfd",
-                          "pidfd_open", "io_uring_setup", "fsopen", "memfd_secret", "select",
-                          "pselect6", "poll", "ppoll", "mmap"});
+             named(info, {"open",           "creat",
+                          "pipe",           "pipe2",
+                          "socket",         "socketpair",
+                          "eventfd",        "eventfd2",
+                          "epoll_create",   "epoll_create1",
+                          "inotify_init",   "inotify_init1",
+                          "memfd_create",   "signalfd",
+                          "signalfd4",      "timerfd_create",
+                          "fanotify_init",  "perf_event_open",
+                          "userfaultfd",    "pidfd_open",
+                          "io_uring_setup", "fsopen",
+                          "memfd_secret",   "select",
+                          "pselect6",       "poll",
+                          "ppoll",          "mmap"});
     }
     if (name == "network") {
       return named(info, {"socket", "socketpair", "bind", "connect", "listen", "accept", "accept4",
@@ -45,10 +53,10 @@ inline bool add_class(std::string_view name, std::bitset<kSyscallSlots>& set) {
                           "sendmmsg", "recvmmsg", "shutdown", "setsockopt", "getsockopt"});
     }
     if (name == "process") {
-      return named(info, {"clone", "clone3", "fork", "vfork", "execve", "execveat", "exit",
-                          "exit_group", "wait4", "waitid", "kill", "tkill", "tgkill",
-                          "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
-                          "pidfd_send_signal", "unshare", "setns"});
+      return named(info,
+                   {"clone", "clone3", "fork", "vfork", "execve", "execveat", "exit", "exit_group",
+                    "wait4", "waitid", "kill", "tkill", "tgkill", "rt_sigqueueinfo",
+                    "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal", "unshare", "setns"});
     }
     if (name == "signal") {
       return named(info, {"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
@@ -57,11 +65,31 @@ inline bool add_class(std::string_view name, std::bitset<kSyscallSlots>& set) {
                           "alarm", "signalfd", "signalfd4", "pidfd_send_signal"});
     }
     if (name == "memory") {
-      return named(info, {"brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "mlock",
-                          "mlock2", "munlock", "mlockall", "munlockall", "mincore", "msync",
-                          "remap_file_pages", "mbind", "set_mempolicy", "get_mempolicy",
-                          "migrate_pages", "move_pages", "pkey_mprotect", "process_madvise",
-                          "shmat", "shmdt", "mseal", "map_shadow_stack"});
+      return named(info, {"brk",
+                          "mmap",
+                          "munmap",
+                          "mprotect",
+                          "mremap",
+                          "madvise",
+                          "mlock",
+                          "mlock2",
+                          "munlock",
+                          "mlockall",
+                          "munlockall",
+                          "mincore",
+                          "msync",
+                          "remap_file_pages",
+                          "mbind",
+                          "set_mempolicy",
+                          "get_mempolicy",
+                          "migrate_pages",
+                          "move_pages",
+                          "pkey_mprotect",
+                          "process_madvise",
+                          "shmat",
+                          "shmdt",
+                          "mseal",
+                          "map_shadow_stack"});
     }
     if (name == "ipc") {
       return named(info, {"msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
@@ -69,8 +97,8 @@ inline bool add_class(std::string_view name, std::bitset<kSyscallSlots>& set) {
     }
     return -1;
   };
-  for (const zpoline::SyscallInfo* info = zpoline::syscalls_begin(); info != zpoline::syscalls_end();
-       ++info) {
+  for (const zpoline::SyscallInfo* info = zpoline::syscalls_begin();
+       info != zpoline::syscalls_end(); ++info) {
     const int is_member = member(*info);
     if (is_member < 0) return false;
     if (is_member != 0 && static_cast<std::size_t>(info->number) < kSyscallSlots) {

@@ -26,18 +26,18 @@
 namespace zptrace {
 
 struct Settings {
-  bool follow = false;        // -f
-  bool per_thread = false;    // -ff with -o: FILE.TID
-  bool summary = false;       // -c: only the table
-  bool also_summary = false;  // -C: the trace and the table
-  int timestamps = 0;         // -t 1, -tt 2, -ttt 3
-  bool call_times = false;    // -T
-  bool decode_fds = false;    // -y
-  int quiet = 0;              // -q 1, -qq 2
-  unsigned string_limit = 32;                   // -s
-  std::bitset<kSyscallSlots> traced;            // -e trace=
-  std::bitset<65> signals;                      // -e signal=
-  std::string output;  // -o FILE, or /proc/<zptrace>/fd/2 for standard error
+  bool follow = false;                // -f
+  bool per_thread = false;            // -ff with -o: FILE.TID
+  bool summary = false;               // -c: only the table
+  bool also_summary = false;          // -C: the trace and the table
+  int timestamps = 0;                 // -t 1, -tt 2, -ttt 3
+  bool call_times = false;            // -T
+  bool decode_fds = false;            // -y
+  int quiet = 0;                      // -q 1, -qq 2
+  unsigned string_limit = 32;         // -s
+  std::bitset<kSyscallSlots> traced;  // -e trace=
+  std::bitset<65> signals;            // -e signal=
+  std::string output;                 // -o FILE, or /proc/<zptrace>/fd/2 for standard error
   bool output_is_stderr = true;
 
   bool prints_calls() const { return !summary; }
@@ -74,8 +74,8 @@ struct Settings {
     text.remove_prefix(10);
     const std::size_t limit_end = text.find(';');
     if (limit_end == std::string_view::npos) return false;
-    string_limit = static_cast<unsigned>(std::strtoul(std::string(text.substr(0, limit_end)).c_str(),
-                                                      nullptr, 10));
+    string_limit = static_cast<unsigned>(
+        std::strtoul(std::string(text.substr(0, limit_end)).c_str(), nullptr, 10));
     text.remove_prefix(limit_end + 1);
     if (text.size() < kSyscallSlots + 1 + 65 + 1) return false;
     traced = std::bitset<kSyscallSlots>(std::string(text.substr(0, kSyscallSlots)));
@@ -177,7 +177,8 @@ inline int open_output(const Settings& settings, int tid) {
 // that, cut between lines, so that no line of one process lands inside another's.
 inline ssize_t write_lines(int fd, const char* data, std::size_t size) {
   struct stat status {};
-  const bool pipe = fstat(fd, &status) == 0 && (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode));
+  const bool pipe =
+      fstat(fd, &status) == 0 && (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode));
   constexpr std::size_t kPipeAtomic = 4096;
   ssize_t total = 0;
   while (size > 0) {

@@ -22,8 +22,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <array>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,7 +48,8 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: zptrace [-f|-ff] [-o FILE] [-e EXPR]... [-s SIZE] [-t|-tt|-ttt] [-T] [-y]
+constexpr const char* kUsage =
+    R"(usage: zptrace [-f|-ff] [-o FILE] [-e EXPR]... [-s SIZE] [-t|-tt|-ttt] [-T] [-y]
                [-c|-C] [-q|-qq] [--] COMMAND [ARG]...
 
 Runs COMMAND and prints its system calls as strace does, from inside the traced processes
@@ -85,7 +86,8 @@ traced, call by call with ptrace (as strace does: no faster).
 // ---- the command line -----------------------------------------------------------------------
 
 int signal_number(std::string_view name) {
-  if (!name.empty() && std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+  if (!name.empty() &&
+      std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return std::atoi(std::string(name).c_str());
   }
   if (name.rfind("SIG", 0) == 0) name.remove_prefix(3);
@@ -236,12 +238,14 @@ CommandLine parse(int argc, char** argv) {
         std::printf("zptrace (libzpoline) version %s\n", ZPOLINE_VERSION_STRING);
         std::exit(0);
       case 'p':
-        fail("-p is not possible: zptrace traces from inside the processes it starts, so it "
-             "cannot attach to a running one (use strace -p)");
+        fail(
+            "-p is not possible: zptrace traces from inside the processes it starts, so it "
+            "cannot attach to a running one (use strace -p)");
       case ':':
         fail(std::string("option -") + static_cast<char>(optopt) + " needs an argument");
       default:
-        if (optopt != 0) fail(std::string("unknown option -") + static_cast<char>(optopt) + " (see --help)");
+        if (optopt != 0)
+          fail(std::string("unknown option -") + static_cast<char>(optopt) + " (see --help)");
         fail(std::string("unknown option ") + argv[optind - 1] + " (see --help)");
     }
   }
@@ -285,7 +289,10 @@ class StandardErrorRelay {
     if (pipe2(ends, O_CLOEXEC) != 0) fail(std::string("pipe2: ") + std::strerror(errno));
     read_end_ = ends[0];
     write_end_ = fcntl(ends[1], F_DUPFD_CLOEXEC, 900);
-    if (write_end_ < 0) write_end_ = ends[1]; else close(ends[1]);
+    if (write_end_ < 0)
+      write_end_ = ends[1];
+    else
+      close(ends[1]);
     copier_ = std::thread([this] {
       char buffer[65536];
       for (;;) {
@@ -293,7 +300,8 @@ class StandardErrorRelay {
         if (got < 0 && errno == EINTR) continue;
         if (got <= 0) break;
         for (ssize_t done = 0; done < got;) {
-          const ssize_t written = write(STDERR_FILENO, buffer + done, static_cast<std::size_t>(got - done));
+          const ssize_t written =
+              write(STDERR_FILENO, buffer + done, static_cast<std::size_t>(got - done));
           if (written <= 0) break;
           done += written;
         }
@@ -394,11 +402,11 @@ struct Tracee {
   bool calls_traced = true;  // stops at each system call (loader phase, no shim)
   bool in_syscall = false;
   bool swallow_exec_exit = false;
-  bool started = false;  // its first stop (the SIGSTOP of a new tracee) was handled
+  bool started = false;      // its first stop (the SIGSTOP of a new tracee) was handled
   bool own_sigcont = false;  // the SIGCONT zptrace sent the command to start it, not shown
   long number = -1;
   std::array<long, 6> args{};
-  std::string entry_text;  // for execve: its arguments, read before the exec replaces them
+  std::string entry_text;    // for execve: its arguments, read before the exec replaces them
   zpoline::CallEntry entry;  // what the call may change, read at its entry (format.hpp)
   timespec entry_time{};
   long entry_ns = 0;
@@ -476,7 +484,8 @@ class Supervisor {
       const std::uint32_t flushed = slot.flushed.load(std::memory_order_relaxed);
       if (length > flushed && length <= zptrace::kBufferSize) {
         const int fd = output_for(tid);
-        if (fd >= 0) static_cast<void>(zptrace::write_lines(fd, slot.data + flushed, length - flushed));
+        if (fd >= 0)
+          static_cast<void>(zptrace::write_lines(fd, slot.data + flushed, length - flushed));
       }
       slot.flushed.store(length, std::memory_order_relaxed);
       if (release) {
@@ -538,15 +547,15 @@ class Supervisor {
     }
     Tracee& tracee = known->second;
     if (signal == (SIGTRAP | 0x80)) return syscall_stop(tid, tracee);
-    if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK ||
-        event == PTRACE_EVENT_CLONE) {
+    if (event == PTRACE_EVENT_FORK || event == PTRACE_EVENT_VFORK || event == PTRACE_EVENT_CLONE) {
       unsigned long child = 0;
       ptrace(PTRACE_GETEVENTMSG, tid, nullptr, &child);
-      if (event == PTRACE_EVENT_VFORK && !tracee.calls_traced) vfork_line(tid, static_cast<long>(child));
+      if (event == PTRACE_EVENT_VFORK && !tracee.calls_traced)
+        vfork_line(tid, static_cast<long>(child));
       if (!settings_.follow) {
         // Without -f only vforks are reported (for the parent's line above); the child goes.
-        auto waiting = std::find(new_before_event_.begin(), new_before_event_.end(),
-                                 static_cast<int>(child));
+        auto waiting =
+            std::find(new_before_event_.begin(), new_before_event_.end(), static_cast<int>(child));
         if (waiting != new_before_event_.end()) {
           new_before_event_.erase(waiting);
           ptrace(PTRACE_DETACH, static_cast<int>(child), nullptr, nullptr);
@@ -557,8 +566,8 @@ class Supervisor {
       }
       Tracee& created = tracees_[static_cast<int>(child)];
       created.calls_traced = tracee.calls_traced;
-      created.shim = event == PTRACE_EVENT_CLONE ? tracee.shim
-                                                  : std::make_shared<ShimLoading>(*tracee.shim);
+      created.shim =
+          event == PTRACE_EVENT_CLONE ? tracee.shim : std::make_shared<ShimLoading>(*tracee.shim);
       update_count();
       if (settings_.quiet == 0) {
         // Through the same appending descriptor as the trace when that is standard error: a
@@ -567,8 +576,8 @@ class Supervisor {
         const int fd = settings_.output_is_stderr ? output_for(tid) : STDERR_FILENO;
         static_cast<void>(write(fd, message.data(), message.size()));
       }
-      auto waiting = std::find(new_before_event_.begin(), new_before_event_.end(),
-                               static_cast<int>(child));
+      auto waiting =
+          std::find(new_before_event_.begin(), new_before_event_.end(), static_cast<int>(child));
       if (waiting != new_before_event_.end()) {
         new_before_event_.erase(waiting);
         created.started = true;
@@ -745,8 +754,8 @@ class Supervisor {
     if (shows(tid)) {
       std::string text;
       if (!tracee.entry_text.empty()) {
-        text = tracee.entry_text + " = " + (result >= 0 ? std::to_string(result)
-                                                        : zpoline::format_error(result));
+        text = tracee.entry_text + " = " +
+               (result >= 0 ? std::to_string(result) : zpoline::format_error(result));
       } else {
         zpoline::FormatOptions options = format_options_;
         options.memory_of_pid = tid;
@@ -772,7 +781,8 @@ class Supervisor {
     };
     auto in_shim_range = [&](long address) {
       for (const auto& [begin, end] : shim.ranges) {
-        if (static_cast<unsigned long>(address) >= begin && static_cast<unsigned long>(address) < end) {
+        if (static_cast<unsigned long>(address) >= begin &&
+            static_cast<unsigned long>(address) < end) {
           return true;
         }
       }
@@ -804,8 +814,9 @@ class Supervisor {
           return false;
         }
         if (result >= 0 || result < -4095) {
-          shim.ranges.emplace_back(static_cast<unsigned long>(result),
-                                   static_cast<unsigned long>(result) + static_cast<unsigned long>(args[1]));
+          shim.ranges.emplace_back(
+              static_cast<unsigned long>(result),
+              static_cast<unsigned long>(result) + static_cast<unsigned long>(args[1]));
         }
         return true;
       case SYS_mprotect:
@@ -840,7 +851,8 @@ class Supervisor {
     long added = 0;
     for (int i = 0; i < 4096; ++i) {
       errno = 0;
-      const long entry = ptrace(PTRACE_PEEKDATA, tid, reinterpret_cast<void*>(envp + 8L * i), nullptr);
+      const long entry =
+          ptrace(PTRACE_PEEKDATA, tid, reinterpret_cast<void*>(envp + 8L * i), nullptr);
       if (errno != 0 || entry == 0) break;
       const std::string entry_text = read_string(tid, entry);
       const std::string name(entry_text.substr(0, entry_text.find('=')));
@@ -867,7 +879,8 @@ class Supervisor {
     zptrace::SyscallCounter& counter = shared_->counters[number];
     counter.calls.fetch_add(1, std::memory_order_relaxed);
     if (result < 0 && result >= -4095) counter.errors.fetch_add(1, std::memory_order_relaxed);
-    counter.nanoseconds.fetch_add(static_cast<std::uint64_t>(nanoseconds), std::memory_order_relaxed);
+    counter.nanoseconds.fetch_add(static_cast<std::uint64_t>(nanoseconds),
+                                  std::memory_order_relaxed);
   }
 
  public:
@@ -908,9 +921,9 @@ class Supervisor {
       return ", si_pid=" + std::to_string(info.si_pid) + ", si_uid=" + std::to_string(info.si_uid);
     };
     if (info.si_signo == SIGCHLD && code > 0) {
-      static const char* const kChild[] = {"?",           "CLD_EXITED", "CLD_KILLED",
-                                           "CLD_DUMPED",  "CLD_TRAPPED", "CLD_STOPPED",
-                                           "CLD_CONTINUED"};
+      static const char* const kChild[] = {
+          "?",           "CLD_EXITED",  "CLD_KILLED",   "CLD_DUMPED",
+          "CLD_TRAPPED", "CLD_STOPPED", "CLD_CONTINUED"};
       text += code < 7 ? kChild[code] : std::to_string(code);
       text += pid_uid() + ", si_status=";
       text += code == CLD_EXITED ? std::to_string(info.si_status) : signal_name(info.si_status);
@@ -929,8 +942,8 @@ class Supervisor {
                ", si_ptr=" + pointer(info.si_ptr) + "}";
       case SI_TIMER:
         return text + "SI_TIMER, si_timerid=" + std::to_string(info.si_timerid) +
-               ", si_overrun=" + std::to_string(info.si_overrun) + ", si_int=" +
-               std::to_string(info.si_int) + ", si_ptr=" + pointer(info.si_ptr) + "}";
+               ", si_overrun=" + std::to_string(info.si_overrun) +
+               ", si_int=" + std::to_string(info.si_int) + ", si_ptr=" + pointer(info.si_ptr) + "}";
       default:
         break;
     }
@@ -996,7 +1009,8 @@ void print_summary(const zptrace::Settings& settings, const zptrace::SharedState
   char buffer[160];
   auto row = [&](const std::string& name, std::uint64_t calls, std::uint64_t errors,
                  std::uint64_t ns) {
-    const double percent = total_ns == 0 ? 0 : 100.0 * static_cast<double>(ns) / static_cast<double>(total_ns);
+    const double percent =
+        total_ns == 0 ? 0 : 100.0 * static_cast<double>(ns) / static_cast<double>(total_ns);
     std::string error_column = errors == 0 ? "" : std::to_string(errors);
     std::snprintf(buffer, sizeof buffer, "%6.2f %11.6f %11llu %9llu %9s %s\n", percent,
                   static_cast<double>(ns) / 1e9,
@@ -1035,7 +1049,8 @@ int main(int argc, char** argv) {
   zptrace::Settings& settings = line.settings;
   const auto [preload, hook] = support_libraries();
   for (const std::string& file : {preload, hook}) {
-    if (access(file.c_str(), R_OK) != 0) fail("cannot find " + file + ": is zptrace installed whole?");
+    if (access(file.c_str(), R_OK) != 0)
+      fail("cannot find " + file + ": is zptrace installed whole?");
   }
   const std::string program = find_command(line.command[0]);
   if (!settings.output_is_stderr && !settings.per_thread) {
@@ -1078,7 +1093,8 @@ int main(int argc, char** argv) {
     unlink(shared_path.c_str());
     fail("the command stopped before it could be traced");
   }
-  long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL | PTRACE_O_TRACEVFORK;
+  long options =
+      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL | PTRACE_O_TRACEVFORK;
   if (settings.follow) options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE;
   if (ptrace(PTRACE_SEIZE, child, nullptr, reinterpret_cast<void*>(options)) != 0) {
     const int error = errno;

@@ -9,8 +9,8 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -178,8 +178,8 @@ long added_variables(long envp) {
     const std::size_t equals = value.find('=');
     if (equals == std::string_view::npos) continue;
     const std::string name(value.substr(0, equals));
-    if (name.rfind("ZPTRACE_", 0) == 0 || ("," + added_names + ",").find("," + name + ",") !=
-                                              std::string::npos) {
+    if (name.rfind("ZPTRACE_", 0) == 0 ||
+        ("," + added_names + ",").find("," + name + ",") != std::string::npos) {
       ++added;
     }
   }
@@ -221,16 +221,49 @@ void print(const Caller& caller, const timespec& when, std::string_view call, lo
 // up to the call it hangs in, and lines of several processes in one file keep their order).
 bool writes_out_before(long number) {
   switch (number) {
-    case SYS_clone: case SYS_clone3: case SYS_fork: case SYS_vfork: case SYS_execve:
-    case SYS_execveat: case SYS_exit: case SYS_exit_group: case SYS_wait4: case SYS_waitid:
-    case SYS_kill: case SYS_tkill: case SYS_tgkill: case SYS_rt_sigqueueinfo:
-    case SYS_rt_tgsigqueueinfo: case SYS_pidfd_send_signal: case SYS_futex: case SYS_futex_waitv:
-    case SYS_poll: case SYS_ppoll: case SYS_select: case SYS_pselect6: case SYS_epoll_wait:
-    case SYS_epoll_pwait: case SYS_epoll_pwait2: case SYS_nanosleep: case SYS_clock_nanosleep:
-    case SYS_pause: case SYS_rt_sigsuspend: case SYS_rt_sigtimedwait: case SYS_accept:
-    case SYS_accept4: case SYS_connect: case SYS_recvfrom: case SYS_recvmsg: case SYS_recvmmsg:
-    case SYS_msgrcv: case SYS_semop: case SYS_semtimedop: case SYS_flock: case SYS_io_getevents:
-    case SYS_io_uring_enter: case SYS_sched_yield:
+    case SYS_clone:
+    case SYS_clone3:
+    case SYS_fork:
+    case SYS_vfork:
+    case SYS_execve:
+    case SYS_execveat:
+    case SYS_exit:
+    case SYS_exit_group:
+    case SYS_wait4:
+    case SYS_waitid:
+    case SYS_kill:
+    case SYS_tkill:
+    case SYS_tgkill:
+    case SYS_rt_sigqueueinfo:
+    case SYS_rt_tgsigqueueinfo:
+    case SYS_pidfd_send_signal:
+    case SYS_futex:
+    case SYS_futex_waitv:
+    case SYS_poll:
+    case SYS_ppoll:
+    case SYS_select:
+    case SYS_pselect6:
+    case SYS_epoll_wait:
+    case SYS_epoll_pwait:
+    case SYS_epoll_pwait2:
+    case SYS_nanosleep:
+    case SYS_clock_nanosleep:
+    case SYS_pause:
+    case SYS_rt_sigsuspend:
+    case SYS_rt_sigtimedwait:
+    case SYS_accept:
+    case SYS_accept4:
+    case SYS_connect:
+    case SYS_recvfrom:
+    case SYS_recvmsg:
+    case SYS_recvmmsg:
+    case SYS_msgrcv:
+    case SYS_semop:
+    case SYS_semtimedop:
+    case SYS_flock:
+    case SYS_io_getevents:
+    case SYS_io_uring_enter:
+    case SYS_sched_yield:
       return true;
     default:
       return false;
@@ -247,7 +280,8 @@ std::atomic<std::uint8_t> descriptor_kinds[kKnownDescriptors];
 
 void forget_descriptor_kinds(long number, const zpoline::Syscall& call, long result) {
   auto forget = [](long fd) {
-    if (fd >= 0 && fd < kKnownDescriptors) descriptor_kinds[fd].store(kUnknown, std::memory_order_relaxed);
+    if (fd >= 0 && fd < kKnownDescriptors)
+      descriptor_kinds[fd].store(kUnknown, std::memory_order_relaxed);
   };
   switch (number) {
     case SYS_close:
@@ -255,14 +289,18 @@ void forget_descriptor_kinds(long number, const zpoline::Syscall& call, long res
     case SYS_dup2:
     case SYS_dup3:
       return forget(call.arg(1));
-    case SYS_close_range: case SYS_pipe: case SYS_pipe2: case SYS_socketpair:
+    case SYS_close_range:
+    case SYS_pipe:
+    case SYS_pipe2:
+    case SYS_socketpair:
       for (auto& kind : descriptor_kinds) kind.store(kUnknown, std::memory_order_relaxed);
       return;
     default:
       // Any other call that made a descriptor returned its number.
       if (result >= 0 && result < kKnownDescriptors) {
         const zpoline::SyscallInfo* info = zpoline::syscall_info(number);
-        if (info != nullptr && info->name.find("open") != std::string_view::npos) return forget(result);
+        if (info != nullptr && info->name.find("open") != std::string_view::npos)
+          return forget(result);
         if (number == SYS_socket || number == SYS_accept || number == SYS_accept4 ||
             number == SYS_dup || number == SYS_fcntl || number == SYS_creat ||
             number == SYS_eventfd || number == SYS_eventfd2 || number == SYS_signalfd ||
@@ -291,7 +329,8 @@ bool may_block_reading(long number, long fd) {
     const unsigned device = major(status.st_rdev);
     blocks = device == 4 || device == 5 || (device >= 136 && device <= 143);  // ttys, ptys
   }
-  if (cached) descriptor_kinds[fd].store(blocks ? kMayBlock : kDoesNotBlock, std::memory_order_relaxed);
+  if (cached)
+    descriptor_kinds[fd].store(blocks ? kMayBlock : kDoesNotBlock, std::memory_order_relaxed);
   return blocks;
 }
 
@@ -308,7 +347,9 @@ bool is_vfork(const zpoline::Syscall& call) {
          (flags & CLONE_VFORK) != 0;
 }
 
-bool is_exec(long number) { return number == SYS_execve || number == SYS_execveat; }
+bool is_exec(long number) {
+  return number == SYS_execve || number == SYS_execveat;
+}
 bool is_fork(long number) {
   return number == SYS_clone || number == SYS_clone3 || number == SYS_fork || number == SYS_vfork;
 }
@@ -337,7 +378,8 @@ long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& 
     text = zpoline::format(call, std::nullopt, options_for(caller));
     const int envp_argument = number == SYS_execve ? 2 : 3;
     hide_added_variables(text, added_variables(call.arg(envp_argument)));
-    if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
+    if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
+      text.resize(text.size() - 4);
     slot = leave_exec_text(tid, zptrace::kExecText + text);
   }
   count(number, 0, 0);
@@ -424,7 +466,8 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     // adjusted, such as clone3's stack).
     if (show) {
       std::string text = zpoline::format(call, std::nullopt, options_for(caller));
-      if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) text.resize(text.size() - 4);
+      if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
+        text.resize(text.size() - 4);
       leave_exec_text(caller.tid, zptrace::kVforkText + text);
     }
     vfork_pending = true;
