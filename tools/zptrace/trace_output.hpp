@@ -146,6 +146,28 @@ inline void append_call_time(std::string& line, long nanoseconds) {
   line += buffer;
 }
 
+// Whether an environment entry `name=value` is one zptrace added: ZPTRACE_* or a name in
+// `added_names` (comma-separated: LD_PRELOAD, ZPOLINE_HOOK, ZPOLINE_MECHANISM where the user had
+// not set them).
+inline bool added_variable(std::string_view entry, std::string_view added_names) {
+  const std::string_view name = entry.substr(0, entry.find('='));
+  if (name.rfind("ZPTRACE_", 0) == 0) return true;
+  const std::string list = "," + std::string(added_names) + ",";
+  return list.find("," + std::string(name) + ",") != std::string::npos;
+}
+
+// execve's `/* N vars */` becomes `/* N-added vars */`: the environment the user gave.
+inline void hide_added_variables(std::string& text, long added) {
+  if (added == 0) return;
+  const std::size_t end = text.rfind(" vars */");
+  if (end == std::string::npos) return;
+  std::size_t begin = end;
+  while (begin > 0 && text[begin - 1] >= '0' && text[begin - 1] <= '9') --begin;
+  if (begin == end) return;
+  const long shown = std::strtol(text.c_str() + begin, nullptr, 10) - added;
+  text.replace(begin, end - begin, std::to_string(shown < 0 ? 0 : shown));
+}
+
 inline timespec now_realtime() {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);

@@ -739,7 +739,7 @@ class Supervisor {
           if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) {
             text.resize(text.size() - 4);
           }
-          hide_added_variables(tid, text, tracee.args[number == SYS_execve ? 2 : 3]);
+          hide_added_variables_of(tid, text, tracee.args[number == SYS_execve ? 2 : 3]);
           tracee.entry_text = text;
         }
       }
@@ -847,28 +847,16 @@ class Supervisor {
 
  private:
   // As the hook library does: variables zptrace added are not counted in `/* N vars */`.
-  void hide_added_variables(int tid, std::string& text, long envp) {
+  void hide_added_variables_of(int tid, std::string& text, long envp) {
     long added = 0;
     for (int i = 0; i < 4096; ++i) {
       errno = 0;
       const long entry =
           ptrace(PTRACE_PEEKDATA, tid, reinterpret_cast<void*>(envp + 8L * i), nullptr);
       if (errno != 0 || entry == 0) break;
-      const std::string entry_text = read_string(tid, entry);
-      const std::string name(entry_text.substr(0, entry_text.find('=')));
-      if (name.rfind("ZPTRACE_", 0) == 0 ||
-          ("," + added_names_ + ",").find("," + name + ",") != std::string::npos) {
-        ++added;
-      }
+      if (zptrace::added_variable(read_string(tid, entry), added_names_)) ++added;
     }
-    if (added == 0) return;
-    const std::size_t end = text.rfind(" vars */");
-    if (end == std::string::npos) return;
-    std::size_t begin = end;
-    while (begin > 0 && text[begin - 1] >= '0' && text[begin - 1] <= '9') --begin;
-    if (begin == end) return;
-    const long shown = std::strtol(text.c_str() + begin, nullptr, 10) - added;
-    text.replace(begin, end - begin, std::to_string(std::max(shown, 0L)));
+    zptrace::hide_added_variables(text, added);
   }
 
   void count(long number, long result, long nanoseconds) {

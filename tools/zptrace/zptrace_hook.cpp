@@ -174,28 +174,9 @@ long added_variables(long envp) {
     }
     const auto text = zpoline::read_string(reinterpret_cast<const void*>(entry), 256);
     if (!text) continue;
-    const std::string_view value(*text);
-    const std::size_t equals = value.find('=');
-    if (equals == std::string_view::npos) continue;
-    const std::string name(value.substr(0, equals));
-    if (name.rfind("ZPTRACE_", 0) == 0 ||
-        ("," + added_names + ",").find("," + name + ",") != std::string::npos) {
-      ++added;
-    }
+    if (zptrace::added_variable(*text, added_names)) ++added;
   }
   return added;
-}
-
-// `/* N vars */` becomes `/* N-added vars */`.
-void hide_added_variables(std::string& text, long added) {
-  if (added == 0) return;
-  const std::size_t end = text.rfind(" vars */");
-  if (end == std::string::npos) return;
-  std::size_t begin = end;
-  while (begin > 0 && text[begin - 1] >= '0' && text[begin - 1] <= '9') --begin;
-  if (begin == end) return;
-  const long shown = std::strtol(text.c_str() + begin, nullptr, 10) - added;
-  text.replace(begin, end - begin, std::to_string(shown < 0 ? 0 : shown));
 }
 
 void count(long number, long result, long nanoseconds) {
@@ -377,7 +358,7 @@ long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& 
   if (show) {
     text = zpoline::format(call, std::nullopt, options_for(caller));
     const int envp_argument = number == SYS_execve ? 2 : 3;
-    hide_added_variables(text, added_variables(call.arg(envp_argument)));
+    zptrace::hide_added_variables(text, added_variables(call.arg(envp_argument)));
     if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
       text.resize(text.size() - 4);
     slot = leave_exec_text(tid, zptrace::kExecText + text);
