@@ -2,6 +2,7 @@
 // (zpoline/hook_chain.hpp). Each test case runs in its own process (test/meson.build).
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -186,6 +187,105 @@ TEST_CASE("hook_library_reads_memory_over_a_dirty_stack") {
   errno = 0;
   CHECK(syscall(SYS_chdir, page) == -1);
   CHECK(errno == EFAULT);
+}
+
+// Every call of a thread started by pthread_create reaches the hook, from its first (rseq,
+// set_robust_list, then the rt_sigprocmask that unblocks its signals) to its last (the exit(0) of
+// start_thread): 50 threads, each checked against the calls glibc's start_thread makes (as
+// strace -f shows them). Under the near mechanism in eager mode those two sites of libc once had
+// neither padding within reach nor a single movable instruction before them, and went to the
+// kernel unhooked; now the run of instructions before them moves into their trampoline.
+constexpr int kNewThreads = 50;
+
+// Threads started and joined; their thread ids.
+std::vector<long> run_new_threads() {
+  std::vector<long> tids(kNewThreads, 0);
+  std::vector<pthread_t> threads(kNewThreads);
+  for (int i = 0; i < kNewThreads; ++i) {
+    REQUIRE(pthread_create(
+                &threads[i], nullptr,
+                [](void* slot) -> void* {
+                  *static_cast<long*>(slot) = syscall(SYS_gettid);
+                  getppid();
+                  return nullptr;
+                },
+                &tids[i]) == 0);
+  }
+  for (pthread_t thread : threads) REQUIRE(pthread_join(thread, nullptr) == 0);
+  return tids;
+}
+
+// `calls(tid, number)`: how many calls `number` the hook saw thread `tid` make.
+template <class Calls>
+void check_new_thread_calls(const std::vector<long>& tids, Calls calls) {
+  for (const long tid : tids) {
+    CAPTURE(tid);
+    REQUIRE(tid > 0);
+    CHECK(calls(tid, SYS_set_robust_list) == 1);
+    CHECK(calls(tid, SYS_getppid) == 1);
+    CHECK(calls(tid, SYS_exit) == 1);
+#if __GLIBC_PREREQ(2, 36)
+    // start_thread's rt_sigprocmask(SIG_SETMASK, [], NULL, 8) after set_robust_list, and its
+    // rt_sigprocmask(SIG_BLOCK, ~[RT_1], NULL, 8) before the exit.
+    CHECK(calls(tid, SYS_rt_sigprocmask) == 2);
+#else
+    CHECK(calls(tid, SYS_rt_sigprocmask) >= 1);
+#endif
+  }
+}
+
+void new_threads_reach_the_hook_library(zpoline::Mode mode) {
+  zpoline::Options options;
+  options.mode = mode;
+  auto session = load_or_skip(ZPOLINE_THREAD_CALLS_HOOK, options);
+  const std::vector<long> tids = run_new_threads();
+  constexpr long kQueryCalls = 0x7a706f6d;  // hook_libraries/thread_calls.cpp
+  check_new_thread_calls(
+      tids, [](long tid, long number) { return syscall(SYS_getcwd, 0, kQueryCalls, tid, number); });
+}
+
+TEST_CASE("calls_of_new_threads_reach_the_hook_library_eager") {
+  new_threads_reach_the_hook_library(zpoline::Mode::eager);
+}
+TEST_CASE("calls_of_new_threads_reach_the_hook_library_exhaustive") {
+  new_threads_reach_the_hook_library(zpoline::Mode::exhaustive);
+}
+TEST_CASE("calls_of_new_threads_reach_the_hook_library_lazy") {
+  new_threads_reach_the_hook_library(zpoline::Mode::lazy);
+}
+
+// The same with an in-process hook in a HookChain, in eager mode.
+TEST_CASE("calls_of_new_threads_reach_an_in_process_hook") {
+  struct Entry {
+    std::atomic<long> tid{0};
+    std::atomic<unsigned> calls[512];
+  };
+  static Entry entries[1024];
+  const auto find = [](long tid, bool claim) -> Entry* {
+    for (Entry& entry : entries) {
+      long current = entry.tid.load();
+      if (current == tid) return &entry;
+      if (current == 0) {
+        if (!claim) return nullptr;
+        if (entry.tid.compare_exchange_strong(current, tid) || current == tid) return &entry;
+      }
+    }
+    return nullptr;
+  };
+  zpoline::HookChain chain;
+  auto handle = chain.add([find](zpoline::Syscall& call) {
+    const long number = call.number();
+    if (number >= 0 && number < 512) {
+      if (Entry* entry = find(zpoline::raw_syscall(SYS_gettid), true)) ++entry->calls[number];
+    }
+    return call.forward();
+  });
+  auto session = zpoline_test::install_or_skip(chain);
+  const std::vector<long> tids = run_new_threads();
+  check_new_thread_calls(tids, [&](long tid, long number) -> long {
+    const Entry* entry = find(tid, false);
+    return entry == nullptr ? 0 : static_cast<long>(entry->calls[number].load());
+  });
 }
 
 TEST_CASE("error_file_missing") {

@@ -143,8 +143,9 @@ struct ImageStats {
   std::size_t sites_rewritten = 0;
   std::size_t sites_through_page_zero = 0;  // ... of them, as `call *%rax` (Mechanism::page_zero)
   std::size_t sites_through_padding = 0;    // ... as `jmp rel8` to padding (Mechanism::near)
-  std::size_t sites_through_moved_instruction = 0;  // ... the instruction before the site moved
-                                                    // into its trampoline (Mechanism::near)
+  std::size_t sites_through_moved_instruction = 0;  // ... the instruction (or the few) before
+                                                    // the site moved into its trampoline
+                                                    // (Mechanism::near)
   std::size_t skipped_prefixed = 0;     // e.g. `66 0f 05`: rewriting would change the encoding
   std::size_t skipped_red_zone = 0;     // the function keeps data below rsp
   std::size_t skipped_undecodable = 0;  // no function boundary or decoding did not reach the site

@@ -66,6 +66,7 @@ FunctionShape shape_of(std::span<const std::uint8_t> code, std::uintptr_t base,
   for (std::uintptr_t at = function.begin; at < end;) {
     const std::uint8_t* bytes = code.data() + (at - base);
     const std::size_t available = end - at;
+    shape.starts.push_back(at);
     if (is_written_slot(written, bytes, at, available)) {
       // A slot written before (its `jmp rel32` to a trampoline): filler still.
       if (after_transfer) {

@@ -63,6 +63,8 @@ struct FunctionShape {
   bool decoded = false;
   std::vector<PaddingGap> filler;
   std::vector<std::uintptr_t> branch_targets;
+  // Where each decoded instruction starts (ascending; a slot written before counts as one).
+  std::vector<std::uintptr_t> starts;
   // It has an indirect jump other than through a RIP-relative pointer (a jump table, usually):
   // it may land anywhere.
   bool jumps_through_register = false;

@@ -326,62 +326,75 @@ std::vector<std::uintptr_t> slots_taken_in(std::uintptr_t begin, std::uintptr_t 
 // trampoline: the call would go to the kernel unhooked), and the function has no jump table
 // (which could land on the site). Branches from other functions are not seen: compilers do not
 // branch into the middle of another function.
+// When `previous` is shorter than five bytes or crosses a cache line, a run of instructions
+// before the site can move instead (glibc's start_thread: `mov $0xe,%eax` (5 bytes), then a
+// 7-byte `lea` across a cache line, then the `syscall` of the new thread's rt_sigprocmask): its
+// first instruction takes the jump, and must be five bytes or more in one cache line, so that
+// the jump ends inside it and the instructions after it keep their bytes (a thread that stopped
+// between them meanwhile runs them as they were); every instruction of the run must be movable
+// as above, at most one RIP-relative (the run moves as a whole: one displacement to adjust), no
+// branch may land after the run's start up to the site, and the run is at most
+// kMaxMovedInstruction bytes. `moved_from` is where the moved instruction or run starts.
 // nullptr if it can, else why not.
 const char* why_not_moved(std::uintptr_t previous, std::uintptr_t site,
                           const FunctionTable& functions, std::uintptr_t area_begin,
                           std::uintptr_t area_end, std::span<const std::uintptr_t> written,
                           std::map<std::uintptr_t, FunctionShape>& shapes,
-                          std::size_t& displacement_offset) {
+                          std::uintptr_t& moved_from, std::size_t& displacement_offset) {
   displacement_offset = 0;
+  moved_from = previous;
   if (previous == 0 || previous < area_begin) return "no instruction before it in its function";
-  if (site - previous < kSlotBytes) return "the instruction before it is shorter than 5 bytes";
   if (site - previous > kMaxMovedInstruction) return "no instruction before it in its function";
-  if (!can_write_moved_jump(previous)) {
-    return "the instruction before it crosses a cache line";
-  }
   const FunctionRange* function = functions.find(site);
   if (function == nullptr || function->begin < area_begin) return "its function is not known";
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction instruction;
   ZydisDecodedOperand operands[ZYDIS_MAX_OPERAND_COUNT];
-  const auto decode_at = [&](std::uintptr_t at, std::uintptr_t end) {
-    return ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(at),
-                                               end - at, &instruction, operands));
-  };
-  if (!decode_at(previous, site) || instruction.length != site - previous) {
-    return "no instruction before it in its function";
-  }
-  switch (instruction.meta.category) {
-    case ZYDIS_CATEGORY_COND_BR:
-    case ZYDIS_CATEGORY_UNCOND_BR:
-    case ZYDIS_CATEGORY_CALL:
-    case ZYDIS_CATEGORY_RET:
-    case ZYDIS_CATEGORY_SYSCALL:
-    case ZYDIS_CATEGORY_SYSTEM:
-    case ZYDIS_CATEGORY_INTERRUPT:
-      return "the instruction before it is a branch or a system instruction";
-    default:
-      break;
-  }
-  // A RIP-relative operand (`lea sym(%rip), %rsi`) is moved with its 32-bit displacement
-  // adjusted (make_site_trampoline()); any other relative operand is not moved.
-  bool rip_relative = false;
-  for (unsigned i = 0; i < instruction.operand_count; ++i) {
-    const ZydisDecodedOperand& operand = operands[i];
-    if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == ZYDIS_REGISTER_RIP) {
-      rip_relative = true;
+  // Why the instruction at `at`, ending at `end`, cannot be moved; nullptr if it can (with the
+  // offset of its 32-bit RIP-relative displacement, or 0, in `displacement`).
+  const auto why_not_movable = [&](std::uintptr_t at, std::uintptr_t end,
+                                   std::size_t& displacement) -> const char* {
+    displacement = 0;
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, reinterpret_cast<const void*>(at), end - at,
+                                             &instruction, operands)) ||
+        instruction.length != end - at) {
+      return "no instruction before it in its function";
     }
-  }
-  if (rip_relative) {
-    if (instruction.raw.disp.size != 32 || instruction.raw.disp.offset == 0) {
+    switch (instruction.meta.category) {
+      case ZYDIS_CATEGORY_COND_BR:
+      case ZYDIS_CATEGORY_UNCOND_BR:
+      case ZYDIS_CATEGORY_CALL:
+      case ZYDIS_CATEGORY_RET:
+      case ZYDIS_CATEGORY_SYSCALL:
+      case ZYDIS_CATEGORY_SYSTEM:
+      case ZYDIS_CATEGORY_INTERRUPT:
+        return "the instruction before it is a branch or a system instruction";
+      default:
+        break;
+    }
+    // A RIP-relative operand (`lea sym(%rip), %rsi`) is moved with its 32-bit displacement
+    // adjusted (make_site_trampoline()); any other relative operand is not moved.
+    bool rip_relative = false;
+    for (unsigned i = 0; i < instruction.operand_count; ++i) {
+      const ZydisDecodedOperand& operand = operands[i];
+      if (operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == ZYDIS_REGISTER_RIP) {
+        rip_relative = true;
+      }
+    }
+    if (rip_relative) {
+      if (instruction.raw.disp.size != 32 || instruction.raw.disp.offset == 0) {
+        return "the instruction before it is relative";
+      }
+      displacement = instruction.raw.disp.offset;
+    } else if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
       return "the instruction before it is relative";
     }
-    displacement_offset = instruction.raw.disp.offset;
-  } else if ((instruction.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0) {
-    return "the instruction before it is relative";
-  }
-  // No direct branch of the function may land after the instruction's start, up to the site.
+    return nullptr;
+  };
+  std::size_t previous_displacement = 0;
+  if (const char* why = why_not_movable(previous, site, previous_displacement)) return why;
+  // No direct branch of the function may land after the moved code's start, up to the site.
   const std::span<const std::uint8_t> area(reinterpret_cast<const std::uint8_t*>(area_begin),
                                            area_end - area_begin);
   auto known = shapes.find(function->begin);
@@ -392,19 +405,71 @@ const char* why_not_moved(std::uintptr_t previous, std::uintptr_t site,
   // A jump table may land on the site itself (a case that enters there): not seen, so refused.
   if (!shape.decoded) return "its function does not decode";
   if (shape.jumps_through_register) return "its function has a jump table";
-  const auto target =
-      std::upper_bound(shape.branch_targets.begin(), shape.branch_targets.end(), previous);
-  if (target != shape.branch_targets.end() && *target <= site) {
+  // The one branch that may land after the moved code's jump: an unconditional `jmp` right
+  // after the site back into the run's instructions after the jump, which keep their bytes: the
+  // call repeated forever, as glibc's start_thread ends a thread (`xor %edi,%edi; mov %edx,%eax;
+  // syscall; jmp` back to the xor). Its first time goes through the trampoline; the loop runs
+  // only if the call returned (exit never does), and then straight to the kernel.
+  std::uintptr_t loop_target = 0;
+  {
+    const auto* after = reinterpret_cast<const std::uint8_t*>(site + 2);
+    if (site + 4 <= area_end && after[0] == 0xeb) {
+      loop_target = site + 4 + static_cast<std::int8_t>(after[1]);
+    } else if (site + 7 <= area_end && after[0] == 0xe9) {
+      std::int32_t displacement = 0;
+      std::memcpy(&displacement, after + 1, sizeof displacement);
+      loop_target = site + 7 + displacement;
+    }
+  }
+  const auto lands_after = [&](std::uintptr_t at) {
+    auto target = std::upper_bound(shape.branch_targets.begin(), shape.branch_targets.end(), at);
+    if (target != shape.branch_targets.end() && *target == loop_target &&
+        loop_target >= at + kSlotBytes && loop_target < site) {
+      ++target;  // branch_targets has one entry per branch: any other one to it is refused
+    }
+    return target != shape.branch_targets.end() && *target <= site;
+  };
+  if (lands_after(previous)) {
     return "a branch lands on it or between it and the instruction before";
   }
-  return nullptr;
+  if (site - previous >= kSlotBytes && can_write_moved_jump(previous)) {
+    displacement_offset = previous_displacement;
+    return nullptr;
+  }
+  const char* why = site - previous < kSlotBytes
+                        ? "the instruction before it is shorter than 5 bytes"
+                        : "the instruction before it crosses a cache line";
+  // A run of instructions ending at the site, longer by one instruction each step back.
+  const auto previous_start = std::lower_bound(shape.starts.begin(), shape.starts.end(), previous);
+  if (previous_start == shape.starts.end() || *previous_start != previous) return why;
+  std::size_t rip_relative = previous_displacement != 0 ? 1 : 0;
+  std::size_t run_displacement = previous_displacement;  // from the run's start
+  for (auto start = previous_start; start != shape.starts.begin();) {
+    const std::uintptr_t end = *start;
+    const std::uintptr_t at = *--start;
+    if (at < function->begin || at < area_begin || site - at > kMaxMovedInstruction) break;
+    std::size_t displacement = 0;
+    if (why_not_movable(at, end, displacement) != nullptr) break;
+    if (run_displacement != 0) run_displacement += end - at;
+    if (displacement != 0) {
+      if (++rip_relative > 1) break;
+      run_displacement = displacement;
+    }
+    if (end - at >= kSlotBytes && can_write_moved_jump(at) && !lands_after(at)) {
+      moved_from = at;
+      displacement_offset = run_displacement;
+      return nullptr;
+    }
+  }
+  return why;
 }
 
 // The near mechanism: `patches` (sites of [area_begin, area_end), which lies in one image whose
 // functions are `functions`; `previous[i]` is the instruction before patches[i]'s site) get a
 // padding slot and a trampoline each, and a `jmp rel8` to the slot as their replacement; those
-// without padding within reach get their preceding instruction moved into their trampoline and
-// a `jmp rel32` in its place, where can_move() allows it. The others are taken out and counted in
+// without padding within reach get their preceding instruction (or a run of instructions ending
+// at the site) moved into their trampoline and a `jmp rel32` in its place, where why_not_moved()
+// allows it. The others are taken out and counted in
 // `stats`.
 void route_through_padding(std::vector<Patch>& patches, std::span<const std::uintptr_t> previous,
                            std::uintptr_t area_begin, std::uintptr_t area_end,
@@ -466,13 +531,13 @@ void route_through_padding(std::vector<Patch>& patches, std::span<const std::uin
     while (slot != slots.end() && slot->site < patch.address) ++slot;
     if (slot == slots.end() || slot->site != patch.address) {
       std::size_t displacement_offset = 0;
+      std::uintptr_t at = 0;
       if (const char* why = why_not_moved(previous[index], patch.address, functions, area_begin,
-                                          area_end, written, shapes, displacement_offset)) {
+                                          area_end, written, shapes, at, displacement_offset)) {
         ++stats.skipped_no_padding;
         bookkeeping().unrewritten[patch.address] = why;
         continue;
       }
-      const std::uintptr_t at = previous[index];
       const std::span<const std::uint8_t> moved(reinterpret_cast<const std::uint8_t*>(at),
                                                 patch.address - at);
       const std::uintptr_t trampoline = make_site_trampoline(

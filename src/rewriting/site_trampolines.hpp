@@ -25,7 +25,7 @@
 namespace zpoline::detail {
 
 // Trampolines are made of 16-byte units: one for a padding site, two for a site whose preceding
-// instruction they run (a moved instruction is at most 15 bytes).
+// instructions they run (moved instructions are at most 15 bytes together).
 inline constexpr std::size_t kTrampolineUnit = 16;
 inline constexpr std::size_t kMaxTrampolineSize = 2 * kTrampolineUnit;
 inline constexpr std::size_t kMaxMovedInstruction = 15;
@@ -35,9 +35,9 @@ inline constexpr std::size_t kMaxMovedInstruction = 15;
 // push of site + 2, then the jump to the stub at `entry`, directly (rel32) if it is within
 // reach, else through the 8-byte pointer at `entry_pointer`. Returns its size (a multiple of
 // kTrampolineUnit). Pure; for make_site_trampoline() and tests.
-// A moved instruction: its bytes, where it was, and the offset of its RIP-relative 32-bit
-// displacement (0: none), which is adjusted so that it addresses the same memory from the
-// trampoline.
+// A moved instruction, or a run of them (rewriter.cpp, why_not_moved()): its bytes, where it was,
+// and the offset of its one RIP-relative 32-bit displacement (0: none), which is adjusted so that
+// it addresses the same memory from the trampoline.
 struct MovedInstruction {
   std::span<const std::uint8_t> bytes;
   std::uintptr_t address = 0;
