@@ -445,14 +445,24 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     // program, not here. zptrace prints the parent's line when the child is made, with the
     // arguments as the program gave them (left here: the library may pass the kernel a copy it
     // adjusted, such as clone3's stack).
+    std::string text;
+    zptrace::ExecSlot* slot = nullptr;
     if (show) {
-      std::string text = zpoline::format(call, std::nullopt, options_for(caller));
+      text = zpoline::format(call, std::nullopt, options_for(caller));
       if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
         text.resize(text.size() - 4);
-      leave_exec_text(caller.tid, zptrace::kVforkText + text);
+      slot = leave_exec_text(caller.tid, zptrace::kVforkText + text);
     }
     vfork_pending = true;
-    return call.forward();
+    const long result = call.forward();
+    // Here with 0 in the child; with an error in the parent when no child was made: then the
+    // line is the hook's to print, and the text is taken back.
+    if (result < 0) {
+      vfork_pending = false;
+      if (slot != nullptr) slot->tid.store(0, std::memory_order_release);
+      if (show) print(caller, when, text + " = " + zpoline::format_error(result), -1);
+    }
+    return result;
   }
   // What the call may change (a descriptor it closes, a length it rewrites), read before it.
   const zpoline::FormatOptions options = options_for(caller);
