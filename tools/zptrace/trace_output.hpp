@@ -146,6 +146,13 @@ inline void append_call_time(std::string& line, long nanoseconds) {
   line += buffer;
 }
 
+// The text of a call formatted without its result (`execve(...) = ?`), up to the closing
+// parenthesis: zptrace adds the result the call turns out to have.
+inline void drop_unknown_result(std::string& text) {
+  if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
+    text.resize(text.size() - 4);
+}
+
 // Whether an environment entry `name=value` is one zptrace added: ZPTRACE_* or a name in
 // `added_names` (comma-separated: LD_PRELOAD, ZPOLINE_HOOK, ZPOLINE_MECHANISM where the user had
 // not set them).

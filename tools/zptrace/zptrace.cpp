@@ -736,9 +736,7 @@ class Supervisor {
           }
           tracee.in_syscall = false;
         } else {
-          if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0) {
-            text.resize(text.size() - 4);
-          }
+          zptrace::drop_unknown_result(text);
           hide_added_variables_of(tid, text, tracee.args[number == SYS_execve ? 2 : 3]);
           tracee.entry_text = text;
         }

@@ -359,8 +359,7 @@ long forward_exec(zpoline::Syscall& call, const Caller& caller, const timespec& 
     text = zpoline::format(call, std::nullopt, options_for(caller));
     const int envp_argument = number == SYS_execve ? 2 : 3;
     zptrace::hide_added_variables(text, added_variables(call.arg(envp_argument)));
-    if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
-      text.resize(text.size() - 4);
+    zptrace::drop_unknown_result(text);
     slot = leave_exec_text(tid, zptrace::kExecText + text);
   }
   count(number, 0, 0);
@@ -449,8 +448,7 @@ extern "C" long zpoline_hook(zpoline::Syscall& call) {
     zptrace::ExecSlot* slot = nullptr;
     if (show) {
       text = zpoline::format(call, std::nullopt, options_for(caller));
-      if (text.size() > 4 && text.compare(text.size() - 4, 4, " = ?") == 0)
-        text.resize(text.size() - 4);
+      zptrace::drop_unknown_result(text);
       slot = leave_exec_text(caller.tid, zptrace::kVforkText + text);
     }
     vfork_pending = true;
